@@ -1,0 +1,8 @@
+"""Attention modules: one file per mechanism, all ``(B, C, H, W) -> (B, C, H, W)``.
+
+Build by name with :func:`create_attention`; every module has ``attention_weights(x)`` returning
+the weights it computed as a dict of tensors, for inspection (no cost to ``forward``).
+"""
+from .factory import create_attention, get_attention_class, list_attentions
+
+__all__ = ["create_attention", "get_attention_class", "list_attentions"]

@@ -1,0 +1,47 @@
+"""Argument and input checks shared by the attention modules.
+
+Every error names the module, the bad value and what was expected, so a wrong channel count
+surfaces at the call site rather than as a shape error deep inside a matmul.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+__all__ = ["reduced_channels", "check_divisible", "check_positive", "check_input"]
+
+
+def check_positive(module: str, name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{module}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def reduced_channels(module: str, channels: int, reduction: int, name: str = "reduction") -> int:
+    """``channels // reduction`` (floor, as the official code), refusing to reach 0 channels."""
+    check_positive(module, "channels", channels)
+    check_positive(module, name, reduction)
+    hidden = channels // reduction
+    if hidden < 1:
+        raise ValueError(
+            f"{module}: channels={channels} with {name}={reduction} leaves {hidden} hidden channels "
+            f"(channels // {name} must be >= 1)"
+        )
+    return hidden
+
+
+def check_divisible(module: str, channels: int, groups: int, what: str = "groups") -> None:
+    check_positive(module, what, groups)
+    if channels % groups:
+        raise ValueError(f"{module}: channels={channels} is not divisible by {what}={groups}")
+
+
+def check_input(module: str, x: Tensor, channels: int) -> None:
+    """Input must be ``(B, channels, H, W)``."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"{module}: expected a 4-D input (B, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{module}: expected {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+        )

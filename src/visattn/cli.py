@@ -1,0 +1,39 @@
+"""The ``visattn`` command: one subcommand per workflow step.
+
+Each subcommand lives in ``visattn.commands.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int``; it is imported only when used, so ``visattn --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> one-line help; the module visattn.commands.<name> implements it
+COMMANDS: dict[str, str] = {
+    "demo": "build every attention module, run it once and print a table",
+}
+
+
+def _parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visattn", description="Attention mechanisms for CNNs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            importlib.import_module(f"visattn.commands.{name}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = _parser(selected if selected in COMMANDS else None).parse_args(argv)
+    if args.command is None:
+        _parser(None).print_help()
+        return 2
+    return importlib.import_module(f"visattn.commands.{args.command}").run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Implementations of the ``visattn`` subcommands (see ``visattn.cli``)."""

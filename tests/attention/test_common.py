@@ -1,0 +1,155 @@
+"""Contract every registered attention module honours, parametrised over the registry.
+
+Value tests against independent formulations live in each module's own test file; here the
+shared rules: shapes at odd sizes, batch independence, gradients, bad input, and the export and
+precision paths (torch.compile, torch.export, ONNX, channels_last, bf16 autocast).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import visattn
+from helpers import ATTENTION_KWARGS, CHANNELS, randomize_, rel_err
+
+NAMES = visattn.list_attentions()
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    return randomize_(visattn.create_attention(name, CHANNELS, **ATTENTION_KWARGS[name]), seed).eval()
+
+
+def test_registry_has_every_mechanism():
+    assert set(NAMES) == set(ATTENTION_KWARGS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (7, 13), (33, 47)])
+def test_shape_and_finite(name, size):
+    x = torch.randn(2, CHANNELS, *size)
+    with torch.no_grad():
+        y = build(name)(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_independence_in_eval(name):
+    m = build(name)
+    x = torch.randn(3, CHANNELS, 5, 7)
+    with torch.no_grad():
+        for batch in (1, 2, 3):
+            y = m(x[:batch])
+            for i in range(batch):
+                torch.testing.assert_close(y[i : i + 1], m(x[i : i + 1]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_not_identity_once_trained(name):
+    x = torch.randn(1, CHANNELS, 6, 5)
+    with torch.no_grad():
+        assert (build(name)(x) - x).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck_float64(name):
+    m = build(name).double()
+    x = torch.randn(1, CHANNELS, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_gradients_flow(name):
+    m = build(name).train()
+    x = torch.randn(2, CHANNELS, 5, 6)
+    m(x).square().mean().backward()
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last(name):
+    m = build(name)
+    x = torch.randn(2, CHANNELS, 9, 11)
+    with torch.no_grad():
+        ref = m(x)
+        out = m(x.to(memory_format=torch.channels_last))
+        out_cl_module = m.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out_cl_module, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_close_to_fp32(name):
+    m = build(name)
+    x = torch.randn(2, CHANNELS, 8, 10)
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+    assert torch.isfinite(out).all()
+    assert rel_err(out.float(), ref) < 0.05
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_attention_weights(name):
+    m = build(name)
+    x = torch.randn(2, CHANNELS, 5, 6)
+    weights = m.attention_weights(x)
+    assert isinstance(weights, dict) and weights
+    for key, w in weights.items():
+        assert isinstance(key, str) and w.shape[0] == 2 and torch.isfinite(w).all()
+        assert not w.requires_grad
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_rank_and_channels_raise(name):
+    m = build(name)
+    with pytest.raises(ValueError, match="4-D"):
+        m(torch.randn(CHANNELS, 5, 5))
+    with pytest.raises(ValueError, match=f"expected {CHANNELS} input channels"):
+        m(torch.randn(1, CHANNELS + 8, 5, 5))
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(ValueError, match="Did you mean 'pam'") as err:
+        visattn.create_attention("pma", 64)
+    assert "cbam" in str(err.value)
+
+
+def test_unknown_argument_lists_valid_ones():
+    with pytest.raises(ValueError, match="reduction"):
+        visattn.create_attention("se", 64, reductoin=4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_compile_fullgraph(name):
+    m = build(name)
+    x = torch.randn(2, CHANNELS, 7, 9)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_export(name):
+    m = build(name)
+    x = torch.randn(2, CHANNELS, 7, 9)
+    program = torch.export.export(m, (x,))
+    x2 = torch.randn(2, CHANNELS, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x2), m(x2), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_matches_onnxruntime(name, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    m = build(name)
+    x = torch.randn(1, CHANNELS, 7, 9)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), m(x), rtol=1e-3, atol=1e-4)

@@ -1,0 +1,46 @@
+"""Test utilities shared across the suite."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Per registered attention name: constructor kwargs for the common tests at CHANNELS channels.
+CHANNELS = 64
+ATTENTION_KWARGS: dict[str, dict] = {
+    "pam": {},
+    "cam": {},
+    "dual": {},
+    "cca": {},
+    "rcca": {},
+    "fla": {},
+    "bam": {},
+    "sge": {"groups": 8},
+    "psa": {},
+    "se": {},
+    "cbam": {},
+}
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter and BatchNorm statistic random values (gammas non-zero).
+
+    At initialisation residual attention is the identity (gamma = 0) and gates are constant, so
+    tests on a freshly built module prove nothing.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (0.5 if p.dim() <= 1 else 1.0 / max(1, p[0].numel()) ** 0.5))
+        if name.split(".")[-1] == "gamma":
+            p.copy_(0.5 + torch.rand(p.shape, generator=gen, dtype=p.dtype))
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+    return module
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error in the max norm: ``max|a - b| / max|b|``."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
