@@ -15,7 +15,7 @@ __all__ = ["register_model", "create_model", "list_models", "is_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 # modules whose import registers builders; imported on first use of the registry
-_BUILDER_MODULES = ("visattn.models.classification", "visattn.models.segmentation")
+_BUILDER_MODULES = ("visattn.models.resnet", "visattn.models.epsanet", "visattn.models.segmentors")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
