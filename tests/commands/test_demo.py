@@ -1,0 +1,15 @@
+import visattn
+from visattn.cli import main
+
+
+def test_demo_prints_a_row_per_module(capsys):
+    assert main(["demo", "--channels", "64", "--size", "5", "7"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [line.split()[0] for line in lines[1:]]
+    assert names == visattn.list_attentions()
+    assert all("(1, 64, 5, 7)" in line for line in lines[1:])
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out

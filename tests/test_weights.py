@@ -1,0 +1,81 @@
+"""load_official / read_state_dict / save_state_dict: strictness, safety, atomic writes."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import visattn
+from helpers import randomize_
+from visattn.weights import read_state_dict, save_state_dict
+
+
+def official_se_state(channels=32, seed=1):
+    src = randomize_(visattn.create_attention("se", channels), seed)
+    return src, {k: v.clone() for k, v in src.state_dict().items()}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_round_trip_through_file(tmp_path, suffix):
+    src, state = official_se_state()
+    path = save_state_dict(state, tmp_path / f"se{suffix}")
+    dst = visattn.load_official(visattn.create_attention("se", 32), path)
+    x = torch.randn(2, 32, 5, 4)
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_strips_module_prefix_and_unwraps_training_checkpoints():
+    src, state = official_se_state()
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+    dst = visattn.load_official(visattn.create_attention("se", 32), wrapped)
+    x = torch.randn(1, 32, 3, 3)
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+def test_missing_and_unexpected_keys_are_listed():
+    _, state = official_se_state()
+    state["fc3.weight"] = state.pop("fc2.weight")
+    with pytest.raises(ValueError, match=r"missing keys \(1\): fc2.weight") as err:
+        visattn.load_official(visattn.create_attention("se", 32), state)
+    assert "unexpected keys (1): fc3.weight" in str(err.value)
+
+
+def test_shape_mismatch_is_named():
+    _, state = official_se_state(channels=64)
+    with pytest.raises(ValueError, match="shape mismatches .*fc1.weight"):
+        visattn.load_official(visattn.create_attention("se", 32), state)
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*bad.safetensors"):
+        read_state_dict(bad)
+    truncated = tmp_path / "truncated.pth"
+    save_state_dict({"w": torch.ones(100)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:50])
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        read_state_dict(truncated)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        read_state_dict(tmp_path / "nope.pth")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_pickled_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"w": _Evil()}, f)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        read_state_dict(path)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_non_tensor_entries_are_refused():
+    with pytest.raises(ValueError, match="not tensors: epoch"):
+        read_state_dict({"w": torch.ones(1), "epoch": 3})
