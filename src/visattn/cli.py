@@ -12,6 +12,10 @@ import sys
 # name -> one-line help; the module visattn.commands.<name> implements it
 COMMANDS: dict[str, str] = {
     "demo": "build every attention module, run it once and print a table",
+    "train": "train a model from a YAML recipe (no arguments: a small segmentor on digit scenes)",
+    "eval": "evaluate trained weights: mIoU, per-class IoU, pixel accuracy (or top-1/top-5)",
+    "predict": "segment images, folders or globs into colour masks and overlays",
+    "models": "list registered models with their parameter counts",
 }
 
 

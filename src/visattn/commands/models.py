@@ -1,0 +1,31 @@
+"""``visattn models``: list the registered models with their parameter counts.
+
+Models are built on the ``meta`` device (shapes only, no memory, no weights), so counting is cheap.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="", help="only names containing this")
+    parser.add_argument("--num-classes", type=int, help="classes of the output layer (default: each builder's own)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from visattn.models import create_model, list_models
+
+    names = list_models(args.pattern)
+    print(f"{'model':<24} {'params':>14}")
+    for name in names:
+        try:
+            with torch.device("meta"):
+                model = create_model(name, num_classes=args.num_classes)
+            count = f"{sum(p.numel() for p in model.parameters()):,}"
+        except Exception as err:  # a builder that cannot run on meta still gets listed
+            count = f"? ({type(err).__name__})"
+        print(f"{name:<24} {count:>14}")
+    print(f"{len(names)} models")
+    return 0

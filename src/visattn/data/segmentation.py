@@ -1,0 +1,238 @@
+"""Semantic-segmentation datasets in their official on-disk layouts.
+
+Every dataset is a list of ``(image file, mask file)`` pairs plus a lookup table from the values
+stored in the mask files to training ids (``0..K-1``, 255 = ignore). Reading checks what usually
+goes wrong silently: unreadable files, image/mask size mismatch, and mask values that are neither
+a known label nor 255 — each is a ``ValueError`` naming the file.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .palettes import ADE20K_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES, voc_palette
+
+__all__ = ["SegmentationDataset", "Cityscapes", "ADE20K", "PascalVOC", "MaskFolder", "read_image", "IGNORE_INDEX"]
+
+IGNORE_INDEX = 255
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image:
+    """Open and decode an image fully (so truncated files fail here, naming the file)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert(mode) if mode is not None and img.mode != mode else img.copy()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _require_dir(path: Path, dataset: str, hint: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{dataset}: directory not found: {path} ({hint})")
+    return path
+
+
+class SegmentationDataset(Dataset):
+    """``(image, mask)`` pairs with a label lookup table.
+
+    Items are ``(tv_tensors.Image uint8 (3, H, W), tv_tensors.Mask int64 (H, W))`` passed through
+    ``transforms(image, mask)`` when given.
+
+    Args:
+        pairs: ``(image path, mask path)`` per item.
+        lut: 256 entries mapping stored mask values to train ids or 255; -1 marks invalid values.
+        classes: class names, ``len(classes)`` = K.
+        palette: an RGB colour per class.
+        transforms: a joint transform (see :mod:`visattn.data.transforms`).
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, classes: Sequence[str],
+                 palette: Sequence[tuple[int, int, int]], transforms: Callable | None = None) -> None:
+        if len(pairs) == 0:
+            raise ValueError(f"{type(self).__name__}: no images found")
+        self.pairs = list(pairs)
+        self.lut = np.asarray(lut, dtype=np.int16)
+        self.classes = tuple(classes)
+        self.palette = tuple(palette[: len(classes)])
+        self.transforms = transforms
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw ``(H, W, 3)`` uint8 image and ``(H, W)`` uint8 train-id mask of item ``index``."""
+        img_path, mask_path = self.pairs[index]
+        image = read_image(img_path)
+        mask_img = read_image(mask_path, mode=None)
+        if mask_img.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"mask {mask_path} has mode {mask_img.mode!r}: expected a single-channel label image")
+        if image.size != mask_img.size:
+            raise ValueError(f"image {img_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} "
+                             f"is {mask_img.size[0]}x{mask_img.size[1]}")
+        raw = np.asarray(mask_img)
+        if raw.max(initial=0) > 255:
+            raise ValueError(f"mask {mask_path} has label values > 255: {np.unique(raw[raw > 255])[:10].tolist()}")
+        mask = self.lut[raw.astype(np.uint8)]
+        if (mask < 0).any():
+            bad = np.unique(raw[mask < 0])[:10].tolist()
+            raise ValueError(f"mask {mask_path} has label values {bad} outside the {self.num_classes} classes "
+                             f"of {type(self).__name__} and 255 (ignore)")
+        return np.asarray(image), mask.astype(np.uint8)
+
+    def __getitem__(self, index: int):
+        image, mask = self.load(index)
+        image = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+        mask = tv_tensors.Mask(torch.from_numpy(mask))
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, mask
+
+
+def _identity_lut(num_classes: int) -> np.ndarray:
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[:num_classes] = np.arange(num_classes)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut
+
+
+# Cityscapes labelIds (0..33) -> the 19 evaluated trainIds; every other id is ignored.
+_CITYSCAPES_ID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                             24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+class Cityscapes(SegmentationDataset):
+    """Cityscapes fine annotations: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
+    ``gtFine/<split>/<city>/*_gtFine_labelIds.png``; labelIds are mapped to the 19 trainIds,
+    all other ids (0..33) to 255."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Callable | None = None) -> None:
+        root = Path(root)
+        _require_dir(root, "Cityscapes", "the root must contain leftImg8bit/ and gtFine/")
+        img_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes", f"split {split!r} images")
+        ann_dir = _require_dir(root / "gtFine" / split, "Cityscapes", f"split {split!r} gtFine annotations")
+        pairs = []
+        for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
+            stem = img.name[: -len("_leftImg8bit.png")]
+            mask = ann_dir / img.parent.name / f"{stem}_gtFine_labelIds.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"Cityscapes: no annotation {mask} for image {img}")
+            pairs.append((img, mask))
+        lut = np.full(256, -1, dtype=np.int16)
+        lut[:34] = IGNORE_INDEX
+        lut[IGNORE_INDEX] = IGNORE_INDEX
+        for label_id, train_id in _CITYSCAPES_ID_TO_TRAINID.items():
+            lut[label_id] = train_id
+        super().__init__(pairs, lut, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, transforms)
+
+
+class ADE20K(SegmentationDataset):
+    """ADE20K SceneParsing (``ADEChallengeData2016/images/<training|validation>/*.jpg``, annotations
+    ``annotations/<...>/*.png``). ``reduce_zero_label``: stored 0 ("other") -> 255, 1..150 -> 0..149.
+    ``split`` accepts ``train``/``val`` or the directory names."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Callable | None = None,
+                 reduce_zero_label: bool = True) -> None:
+        root = Path(root)
+        _require_dir(root, "ADE20K", "the root must be ADEChallengeData2016/ or its parent")
+        if (root / "ADEChallengeData2016").is_dir():
+            root = root / "ADEChallengeData2016"
+        sub = {"train": "training", "val": "validation"}.get(split, split)
+        img_dir = _require_dir(root / "images" / sub, "ADE20K", f"split {split!r} images")
+        ann_dir = _require_dir(root / "annotations" / sub, "ADE20K", f"split {split!r} annotations")
+        pairs = []
+        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+            mask = ann_dir / f"{img.stem}.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"ADE20K: no annotation {mask} for image {img}")
+            pairs.append((img, mask))
+        lut = np.full(256, -1, dtype=np.int16)
+        lut[IGNORE_INDEX] = IGNORE_INDEX
+        if reduce_zero_label:
+            lut[0] = IGNORE_INDEX
+            lut[1:151] = np.arange(150)
+        else:
+            lut[:151] = np.arange(151)
+        classes = ADE20K_CLASSES if reduce_zero_label else ("other",) + ADE20K_CLASSES
+        palette = voc_palette(len(classes) + 1)[1:] if reduce_zero_label else voc_palette(len(classes))
+        super().__init__(pairs, lut, classes, palette, transforms)
+
+
+class PascalVOC(SegmentationDataset):
+    """Pascal VOC 2012 (``VOCdevkit/VOC2012`` or that folder itself): ``JPEGImages``,
+    ``SegmentationClass`` (palette PNGs, 255 = boundary), ``ImageSets/Segmentation/<split>.txt``.
+
+    The SBD-augmented set: a split list found in ``ImageSets/SegmentationAug/`` or
+    ``ImageSets/Segmentation/`` (e.g. ``train_aug``) with masks from ``SegmentationClassAug/`` for
+    images that have no ``SegmentationClass`` mask. DeepLab-style lists with two paths per line
+    (``/JPEGImages/x.jpg /SegmentationClassAug/x.png``) are read as given.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Callable | None = None) -> None:
+        root = Path(root)
+        _require_dir(root, "PascalVOC", "the root must be VOCdevkit/VOC2012 or contain it")
+        if (root / "VOC2012").is_dir():
+            root = root / "VOC2012"
+        elif (root / "VOCdevkit" / "VOC2012").is_dir():
+            root = root / "VOCdevkit" / "VOC2012"
+        _require_dir(root / "JPEGImages", "PascalVOC", "images")
+        lists = [root / "ImageSets" / d / f"{split}.txt" for d in ("Segmentation", "SegmentationAug")]
+        list_file = next((p for p in lists if p.is_file()), None)
+        if list_file is None:
+            raise FileNotFoundError(f"PascalVOC: split list not found: {' or '.join(map(str, lists))}")
+        pairs = []
+        for line in list_file.read_text().split("\n"):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) == 2:
+                pairs.append((root / parts[0].lstrip("/"), root / parts[1].lstrip("/")))
+                continue
+            mask = root / "SegmentationClass" / f"{parts[0]}.png"
+            if not mask.is_file():
+                mask = root / "SegmentationClassAug" / f"{parts[0]}.png"
+            pairs.append((root / "JPEGImages" / f"{parts[0]}.jpg", mask))
+        for img, mask in pairs:
+            for p in (img, mask):
+                if not p.is_file():
+                    raise FileNotFoundError(f"PascalVOC: {p} listed in {list_file} does not exist")
+        super().__init__(pairs, _identity_lut(21), VOC_CLASSES, voc_palette(21), transforms)
+
+
+class MaskFolder(SegmentationDataset):
+    """Generic layout: ``<root>/<img_dir>[/<split>]/name.<ext>`` with ``<root>/<mask_dir>[/<split>]/name.png``
+    whose values are already train ids (``0..K-1``, 255 ignore)."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Callable | None = None,
+                 num_classes: int | None = None, classes: Sequence[str] | None = None,
+                 img_dir: str = "images", mask_dir: str = "masks") -> None:
+        root = Path(root)
+        _require_dir(root, "MaskFolder", f"expected {img_dir}/ and {mask_dir}/ inside")
+        images, masks = root / img_dir, root / mask_dir
+        if (images / split).is_dir():
+            images, masks = images / split, masks / split
+        _require_dir(images, "MaskFolder", "images")
+        _require_dir(masks, "MaskFolder", "masks")
+        if classes is None:
+            if num_classes is None:
+                raise ValueError("MaskFolder needs num_classes or classes")
+            classes = tuple(f"class{i}" for i in range(num_classes))
+        pairs = []
+        for img in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+            mask = masks / f"{img.stem}.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"MaskFolder: no mask {mask} for image {img}")
+            pairs.append((img, mask))
+        super().__init__(pairs, _identity_lut(len(classes)), classes, voc_palette(len(classes)), transforms)

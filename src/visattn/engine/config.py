@@ -1,0 +1,159 @@
+"""Run configuration: nested defaults, YAML recipes on top, ``key=value`` overrides on top of that.
+
+Every key a recipe or an override names must exist in :data:`DEFAULTS` (a typo is an error naming
+the key and the closest valid one); the sections listed in :data:`FREE_FORM` (keyword arguments
+passed through to the model builder) accept any key.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["DEFAULTS", "FREE_FORM", "load_config", "apply_overrides", "merge_config", "dump_config", "ConfigError"]
+
+DEFAULTS: dict[str, Any] = {
+    "task": "segmentation",  # or "classification"
+    "model": {
+        "name": "danet",  # a registered name (visattn models) or "package.module:builder"
+        "pretrained": False,
+        "kwargs": {"encoder": "resnet18", "output_stride": 8},  # passed to the builder
+    },
+    "data": {
+        "dataset": "digits",  # digits | cityscapes | ade20k | voc | folder | digits_cls | imagefolder
+        "root": None,
+        "train_split": "train",
+        "val_split": "val",
+        "num_classes": None,  # folder datasets
+        "classes": None,  # folder datasets: names
+        "crop_size": [64, 64],
+        "scale_range": [0.5, 2.0],
+        "flip": True,
+        "color_jitter": 0.0,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "workers": 0,
+        "digits": {"train_length": 2000, "val_length": 200, "size": 64, "digits_per_image": [2, 4],
+                   "digit_size": [12, 24], "seed": 0},
+    },
+    "train": {
+        "iters": 500,  # optimizer steps; used when epochs is null
+        "epochs": None,
+        "batch_size": 16,  # global: over all processes and accumulation steps
+        "accum_steps": 1,
+        "lr": 0.01,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "power": 0.9,  # poly: lr * (1 - t / T) ** power
+        "warmup_iters": 0,
+        "warmup_factor": 0.1,  # linear warm-up starts at lr * warmup_factor
+        "min_lr": 0.0,
+        "head_lr_mult": 1.0,  # lr multiplier of everything but model.encoder (DANet: 10)
+        "loss_weights": None,  # null: the model's loss_weights
+        "ohem": False,
+        "ohem_thresh": 0.7,
+        "ohem_min_kept": 100000,  # per process and micro-batch
+        "label_smoothing": 0.0,
+        "amp": None,  # null | bf16 | fp16
+        "sync_bn": True,  # SyncBatchNorm under DDP on CUDA
+        "seed": 0,
+        "deterministic": False,
+        "device": "auto",
+        "log_every": 10,
+        "eval_every": None,  # steps; null: evaluate at the end only
+        "ckpt_every": 200,
+        "keep_ckpts": 2,
+    },
+    "eval": {
+        "batch_size": 1,
+        "scales": [1.0],
+        "flip": False,
+        "mode": "whole",  # whole | slide
+        "crop_size": None,  # slide window; null: data.crop_size
+        "stride": None,  # slide stride; null: 2/3 of the window
+    },
+    "run": {"root": "runs", "name": None, "dir": None},
+}
+
+FREE_FORM = {("model", "kwargs")}
+
+
+class ConfigError(ValueError):
+    """A config key that does not exist, or a malformed override."""
+
+
+def _unknown(path: str, options: Iterable[str], where: str) -> ConfigError:
+    options = list(options)
+    close = difflib.get_close_matches(path.rsplit(".", 1)[-1], options, n=1)
+    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    hint = f" (did you mean '{parent}{close[0]}'?)" if close else f" (valid: {', '.join(options)})"
+    return ConfigError(f"unknown config key {path!r}{where}{hint}")
+
+
+def merge_config(base: dict, update: Mapping, where: str = "", replace_free_form: bool = True,
+                 _prefix: tuple[str, ...] = ()) -> dict:
+    """Recursively merge ``update`` into a copy of ``base``; unknown keys raise :class:`ConfigError`.
+
+    A free-form section (model keyword arguments) is replaced as a whole when
+    ``replace_free_form`` (a recipe describes its model completely), else merged key by key.
+    """
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = _prefix + (str(key),)
+        if _prefix in FREE_FORM:
+            out[key] = copy.deepcopy(value)
+            continue
+        if key not in out:
+            raise _unknown(".".join(path), out, where)
+        if isinstance(out[key], dict):
+            if value is None and path in FREE_FORM:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {'.'.join(path)!r}{where} must be a mapping, got {value!r}")
+            start = {} if path in FREE_FORM and replace_free_form else out[key]
+            out[key] = merge_config(start, value, where, replace_free_form, path)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.02``, ``[1, 2]``, ``null``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.02)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        parts = tuple(key.strip().split("."))
+        update: Any = value
+        for part in reversed(parts):
+            update = {part: update}
+        # model.kwargs={...} replaces the section, model.kwargs.x=1 sets one key in it
+        cfg = merge_config(cfg, update, where=f" in --set {item}", replace_free_form=parts in FREE_FORM)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (), base: Mapping | None = None) -> dict:
+    """Defaults (or ``base``), then the YAML file ``path``, then ``overrides``."""
+    cfg = copy.deepcopy(dict(base) if base is not None else DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        cfg = merge_config(cfg, data, where=f" in {path}")
+    return apply_overrides(cfg, overrides)
+
+
+def dump_config(cfg: Mapping) -> str:
+    return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None)
