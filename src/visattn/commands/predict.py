@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         flat_palette = [c for rgb in palette for c in rgb]
         for path in files:
-            rgb = np.asarray(read_image(path))
+            rgb = np.array(read_image(path))
             x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 - mean) / std
             with torch.no_grad():
                 if cfg["task"] != "segmentation":

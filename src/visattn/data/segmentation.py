@@ -90,7 +90,7 @@ class SegmentationDataset(Dataset):
             bad = np.unique(raw[mask < 0])[:10].tolist()
             raise ValueError(f"mask {mask_path} has label values {bad} outside the {self.num_classes} classes "
                              f"of {type(self).__name__} and 255 (ignore)")
-        return np.asarray(image), mask.astype(np.uint8)
+        return np.array(image), mask.astype(np.uint8)
 
     def __getitem__(self, index: int):
         image, mask = self.load(index)

@@ -121,8 +121,19 @@ def merge_config(base: dict, update: Mapping, where: str = "", replace_free_form
             start = {} if path in FREE_FORM and replace_free_form else out[key]
             out[key] = merge_config(start, value, where, replace_free_form, path)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = _coerce(out[key], value, ".".join(path), where)
     return out
+
+
+def _coerce(default: Any, value: Any, path: str, where: str) -> Any:
+    """PyYAML reads ``1e-4`` (no dot) as a string: numbers are taken back where a number belongs."""
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if numeric and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"config key {path!r}{where} must be a number, got {value!r}") from None
+    return copy.deepcopy(value)
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:

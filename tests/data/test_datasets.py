@@ -1,0 +1,170 @@
+"""Datasets on tiny trees written in the real on-disk layouts, bad-input errors, augmentation."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from visattn.data import (ADE20K, Cityscapes, DigitClassification, DigitScenes, MaskFolder, PascalVOC, build_dataset,
+                          classes_and_palette, voc_palette)
+from visattn.data.transforms import segmentation_transforms
+from visattn.engine.config import DEFAULTS
+
+
+def _png(path: Path, array: np.ndarray, mode: str | None = None, palette: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(array.astype(np.uint8), mode=mode)
+    if palette:
+        img.putpalette([c for rgb in voc_palette(256) for c in rgb])
+    img.save(path)
+    return path
+
+
+def _rgb(h=6, w=8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3))
+
+
+def _cityscapes(root: Path, labels: np.ndarray) -> Path:
+    _png(root / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png", _rgb(*labels.shape))
+    _png(root / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png", labels)
+    return root
+
+
+def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
+    labels = np.array([[7, 8, 26, 33], [0, 1, 24, 255]])
+    ds = Cityscapes(_cityscapes(tmp_path, labels), "train")
+    assert len(ds) == 1 and ds.num_classes == 19 and len(ds.palette) == 19
+    image, mask = ds[0]
+    assert image.shape == (3, 2, 4) and image.dtype == torch.uint8
+    assert mask.tolist() == [[0, 1, 13, 18], [255, 255, 11, 255]]
+
+
+def test_ade20k_reduce_zero_label(tmp_path):
+    root = tmp_path / "ADEChallengeData2016"
+    _png(root / "images/validation/ADE_val_00000001.jpg", _rgb(2, 3))
+    _png(root / "annotations/validation/ADE_val_00000001.png", np.array([[0, 1, 150], [2, 0, 255]]))
+    ds = ADE20K(tmp_path, "val")  # the parent of ADEChallengeData2016 works too
+    assert ds.num_classes == 150
+    assert ds[0][1].tolist() == [[255, 0, 149], [1, 255, 255]]
+    assert ADE20K(root, "val", reduce_zero_label=False)[0][1].tolist() == [[0, 1, 150], [2, 0, 255]]
+
+
+def test_pascal_voc_palette_masks_and_sbd_list(tmp_path):
+    root = tmp_path / "VOCdevkit/VOC2012"
+    _png(root / "JPEGImages/2007_000032.jpg", _rgb(3, 4))
+    _png(root / "JPEGImages/2008_000002.jpg", _rgb(3, 4, seed=1))
+    _png(root / "SegmentationClass/2007_000032.png", np.array([[0, 15, 255, 1]] * 3), mode="P", palette=True)
+    _png(root / "SegmentationClassAug/2008_000002.png", np.array([[20, 0, 0, 3]] * 3), mode="L")
+    (root / "ImageSets/Segmentation").mkdir(parents=True)
+    (root / "ImageSets/Segmentation/val.txt").write_text("2007_000032\n")
+    (root / "ImageSets/SegmentationAug").mkdir(parents=True)
+    (root / "ImageSets/SegmentationAug/train_aug.txt").write_text("2007_000032\n2008_000002\n")
+    val = PascalVOC(tmp_path, "val")
+    assert len(val) == 1 and val.num_classes == 21
+    assert val[0][1][0].tolist() == [0, 15, 255, 1]
+    aug = PascalVOC(root, "train_aug")
+    assert len(aug) == 2 and aug[1][1][0].tolist() == [20, 0, 0, 3]
+
+
+def test_mask_folder_and_imagefolder(tmp_path):
+    _png(tmp_path / "seg/images/train/a.png", _rgb(4, 4))
+    _png(tmp_path / "seg/masks/train/a.png", np.array([[0, 1, 2, 255]] * 4))
+    ds = MaskFolder(tmp_path / "seg", "train", num_classes=3)
+    assert ds[0][1][0].tolist() == [0, 1, 2, 255]
+    for cls in ("cat", "dog"):
+        _png(tmp_path / f"cls/train/{cls}/x.png", _rgb(40, 40))
+    cfg = dict(DEFAULTS["data"], dataset="imagefolder", root=str(tmp_path / "cls"), crop_size=32)
+    cls_ds = build_dataset(cfg, "train", train=True)
+    image, label = cls_ds[1]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 1
+
+
+@pytest.mark.parametrize("problem", ["missing_root", "size", "label", "corrupt", "missing_split"])
+def test_bad_input_errors_name_the_file(tmp_path, problem):
+    labels = np.array([[7, 8], [26, 0]])
+    root = _cityscapes(tmp_path / "cs", labels)
+    img = root / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"
+    mask = root / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png"
+    if problem == "missing_root":
+        with pytest.raises(FileNotFoundError, match="nowhere"):
+            Cityscapes(tmp_path / "nowhere")
+        return
+    if problem == "missing_split":
+        with pytest.raises(FileNotFoundError, match="val"):
+            Cityscapes(root, "val")
+        return
+    if problem == "size":
+        _png(mask, np.zeros((3, 2)))
+        match = "is 2x2 but its mask .*labelIds.png is 2x3"
+    elif problem == "label":
+        _png(mask, np.array([[7, 40], [26, 0]]))
+        match = r"labelIds.png has label values \[40\] outside the 19 classes"
+    else:
+        img.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        match = "cannot read image .*leftImg8bit.png"
+    with pytest.raises(ValueError, match=match):
+        Cityscapes(root)[0]
+
+
+def test_classes_and_palette_without_data():
+    assert len(classes_and_palette({"dataset": "cityscapes"})[0]) == 19
+    assert len(classes_and_palette({"dataset": "ade20k"})[1]) == 150
+    assert classes_and_palette({"dataset": "folder", "num_classes": 3, "classes": None})[0] == ("class0", "class1", "class2")
+
+
+def test_segmentation_transforms_move_image_and_mask_together():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 5, (20, 30), dtype=torch.uint8)
+    image = tv_tensors.Image(labels.expand(3, -1, -1) * 40)  # the image encodes its label
+    t = segmentation_transforms(True, crop_size=(24, 36), scale_range=(1.0, 1.0), flip=True,
+                                mean=(0, 0, 0), std=(1, 1, 1))
+    for _ in range(5):
+        x, y = t(image, tv_tensors.Mask(labels))
+        assert x.shape == (3, 24, 36) and y.shape == (24, 36) and y.dtype == torch.int64
+        valid = y != 255
+        assert valid.sum() == 20 * 30  # padding (and only padding) is ignored
+        assert torch.equal((x[0][valid] * 255 / 40).round().long(), y[valid])
+        assert (x[:, ~valid] == 0).all()
+    scaled = segmentation_transforms(True, crop_size=(16, 16), scale_range=(0.5, 2.0), color_jitter=0.4)
+    x, y = scaled(image, tv_tensors.Mask(labels))
+    assert x.shape == (3, 16, 16) and set(y.unique().tolist()) <= {0, 1, 2, 3, 4, 255}
+
+
+def test_digit_scenes_deterministic_and_labels_where_digits_were_drawn():
+    a, b = DigitScenes("train", length=10, seed=3), DigitScenes("train", length=10, seed=3)
+    for i in range(10):
+        ia, ma, placed = a.scene(i)
+        ib, mb, _ = b.scene(i)
+        assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
+        assert ia.shape == (64, 64, 3) and ia.dtype == np.uint8
+        assert 2 <= len(placed) <= 4
+        covered = np.zeros_like(ma, dtype=bool)
+        for digit, y, x, side in placed:
+            box = np.zeros_like(covered)
+            box[y:y + side, x:x + side] = True
+            covered |= box
+        assert (ma[~covered] == 0).all()  # labels only inside the drawn digits' boxes
+        for k, (digit, y, x, side) in enumerate(placed):
+            box = ma[y:y + side, x:x + side]
+            later = any(not (y + side <= py or py + ps <= y or x + side <= px or px + ps <= x)
+                        for _, py, px, ps in placed[k + 1:])
+            if not later:  # nothing drawn over it: its label fills its ink, and nothing else is there
+                assert (box == digit + 1).sum() > 0.1 * side * side
+                assert set(np.unique(box).tolist()) <= {0, digit + 1}
+    assert not np.array_equal(DigitScenes("train", seed=4).scene(0)[0], a.scene(0)[0])
+    assert not np.array_equal(DigitScenes("val", seed=3).scene(0)[0], a.scene(0)[0])
+    image, mask = a[0]
+    assert image.shape == (3, 64, 64) and mask.shape == (64, 64) and int(mask.max()) <= 10
+
+
+def test_digit_splits_are_disjoint_and_classification_variant():
+    assert not set(DigitScenes("train").pool) & set(DigitScenes("val").pool)
+    ds = DigitClassification("val", size=32)
+    assert len(ds) == 360 and ds.num_classes == 10
+    image, label = ds[5]
+    image2, label2 = DigitClassification("val", size=32)[5]
+    assert image.shape == (3, 32, 32) and 0 <= label <= 9 and torch.equal(image, image2) and label == label2
+    with pytest.raises(ValueError, match="split"):
+        DigitScenes("test")
