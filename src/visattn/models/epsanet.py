@@ -1,0 +1,149 @@
+"""EPSANet: ResNet with the bottleneck's 3×3 conv replaced by pyramid squeeze attention (PSA).
+
+Paper: Zhang et al., "EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional
+Neural Network", 2021, https://arxiv.org/abs/2105.14447 ; official code: murufeng/EPSANet
+``models/epsanet.py``.
+
+The layout, parameter names and initialisation are the official code's: a torchvision ResNet with
+``layerX.Y.conv2`` a :class:`~visattn.attention.psa.PyramidSqueezeAttention` (keys
+``conv2.conv_1..4`` and ``conv2.se.fc1/fc2``), kernels (3, 5, 7, 9) with groups (1, 4, 8, 16) in
+every stage, so the released checkpoints load with :func:`visattn.load_official` as they are. These
+are the "Small" models; the "Large" ones of the paper were never released and cannot be built from
+the released code (groups 32 at its widths is invalid), so they are not offered.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..attention.psa import PyramidSqueezeAttention
+from .registry import register_model
+from .resnet import Pretrained, ResNet, load_pretrained
+
+__all__ = ["EPSABlock", "EPSANet", "epsanet50", "epsanet101"]
+
+_SOURCE = "https://github.com/murufeng/EPSANet"
+
+
+class EPSABlock(nn.Module):
+    """EPSA block: ResNet bottleneck whose 3×3 conv is PSA (which carries the stride).
+
+    ``(B, inplanes, H, W) -> (B, 4 * planes, H / stride, W / stride)``.
+
+    Args:
+        inplanes: input channels.
+        planes: PSA width (four branches of ``planes // 4``); the block outputs ``4 * planes``.
+        stride: stride of the PSA convs (and of ``downsample``).
+        downsample: projection of the identity when shape changes (``None``: identity).
+        kernel_sizes: PSA branch kernels.
+        conv_groups: PSA branch conv groups.
+        reduction: SE reduction inside PSA.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        kernel_sizes: Sequence[int] = (3, 5, 7, 9),
+        conv_groups: Sequence[int] = (1, 4, 8, 16),
+        reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = PyramidSqueezeAttention(
+            planes, planes, stride=stride, kernel_sizes=kernel_sizes, conv_groups=conv_groups, reduction=reduction
+        )
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class EPSANet(ResNet):
+    """EPSANet: :class:`~visattn.models.resnet.ResNet` built from :class:`EPSABlock`.
+
+    ``(B, 3, H, W) -> (B, num_classes)``.
+
+    Args:
+        layers: blocks per stage, ``(3, 4, 6, 3)`` (EPSANet-50) or ``(3, 4, 23, 3)`` (EPSANet-101).
+        num_classes: classifier outputs.
+        kernel_sizes, conv_groups, reduction: PSA configuration of every block (official:
+            ``(3, 5, 7, 9)``, ``(1, 4, 8, 16)``, 16).
+        zero_init_residual: zero the last BN of each block (not in the official code).
+
+    Initialisation as the official code: every conv weight (PSA's SE convs included) normal with
+    std ``sqrt(2 / (k*k*out_channels))``, conv biases left at PyTorch's default, BatchNorm 1 and 0.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        kernel_sizes: Sequence[int] = (3, 5, 7, 9),
+        conv_groups: Sequence[int] = (1, 4, 8, 16),
+        reduction: int = 16,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__(
+            layers,
+            num_classes,
+            block=EPSABlock,
+            block_kwargs={
+                "kernel_sizes": tuple(kernel_sizes), "conv_groups": tuple(conv_groups), "reduction": reduction
+            },
+            zero_init_residual=zero_init_residual,
+        )
+
+    @torch.no_grad()
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.normal_(0, math.sqrt(2.0 / n))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, EPSABlock):
+                    nn.init.zeros_(m.bn3.weight)
+
+
+@register_model
+def epsanet50(num_classes: int = 1000, pretrained: Pretrained = False, **kwargs) -> EPSANet:
+    """EPSANet-50 (Small): 22,561,715 parameters at 1000 classes, as the official code
+    (paper: 22.56M, 3.62 GFLOPs, 77.49 top-1).
+
+    The authors' weights have no direct-download link, so ``pretrained=True`` raises; download
+    them from murufeng/EPSANet and pass the path (or use ``load_official``).
+    """
+    model = EPSANet((3, 4, 6, 3), num_classes, **kwargs)
+    return load_pretrained(model, "epsanet50", pretrained, None, _SOURCE)
+
+
+@register_model
+def epsanet101(num_classes: int = 1000, pretrained: Pretrained = False, **kwargs) -> EPSANet:
+    """EPSANet-101 (Small): 38,900,279 parameters at 1000 classes, as the official code
+    (paper: 38.90M, 6.82 GFLOPs, 78.43 top-1).
+
+    The authors' weights have no direct-download link, so ``pretrained=True`` raises; download
+    them from murufeng/EPSANet and pass the path (or use ``load_official``).
+    """
+    model = EPSANet((3, 4, 23, 3), num_classes, **kwargs)
+    return load_pretrained(model, "epsanet101", pretrained, None, _SOURCE)
