@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from visattn.engine import PolyWarmup, SegmentationMetrics, segment, train
+from visattn.engine import LRSchedule, SegmentationMetrics, segment, train
 from visattn.engine.config import ConfigError, load_config
 from visattn.engine.losses import cross_entropy, ohem_cross_entropy, weighted_loss
 
@@ -39,11 +39,14 @@ def test_unknown_config_keys_are_named(tmp_path):
 
 
 def test_poly_warmup():
-    f = PolyWarmup(total=100, power=0.9, warmup_iters=10, warmup_factor=0.1)
+    f = LRSchedule(total=100, power=0.9, warmup_iters=10, warmup_factor=0.1)
     assert f(0) == pytest.approx(0.1)
     assert f(5) == pytest.approx((1 - 0.05) ** 0.9 * 0.55)
     assert f(50) == pytest.approx(0.5 ** 0.9)
     assert f(100) == 0
+    steps = LRSchedule(total=100, milestones=[30, 60], gamma=0.1, min_factor=0.005)
+    assert [steps(29), steps(30), steps(60), steps(99)] == pytest.approx([1, 0.1, 0.01, 0.01])
+    assert LRSchedule(100, milestones=[10, 20, 30], min_factor=0.005)(50) == 0.005
 
 
 def test_losses_ignore_and_ohem():
@@ -182,3 +185,12 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     torch.manual_seed(0)
     init = tinyseg.build(11).state_dict()
     assert all((a[k] - init[k]).abs().max() > 1e-4 for k in a)  # training moved every tensor
+
+
+@pytest.mark.parametrize("recipe", sorted((HERE.parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_recipes_load_and_name_registered_models(recipe):
+    from visattn.models import is_model
+
+    cfg = load_config(recipe)
+    assert is_model(cfg["model"]["name"])
+    assert (cfg["task"] == "classification") == (cfg["data"]["dataset"] in ("imagefolder", "digits_cls"))

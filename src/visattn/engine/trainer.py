@@ -47,22 +47,28 @@ from .distributed import DistInfo, cleanup_distributed, init_distributed, resolv
 from .evaluate import evaluate, format_table
 from .losses import weighted_loss
 
-__all__ = ["train", "build_model", "PolyWarmup", "load_checkpoint", "latest_checkpoint", "AMP_DTYPES"]
+__all__ = ["train", "build_model", "LRSchedule", "load_checkpoint", "latest_checkpoint", "AMP_DTYPES"]
 
 AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PolyWarmup:
-    """LR factor: linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters`` steps, then
-    ``(1 - t / total) ** power``, never below ``min_factor``."""
+class LRSchedule:
+    """LR factor at step ``t``: ``(1 - t / total) ** power`` (poly, the segmentation papers'), or
+    ``gamma ** (number of milestones <= t)`` (step, the ImageNet papers'); never below
+    ``min_factor``; times a linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters`` steps."""
 
     def __init__(self, total: int, power: float = 0.9, warmup_iters: int = 0, warmup_factor: float = 0.1,
-                 min_factor: float = 0.0) -> None:
+                 min_factor: float = 0.0, milestones: list[int] | None = None, gamma: float = 0.1) -> None:
         self.total, self.power, self.warmup_iters = total, power, warmup_iters
         self.warmup_factor, self.min_factor = warmup_factor, min_factor
+        self.milestones, self.gamma = sorted(milestones) if milestones else None, gamma
 
     def __call__(self, step: int) -> float:
-        factor = max((1 - min(step, self.total) / self.total) ** self.power, self.min_factor)
+        if self.milestones is not None:
+            factor = self.gamma ** sum(step >= m for m in self.milestones)
+        else:
+            factor = (1 - min(step, self.total) / self.total) ** self.power
+        factor = max(factor, self.min_factor)
         if step < self.warmup_iters:
             factor *= self.warmup_factor + (1 - self.warmup_factor) * step / self.warmup_iters
         return factor
@@ -249,8 +255,14 @@ def train(cfg: dict, resume: str | Path | None = None, quiet: bool = False) -> d
         model = build_model(cfg["model"], num_classes).to(device)
         weights = dict(t["loss_weights"] or getattr(model, "loss_weights", None) or {"out": 1.0})
         optimizer = _optimizer(model, t)
-        poly = PolyWarmup(total, t["power"], t["warmup_iters"], t["warmup_factor"], t["min_lr"] / t["lr"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly)
+        if t["schedule"] not in ("poly", "step"):
+            raise ValueError(f"train.schedule must be 'poly' or 'step', got {t['schedule']!r}")
+        # step milestones count epochs in epoch-based runs, else steps
+        milestones = [int(m) * (iters_per_epoch if t["epochs"] else 1) for m in t["lr_steps"]] \
+            if t["schedule"] == "step" else None
+        schedule = LRSchedule(total, t["power"], t["warmup_iters"], t["warmup_factor"], t["min_lr"] / t["lr"],
+                              milestones, t["lr_gamma"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
         step, best = 0, -math.inf
         if resume is not None:
