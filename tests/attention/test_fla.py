@@ -137,6 +137,30 @@ def test_gradients_match_official(channels_last, path):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients_match_loop_for_a_batch(channels_last, path):
+    ours, _ = build(seed=6, dtype=torch.float64)
+    x = torch.randn(2, C, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    grads = []
+    for fn in (ours, lambda t: loop_fla(ours, t)[0]):
+        ours.zero_grad()
+        xi = x.clone().requires_grad_()
+        (fn(xi) * g).sum().backward()
+        grads.append([xi.grad] + [p.grad.clone() for p in ours.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_non_dense_input():
+    ours, _ = build(seed=7)
+    x = torch.randn(1, C, 8, 12).to(memory_format=torch.channels_last)[:, :, ::2, ::3]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), loop_fla(ours, x)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_attention_weights():
     ours, _ = build(seed=3)
     x = torch.randn(2, C, 5, 7)

@@ -18,8 +18,9 @@ official module (up to float rounding). How it is computed differs, for speed:
 - The official code builds a ``(B*W, H, H)`` ``-inf`` tensor on every call and moves q, k, v and
   the attention through a chain of ``permute().contiguous()`` copies; it is bound by memory
   layout, not by its matmuls. Here q and k come from one matmul that reads ``x`` transposed (no
-  copy), the diagonal is masked with a ``(H, H)`` boolean, and every batched matmul gets its
-  operands as strided views.
+  copy), the column scores' GEMM adds a broadcast ``(H, H)`` ``-inf`` diagonal itself, and the
+  batched matmuls get their operands as strided views (plus one per-plane transpose of ``x``
+  for NCHW input).
 - The value projection is applied *after* the aggregation: the softmax weights of a position sum
   to 1, so ``sum_j a_j (W x_j + b) = W (sum_j a_j x_j) + b``. The aggregation runs on ``x`` and
   the last matmul (``gamma * W_v``) both projects and writes the result back in the input's memory
@@ -60,7 +61,7 @@ def _scores(q: Tensor, k: Tensor, diag_mask: bool = False) -> Tensor:
 
 
 def _is_channels_last(x: Tensor) -> bool:
-    return x.stride(1) == 1 and x.shape[1] > 1
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _row_operand(x: Tensor) -> Tensor:

@@ -52,7 +52,7 @@ def _matmul_acc(a: Tensor, b: Tensor) -> Tensor:
 
 def _columns(x: Tensor) -> Tensor:
     """``x`` as ``(B, W, C, H)``, ``[b, w] = x[b, :, :, w]``, viewable as ``(B, W*C, H)``."""
-    if x.stride(1) == 1:  # channels-last: a view (unit stride along C)
+    if x.is_contiguous(memory_format=torch.channels_last):  # a view (unit stride along C)
         return x.permute(0, 3, 1, 2)
     # NCHW: transpose each channel plane first (cache-resident), then move whole H-runs.
     return x.transpose(2, 3).contiguous().transpose(1, 2).contiguous()
