@@ -1,0 +1,113 @@
+"""Dilated encoders for segmentation: any timm model with ``features_only=True, output_stride=8|16``.
+
+Papers: Yu & Koltun, "Multi-Scale Context Aggregation by Dilated Convolutions", ICLR 2016,
+https://arxiv.org/abs/1511.07122; He et al., "Bag of Tricks for Image Classification with
+Convolutional Neural Networks" (the deep 3x3 stem), CVPR 2019, https://arxiv.org/abs/1812.01187
+
+The encoder returns the last three feature maps (ResNet stages 2, 3 and 4: strides 8, 8, 8 at
+``output_stride=8``); ``encoder.feature_info.channels()`` tells their widths. Its state dict keeps
+timm's names, which for ResNets are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...).
+
+The authors' backbones, in timm terms:
+- DANet's released DANet101 (run with ``--backbone resnet101 --multi-grid --multi-dilation 4 8 16
+  --no-deepstem``): torchvision-layout ``resnet101`` (7x7 stem), stage 3 dilated as torchvision
+  (first block 1, then 2), stage-4 blocks dilated 4, 8, 16: ``multi_grid=(4, 8, 16)``.
+- CCNet and FLANet: deep stem (3x3 convs 3->64 s2, 64->64, 64->128), which is timm's
+  ``resnet50s``/``resnet101s`` (keys ``conv1.0/.1/.3/.4/.6``, ``bn1``), and the *first* block of
+  stages 3 and 4 dilated at the stage's full rate (2 and 4): ``full_first_dilation=True``. CCNet
+  also pools its stem with ``ceil_mode=True`` (``ceil_maxpool=True``), which changes feature
+  sizes at odd input sizes.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+import timm
+from torch import nn
+
+__all__ = ["create_encoder"]
+
+
+def _unknown_encoder(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return ValueError(f"unknown encoder {name!r}: not a timm model.{hint} See timm.list_models().")
+
+
+def _resnet_stages(model: nn.Module, name: str, option: str) -> list[nn.Sequential]:
+    stages = [getattr(model, f"layer{i}", None) for i in (3, 4)]
+    if any(not isinstance(s, nn.Sequential) or not hasattr(s[0], "conv2") for s in stages):
+        raise ValueError(f"{option} needs a ResNet-style encoder (layer3/layer4 of blocks), got {name!r}")
+    return stages
+
+
+def _set_dilation(block: nn.Module, dilation: int, first: bool) -> None:
+    """Dilate a block's 3x3 convs: conv2 of a Bottleneck; conv1 (only, if ``first``) and conv2 of a BasicBlock."""
+    convs = [block.conv2] if hasattr(block, "conv3") else ([block.conv1] if first else [block.conv1, block.conv2])
+    for conv in convs:
+        conv.dilation = conv.padding = (dilation, dilation)
+
+
+def create_encoder(
+    name: str = "resnet50",
+    output_stride: int = 8,
+    pretrained: bool = False,
+    pretrained_file: str | Path | None = None,
+    full_first_dilation: bool = False,
+    multi_grid: Sequence[int] | None = None,
+    ceil_maxpool: bool = False,
+    **kwargs,
+) -> nn.Module:
+    """A timm feature extractor returning ``[stage2, stage3, stage4]`` feature maps.
+
+    Args:
+        name: any timm model that supports ``features_only`` and ``output_stride``.
+        output_stride: input size / feature size of the last map, 8 or 16.
+        pretrained: load timm's default ImageNet weights (downloads through timm's cache).
+        pretrained_file: load the encoder weights from this local file instead.
+        full_first_dilation: dilate the first block of dilated stages at the full stage rate
+            (CCNet/FLANet backbones) instead of the previous stage's rate (torchvision, timm, DANet).
+        multi_grid: dilation of each block of the last stage, cycled (DANet's ``--multi-dilation``);
+            applied after ``full_first_dilation``.
+        ceil_maxpool: stem max-pool with ``ceil_mode=True`` (CCNet's backbone).
+        **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
+    """
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
+    if not timm.is_model(name):
+        raise _unknown_encoder(name)
+    if pretrained_file is not None:
+        pretrained = True
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
+    try:
+        model = timm.create_model(
+            name,
+            pretrained=pretrained,
+            features_only=True,
+            output_stride=output_stride,
+            out_indices=(-3, -2, -1),
+            **kwargs,
+        )
+    except TypeError as err:
+        if "output_stride" in str(err):
+            raise ValueError(f"encoder {name!r} does not support output_stride (no dilated variant in timm)") from err
+        raise
+    reduction = model.feature_info.reduction()[-1]
+    if reduction != output_stride:
+        raise ValueError(f"encoder {name!r} gives output stride {reduction}, not the requested {output_stride}")
+    if full_first_dilation:
+        for stage in _resnet_stages(model, name, "full_first_dilation"):
+            _set_dilation(stage[0], stage[-1].conv2.dilation[0], first=True)
+    if multi_grid is not None:
+        if not multi_grid or any(int(d) < 1 for d in multi_grid):
+            raise ValueError(f"multi_grid must be positive dilations, got {multi_grid!r}")
+        last = _resnet_stages(model, name, "multi_grid")[-1]
+        for i, block in enumerate(last):
+            _set_dilation(block, int(multi_grid[i % len(multi_grid)]), first=False)
+    if ceil_maxpool:
+        if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            raise ValueError(f"ceil_maxpool needs an encoder with a stem max-pool, got {name!r}")
+        model.maxpool.ceil_mode = True
+    return model
