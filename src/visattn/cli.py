@@ -16,6 +16,9 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate trained weights: mIoU, per-class IoU, pixel accuracy (or top-1/top-5)",
     "predict": "segment images, folders or globs into colour masks and overlays",
     "models": "list registered models with their parameter counts",
+    "explain": "draw a segmentor's attention maps (PAM, CAM, CCA/RCCA, FLA, BAM, SGE, PSA) over an image",
+    "plot": "draw a run's training curves (loss, mIoU, learning rate) as a PNG",
+    "bench": "time and peak memory of attention modules: naive published code vs visattn",
 }
 
 

@@ -1,0 +1,337 @@
+"""Benchmarks of the visattn attention modules against the naive published formulations.
+
+One implementation behind both ``visattn bench`` and ``benchmarks/run.py``:
+
+- **time**: naive and visattn built with the same weights in one process, warmed up, then timed
+  alternately (``reps`` pairs, median of each), forward under ``no_grad`` or a training step
+  (forward + backward of ``out.sum()``, input gradient included). Ratios from interleaved runs
+  are robust to the machine's load; absolute times are not.
+- **peak memory**: each (case, implementation) in its own subprocess; after a warm-up call at a
+  tiny size (library initialisation), the kernel's peak-RSS mark is reset (``5`` written to
+  ``/proc/self/clear_refs``), the call runs, and ``VmHWM - VmRSS(before)`` is reported. Where
+  ``clear_refs`` is unavailable (non-Linux), ``ru_maxrss`` of the fresh process is used instead.
+- **FLOPs** of each implementation's call are counted with ``torch.utils.flop_counter`` (matmuls
+  and convolutions) and reported as GFLOP/s and as a fraction of this machine's fp32 matmul peak
+  (best of several 2048^3 ``torch.mm``), measured in the same run, at its start and its end.
+
+Naive baselines come from :mod:`visattn.attention.reference`; network cases (``danet_r50_d8``,
+``ccnet_r50_d8``) swap the head's attention modules for the naive ones (inference only).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from visattn.attention.reference import NAIVE
+
+__all__ = ["Case", "NETWORKS", "MODULES", "matmul_peak", "run_cases", "format_table", "machine_info"]
+
+MODULES = tuple(NAIVE)
+NETWORKS = ("danet_r50_d8", "ccnet_r50_d8")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Case:
+    """One benchmark row: an attention name (or a network name) at ``batch x channels x H x W``.
+
+    ``naive=False`` measures visattn only (e.g. PAM at 128 x 256, where the naive N x N map alone
+    needs GBs); ``memory=False`` skips the subprocess memory measurement; ``reps=0`` skips the
+    timing loop and reports the single call of the memory subprocess as the time (for cases too
+    slow to repeat).
+    """
+
+    module: str
+    height: int
+    width: int
+    channels: int = 512
+    batch: int = 1
+    train: bool = False
+    dtype: str = "float32"
+    naive: bool = True
+    memory: bool = True
+    reps: int = 5
+
+    @property
+    def label(self) -> str:
+        mode = "train" if self.train else "fwd"
+        return f"{self.module} {self.batch}x{self.channels}x{self.height}x{self.width} {mode} {self.dtype}"
+
+
+def _build_attention(name: str, channels: int, naive: bool) -> nn.Module:
+    """visattn module with deterministic weights (gammas non-zero), or the naive one with the same."""
+    from visattn.attention.factory import create_attention
+
+    torch.manual_seed(0)
+    opt = create_attention(name, channels, **({"combine": "product"} if name == "bam" else {}))
+    with torch.no_grad():
+        for pname, p in opt.named_parameters():
+            if pname.split(".")[-1] == "gamma" or (name == "sge" and pname == "weight"):
+                p.fill_(0.5)  # at 0 the module is the identity (or a constant gate)
+    if not naive:
+        return opt
+    ref = NAIVE[name](channels)
+    ref.load_state_dict(opt.state_dict())
+    return ref
+
+
+def _build_network(name: str, naive: bool) -> nn.Module:
+    from visattn.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=19)
+    if naive:
+        head = model.head
+        if name.startswith("danet"):
+            head.sa = _swap(head.sa, NAIVE["pam"](head.sa.channels, head.sa.reduction))
+            head.sc = _swap(head.sc, NAIVE["cam"](head.sc.channels))
+        else:
+            cca = head.rcca.cca
+            head.rcca.cca = _swap(cca, NAIVE["cca"](cca.channels, cca.reduction))
+    return model
+
+
+def _swap(old: nn.Module, new: nn.Module) -> nn.Module:
+    new.load_state_dict(old.state_dict())
+    return new
+
+
+def _build(case: Case, naive: bool, height: int | None = None, width: int | None = None) -> tuple[nn.Module, Tensor]:
+    dtype = _DTYPES[case.dtype]
+    h, w = height or case.height, width or case.width
+    if case.module in NETWORKS:
+        model = _build_network(case.module, naive)
+        x = torch.randn(case.batch, 3, h, w)
+    else:
+        model = _build_attention(case.module, case.channels, naive)
+        x = torch.randn(case.batch, case.channels, h, w)
+    model = model.to(dtype).train(case.train)
+    x = x.to(dtype).requires_grad_(case.train)
+    return model, x
+
+
+def _call(model: nn.Module, x: Tensor, train: bool) -> None:
+    if not train:
+        with torch.no_grad():
+            model(x)
+        return
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    out = model(x)
+    if isinstance(out, dict):
+        out = sum(o.float().sum() for o in out.values())
+    out.float().sum().backward()
+
+
+def _count_flops(model: nn.Module, x: Tensor, train: bool) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _call(model, x, train)
+    return counter.get_total_flops()
+
+
+def matmul_peak(size: int = 2048, reps: int = 5) -> float:
+    """This machine's fp32 matmul throughput in GFLOP/s: best of ``reps`` ``size^3`` ``torch.mm``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_case(case: Case) -> dict:
+    """Median seconds of naive and visattn calls, alternated, plus each one's FLOPs."""
+    impls = {"visattn": _build(case, naive=False)}
+    if case.naive:
+        impls["naive"] = _build(case, naive=True)
+    out: dict = {}
+    for key, (model, x) in impls.items():
+        out[f"{key}_gflop"] = _count_flops(model, x, case.train) / 1e9  # also the warm-up call
+        _call(model, x, case.train)
+    times: dict[str, list[float]] = {key: [] for key in impls}
+    order = list(impls)
+    for rep in range(case.reps):
+        for key in order if rep % 2 == 0 else order[::-1]:
+            model, x = impls[key]
+            times[key].append(_timed(lambda: _call(model, x, case.train)))
+    for key, ts in times.items():
+        out[f"{key}_ms"] = 1e3 * statistics.median(ts)
+    return out
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _measure_memory(case: Case, naive: bool) -> dict:
+    """Peak extra resident memory of one call (run in a fresh process)."""
+    model, x = _build(case, naive)
+    tiny_model, tiny_x = _build(case, naive, 16, 16)  # initialise libraries outside the measurement
+    _call(tiny_model, tiny_x, case.train)
+    del tiny_model, tiny_x
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kb("VmRSS")
+        seconds = _timed(lambda: _call(model, x, case.train))
+        peak_kb = _status_kb("VmHWM") - base
+        method = "VmHWM"
+    except OSError:  # no /proc: ru_maxrss of this fresh process (KiB on Linux, bytes on macOS)
+        scale = 1024 if sys.platform == "darwin" else 1
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // scale
+        seconds = _timed(lambda: _call(model, x, case.train))
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // scale - base
+        method = "ru_maxrss"
+    return {"peak_mb": peak_kb / 1024, "seconds": seconds, "method": method}
+
+
+def memory_case(case: Case, naive: bool, threads: int) -> dict:
+    """:func:`_measure_memory` in a subprocess; ``{"error": ...}`` if it fails (e.g. out of memory)."""
+    cmd = [sys.executable, "-m", "visattn.benchmark", json.dumps(dataclasses.asdict(case)), str(int(naive)), str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def theoretical_map_mb(case: Case) -> float | None:
+    """Bytes of PAM's naive ``B x N x N`` map (one buffer), in MB; ``None`` for other modules."""
+    if case.module != "pam":
+        return None
+    n = case.height * case.width
+    return case.batch * n * n * torch.finfo(_DTYPES[case.dtype]).bits / 8 / 2**20
+
+
+def run_case(case: Case, threads: int, log=print) -> dict:
+    row = dataclasses.asdict(case)
+    row["label"] = case.label
+    log(f"  {case.label} ...")
+    impls = ["visattn"] + (["naive"] if case.naive else [])
+    if case.reps:
+        row.update(time_case(case))
+    for key in impls:
+        if row.get(f"{key}_gflop"):
+            row[f"{key}_gflops"] = row[f"{key}_gflop"] / (row[f"{key}_ms"] / 1e3)
+    if case.memory:
+        for key in impls:
+            mem = memory_case(case, key == "naive", threads)
+            row[f"{key}_memory"] = mem
+            if "peak_mb" in mem:
+                row[f"{key}_peak_mb"] = mem["peak_mb"]
+                if not case.reps:  # untimed case: the one call of the memory process
+                    row[f"{key}_ms"] = 1e3 * mem["seconds"]
+    if case.naive:
+        row["speedup"] = row["naive_ms"] / row["visattn_ms"]
+        if row.get("naive_peak_mb") is not None and row.get("visattn_peak_mb", 0) >= 1:  # < 1 MB: noise
+            row["memory_ratio"] = row["naive_peak_mb"] / row["visattn_peak_mb"]
+    elif theoretical_map_mb(case) is not None:
+        row["naive_map_mb_theoretical"] = theoretical_map_mb(case)
+    return row
+
+
+def machine_info() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": model,
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def run_cases(cases: list[Case], threads: int | None = None, log=print, on_row=None) -> dict:
+    """Measure ``cases``; returns a JSON-able report (machine, peak, load averages, rows).
+
+    ``on_row(report)`` is called after each case (e.g. to save partial results)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    report: dict = {"machine": machine_info(), "load_avg_start": _loadavg()}
+    peaks = [matmul_peak()]
+    log(f"fp32 matmul peak: {peaks[0]:.0f} GFLOP/s ({threads} threads)")
+    report["results"] = []
+    for case in cases:
+        report["results"].append(run_case(case, threads, log))
+        if on_row is not None:
+            on_row(report)
+    # Measured again at the end: under a shared machine's load the best of both is the closer one.
+    peaks.append(matmul_peak())
+    report["matmul_peak_gflops_runs"] = peaks
+    report["matmul_peak_gflops"] = peak = max(peaks)
+    for row in report["results"]:
+        for key in ("visattn", "naive"):
+            if f"{key}_gflops" in row:
+                row[f"{key}_pct_peak"] = 100 * row[f"{key}_gflops"] / peak
+    report["load_avg_end"] = _loadavg()
+    return report
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(report: dict) -> str:
+    """Markdown table of a :func:`run_cases` report."""
+    head = (
+        "| case | naive ms | visattn ms | speed-up | naive peak MB | visattn peak MB | memory ratio "
+        "| naive % peak | visattn % peak |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in report["results"]:
+        naive_mb = r.get("naive_peak_mb")
+        naive_mb_s = _fmt(naive_mb, ".0f")
+        if naive_mb is None and "naive_map_mb_theoretical" in r:
+            naive_mb_s = f"not run (N×N map alone: {r['naive_map_mb_theoretical']:.0f})"
+        lines.append(
+            f"| {r['label']} | {_fmt(r.get('naive_ms'), '.1f')} | {r['visattn_ms']:.1f} "
+            f"| {_fmt(r.get('speedup'), '.2f')}× | {naive_mb_s} | {_fmt(r.get('visattn_peak_mb'), '.0f')} "
+            f"| {_fmt(r.get('memory_ratio'), '.1f')}× | {_fmt(r.get('naive_pct_peak'), '.0f')}% "
+            f"| {_fmt(r.get('visattn_pct_peak'), '.0f')}% |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # subprocess entry of memory_case
+    spec, naive_flag, n_threads = sys.argv[1:4]
+    torch.set_num_threads(int(n_threads))
+    result = _measure_memory(Case(**json.loads(spec)), bool(int(naive_flag)))
+    print(json.dumps(result))

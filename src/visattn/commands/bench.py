@@ -1,0 +1,56 @@
+"""``visattn bench``: time and peak memory of attention modules, naive published code vs visattn.
+
+Runs :mod:`visattn.benchmark` (the code behind ``benchmarks/run.py`` and docs/benchmarks.md) for
+the chosen modules at one size and prints the same table; ``--json`` writes the full report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from visattn.benchmark import MODULES, NETWORKS
+
+    parser.add_argument("--modules", nargs="+", default=list(MODULES), choices=[*MODULES, *NETWORKS], metavar="NAME",
+                        help=f"attention modules ({', '.join(MODULES)}) or networks ({', '.join(NETWORKS)}); "
+                        "default: all modules")
+    parser.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"),
+                        help="feature map size (image size for networks); default 64 64")
+    parser.add_argument("--channels", type=int, default=512, help="channels C (default 512)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1; BAM training needs >= 2)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--train", action="store_true", help="time a training step (forward + backward)")
+    parser.add_argument("--reps", type=int, default=5, help="timed naive/visattn pairs (median; default 5)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--no-naive", action="store_true", help="measure visattn only")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-case subprocess memory measurement")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from visattn.benchmark import Case, format_table, run_cases
+
+    if args.reps < 1:
+        print("visattn bench: --reps must be >= 1")
+        return 2
+    cases = [
+        Case(name, *args.size, channels=args.channels, batch=args.batch, train=args.train, dtype=args.dtype,
+             naive=not args.no_naive, memory=not args.no_memory, reps=args.reps)
+        for name in args.modules
+    ]
+    report = run_cases(cases, threads=args.threads)
+    report["command"] = "visattn bench " + " ".join(
+        ["--modules", *args.modules, "--size", *map(str, args.size), "--channels", str(args.channels),
+         "--batch", str(args.batch), "--dtype", args.dtype, "--reps", str(args.reps)]
+        + (["--train"] if args.train else []) + (["--no-naive"] if args.no_naive else [])
+        + (["--no-memory"] if args.no_memory else [])
+    )
+    print(format_table(report))
+    print(f"load average: start {report['load_avg_start']}, end {report['load_avg_end']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"written to {args.json}")
+    return 0

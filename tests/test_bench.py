@@ -1,0 +1,102 @@
+"""The benchmark baseline and ``visattn bench``.
+
+The naive formulations (the official code transcribed, :mod:`visattn.attention.reference`) must
+compute what the visattn modules compute, with the same weights: that is what makes the
+benchmark's ratios meaningful. No timing assertions here.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import randomize_, rel_err
+
+from visattn.attention import create_attention
+from visattn import benchmark
+from visattn.attention.reference import NAIVE
+from visattn.benchmark import Case, _measure_memory, format_table, run_cases
+from visattn.benchmark import matmul_peak as _matmul_peak
+from visattn.cli import main
+
+C = 64
+
+
+@pytest.fixture(autouse=True)
+def _small_matmul_peak(monkeypatch):
+    # The real peak measurement runs 2048^3 matmuls: keep these tests fast.
+    monkeypatch.setattr(benchmark, "matmul_peak", lambda: _matmul_peak(256, 2))
+
+
+def _pair(name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    kwargs = {"combine": "product"} if name == "bam" else {"groups": 8} if name == "sge" else {}
+    opt = randomize_(create_attention(name, C, **kwargs), seed).eval()
+    naive = NAIVE[name](C, **({"groups": 8} if name == "sge" else {})).eval()
+    naive.load_state_dict(opt.state_dict())  # official parameter names on both sides
+    return naive, opt
+
+
+# FLA's official repeat mixes batch items (visattn fixes it): equal only for B = 1.
+# BAM's official channel gate pools an H x H window: equal for square maps.
+_SHAPES = {"fla": (1, C, 9, 13), "bam": (2, C, 12, 12)}
+
+
+@pytest.mark.parametrize("name", sorted(NAIVE))
+def test_naive_equals_visattn(name):
+    naive, opt = _pair(name)
+    shape = _SHAPES.get(name, (2, C, 9, 13))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    y_opt = opt(x)
+    g = torch.randn_like(y_opt)
+    (gx_opt,) = torch.autograd.grad(y_opt, x, g)
+    y_naive = naive(x)
+    (gx_naive,) = torch.autograd.grad(y_naive, x, g)
+    assert rel_err(y_opt, y_naive) < 1e-4
+    assert rel_err(gx_opt, gx_naive) < 1e-4
+    if name in ("pam", "cam", "cca", "fla"):  # residual attention: the attention path matters
+        assert rel_err(y_opt, x) > 1e-2
+
+
+def test_naive_pam_builds_the_map_and_visattn_does_not():
+    # The baseline really is the published O(N^2) form: its saved tensors include an N x N map.
+    naive, opt = _pair("pam")
+    x = torch.randn(1, C, 8, 9, requires_grad=True)
+    n = 72
+    for module, expect in ((naive, True), (opt, False)):
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            module(x)
+        assert any(s[-2:] == (n, n) for s in shapes) == expect
+
+
+def test_bench_command_prints_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--modules", "pam", "cca", "--size", "6", "8", "--channels", "16", "--reps", "1",
+            "--threads", "1", "--no-memory", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| case |" in printed and "pam 1x16x6x8 fwd float32" in printed
+    report = json.loads(out.read_text())
+    assert {"machine", "matmul_peak_gflops", "load_avg_start", "load_avg_end", "results", "command"} <= set(report)
+    assert report["machine"]["torch"] == torch.__version__
+    rows = report["results"]
+    assert [r["module"] for r in rows] == ["pam", "cca"]
+    for r in rows:
+        for key in ("naive_ms", "visattn_ms", "speedup", "naive_gflop", "visattn_gflop", "visattn_pct_peak"):
+            assert r[key] > 0, key
+        assert (r["height"], r["width"], r["channels"], r["train"], r["dtype"]) == (6, 8, 16, False, "float32")
+
+
+def test_bench_train_bf16_visattn_only():
+    report = run_cases([Case("cam", 4, 4, channels=8, train=True, dtype="bfloat16", naive=False, memory=False, reps=1)],
+                       log=lambda *_: None)
+    (row,) = report["results"]
+    assert row["visattn_ms"] > 0 and "naive_ms" not in row and "speedup" not in row
+    assert "cam 1x8x4x4 train bfloat16" in format_table(report)
+
+
+def test_memory_measurement_sees_the_naive_map():
+    # In-process here (the benchmark runs it in a fresh subprocess, where nothing freed earlier can
+    # be reused): at least one of the naive PAM's 16 MiB N x N buffers (N = 2048) must show.
+    mem = _measure_memory(Case("pam", 32, 64, channels=16), naive=True)
+    assert mem["peak_mb"] > 12
