@@ -148,9 +148,9 @@ def test_digit_scenes_deterministic_and_labels_where_digits_were_drawn():
         assert (ma[~covered] == 0).all()  # labels only inside the drawn digits' boxes
         for k, (digit, y, x, side) in enumerate(placed):
             box = ma[y:y + side, x:x + side]
-            later = any(not (y + side <= py or py + ps <= y or x + side <= px or px + ps <= x)
-                        for _, py, px, ps in placed[k + 1:])
-            if not later:  # nothing drawn over it: its label fills its ink, and nothing else is there
+            overlapped = any(not (y + side <= py or py + ps <= y or x + side <= px or px + ps <= x)
+                             for j, (_, py, px, ps) in enumerate(placed) if j != k)
+            if not overlapped:  # alone in its box: its label marks its ink, and nothing else is there
                 assert (box == digit + 1).sum() > 0.1 * side * side
                 assert set(np.unique(box).tolist()) <= {0, digit + 1}
     assert not np.array_equal(DigitScenes("train", seed=4).scene(0)[0], a.scene(0)[0])

@@ -221,9 +221,9 @@ def train(cfg: dict, resume: str | Path | None = None, quiet: bool = False) -> d
     """
     t, task = cfg["train"], cfg["task"]
     device = resolve_device(t["device"], int(os.environ.get("LOCAL_RANK", "0")))
-    amp = AMP_DTYPES[t["amp"]] if t["amp"] in AMP_DTYPES else None
     if t["amp"] not in AMP_DTYPES:
         raise ValueError(f"train.amp must be null, bf16 or fp16, got {t['amp']!r}")
+    amp = AMP_DTYPES[t["amp"]]
     if amp is torch.float16 and device.type != "cuda":
         raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
     if (cfg["data"]["dataset"] in CLASSIFICATION_DATASETS) != (task == "classification"):
