@@ -82,7 +82,7 @@ def test_bench_command_prints_table_and_writes_json(tmp_path, capsys):
     rows = report["results"]
     assert [r["module"] for r in rows] == ["pam", "cca"]
     for r in rows:
-        for key in ("naive_ms", "visattn_ms", "speedup", "naive_gflop", "visattn_gflop", "visattn_pct_peak"):
+        for key in ("naive_ms", "visattn_ms", "speedup", "gflop", "naive_gflops", "visattn_pct_peak"):
             assert r[key] > 0, key
         assert (r["height"], r["width"], r["channels"], r["train"], r["dtype"]) == (6, 8, 16, False, "float32")
 

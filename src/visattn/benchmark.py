@@ -10,9 +10,10 @@ One implementation behind both ``visattn bench`` and ``benchmarks/run.py``:
   tiny size (library initialisation), the kernel's peak-RSS mark is reset (``5`` written to
   ``/proc/self/clear_refs``), the call runs, and ``VmHWM - VmRSS(before)`` is reported. Where
   ``clear_refs`` is unavailable (non-Linux), ``ru_maxrss`` of the fresh process is used instead.
-- **FLOPs** of each implementation's call are counted with ``torch.utils.flop_counter`` (matmuls
-  and convolutions) and reported as GFLOP/s and as a fraction of this machine's fp32 matmul peak
-  (best of several 2048^3 ``torch.mm``), measured in the same run, at its start and its end.
+- **FLOPs** of the naive published formulation are counted with ``torch.utils.flop_counter``
+  (matmuls and convolutions, on the ``meta`` device) and divided by each implementation's time:
+  GFLOP/s and the fraction of this machine's fp32 matmul peak (best of several 2048^3
+  ``torch.mm``), measured in the same run, at its start and its end.
 
 Naive baselines come from :mod:`visattn.attention.reference`; network cases (``danet_r50_d8``,
 ``ccnet_r50_d8``) swap the head's attention modules for the naive ones (inference only).
@@ -75,7 +76,6 @@ def _build_attention(name: str, channels: int, naive: bool) -> nn.Module:
     """visattn module with deterministic weights (gammas non-zero), or the naive one with the same."""
     from visattn.attention.factory import create_attention
 
-    torch.manual_seed(0)
     opt = create_attention(name, channels, **({"combine": "product"} if name == "bam" else {}))
     with torch.no_grad():
         for pname, p in opt.named_parameters():
@@ -91,7 +91,6 @@ def _build_attention(name: str, channels: int, naive: bool) -> nn.Module:
 def _build_network(name: str, naive: bool) -> nn.Module:
     from visattn.models import create_model
 
-    torch.manual_seed(0)
     model = create_model(name, num_classes=19)
     if naive:
         head = model.head
@@ -109,9 +108,13 @@ def _swap(old: nn.Module, new: nn.Module) -> nn.Module:
     return new
 
 
-def _build(case: Case, naive: bool, height: int | None = None, width: int | None = None) -> tuple[nn.Module, Tensor]:
+def _build(
+    case: Case, naive: bool, height: int | None = None, width: int | None = None, meta: bool = False
+) -> tuple[nn.Module, Tensor]:
     dtype = _DTYPES[case.dtype]
     h, w = height or case.height, width or case.width
+    if not meta:
+        torch.manual_seed(0)
     if case.module in NETWORKS:
         model = _build_network(case.module, naive)
         x = torch.randn(case.batch, 3, h, w)
@@ -159,15 +162,27 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def model_gflop(case: Case) -> float:
+    """GFLOP of the case's naive published formulation (matmuls and convolutions), counted on the
+    ``meta`` device (no memory, no time, so also for sizes the naive code cannot run at).
+
+    Used as the work of both implementations: GFLOP/s = this / time. (Counting visattn's own
+    calls would not be comparable: its backward recomputes, and in-place ``baddbmm_`` is not
+    counted by the FLOP counter.)"""
+    with torch.device("meta"):
+        model, x = _build(case, naive=True, meta=True)
+    return _count_flops(model, x, case.train) / 1e9
+
+
 def time_case(case: Case) -> dict:
-    """Median seconds of naive and visattn calls, alternated, plus each one's FLOPs."""
+    """Median milliseconds of naive and visattn calls, alternated after two warm-up calls each."""
     impls = {"visattn": _build(case, naive=False)}
     if case.naive:
         impls["naive"] = _build(case, naive=True)
     out: dict = {}
-    for key, (model, x) in impls.items():
-        out[f"{key}_gflop"] = _count_flops(model, x, case.train) / 1e9  # also the warm-up call
-        _call(model, x, case.train)
+    for _ in range(2):
+        for model, x in impls.values():
+            _call(model, x, case.train)
     times: dict[str, list[float]] = {key: [] for key in impls}
     order = list(impls)
     for rep in range(case.reps):
@@ -232,11 +247,9 @@ def run_case(case: Case, threads: int, log=print) -> dict:
     row["label"] = case.label
     log(f"  {case.label} ...")
     impls = ["visattn"] + (["naive"] if case.naive else [])
+    row["gflop"] = model_gflop(case)
     if case.reps:
         row.update(time_case(case))
-    for key in impls:
-        if row.get(f"{key}_gflop"):
-            row[f"{key}_gflops"] = row[f"{key}_gflop"] / (row[f"{key}_ms"] / 1e3)
     if case.memory:
         for key in impls:
             mem = memory_case(case, key == "naive", threads)
@@ -289,12 +302,19 @@ def run_cases(cases: list[Case], threads: int | None = None, log=print, on_row=N
     # Measured again at the end: under a shared machine's load the best of both is the closer one.
     peaks.append(matmul_peak())
     report["matmul_peak_gflops_runs"] = peaks
-    report["matmul_peak_gflops"] = peak = max(peaks)
+    report["load_avg_end"] = _loadavg()
+    return add_throughput(report)
+
+
+def add_throughput(report: dict) -> dict:
+    """Fill each row's ``{naive,visattn}_gflops`` and ``_pct_peak`` from ``gflop`` and the times,
+    against the best matmul peak of the run."""
+    report["matmul_peak_gflops"] = peak = max(report["matmul_peak_gflops_runs"])
     for row in report["results"]:
         for key in ("visattn", "naive"):
-            if f"{key}_gflops" in row:
+            if row.get(f"{key}_ms") and row.get("gflop"):
+                row[f"{key}_gflops"] = row["gflop"] / (row[f"{key}_ms"] / 1e3)
                 row[f"{key}_pct_peak"] = 100 * row[f"{key}_gflops"] / peak
-    report["load_avg_end"] = _loadavg()
     return report
 
 
