@@ -1,6 +1,7 @@
 """Run the benchmark table of docs/benchmarks.md and write it as JSON.
 
     python benchmarks/run.py [--quick] [--out benchmarks/results/cpu.json]
+    python benchmarks/run.py --show benchmarks/results/cpu.json   # the table of a saved run
 
 A thin script over :mod:`visattn.benchmark` (the code behind ``visattn bench``) with the cases of
 issue 5: C = 512, 2 torch threads, naive published formulation vs visattn, time (median of 5
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
-from visattn.benchmark import Case, format_table, run_cases
+from visattn.benchmark import Case, add_throughput, format_table, model_gflop, run_cases
 
 
 def cases(network_size: tuple[int, int]) -> list[Case]:
@@ -39,7 +41,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--network-size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
+    parser.add_argument("--show", type=Path, metavar="JSON", help="only print the table of a saved report")
     args = parser.parse_args()
+    if args.show:
+        report = json.loads(args.show.read_text())
+        for row in report["results"]:  # reports saved before FLOPs were recorded per row
+            row.setdefault("gflop", model_gflop(Case(**{f.name: row[f.name] for f in fields(Case)})))
+        print(format_table(add_throughput(report)))
+        return
     selected = cases(tuple(args.network_size))
     if args.quick:
         selected = [Case(c.module, 16, 16, channels=64, batch=c.batch, train=c.train, naive=c.naive, reps=c.reps)

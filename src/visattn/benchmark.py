@@ -292,7 +292,7 @@ def run_cases(cases: list[Case], threads: int | None = None, log=print, on_row=N
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     report: dict = {"machine": machine_info(), "load_avg_start": _loadavg()}
-    peaks = [matmul_peak()]
+    report["matmul_peak_gflops_runs"] = peaks = [matmul_peak()]
     log(f"fp32 matmul peak: {peaks[0]:.0f} GFLOP/s ({threads} threads)")
     report["results"] = []
     for case in cases:
@@ -301,7 +301,6 @@ def run_cases(cases: list[Case], threads: int | None = None, log=print, on_row=N
             on_row(report)
     # Measured again at the end: under a shared machine's load the best of both is the closer one.
     peaks.append(matmul_peak())
-    report["matmul_peak_gflops_runs"] = peaks
     report["load_avg_end"] = _loadavg()
     return add_throughput(report)
 
@@ -309,7 +308,8 @@ def run_cases(cases: list[Case], threads: int | None = None, log=print, on_row=N
 def add_throughput(report: dict) -> dict:
     """Fill each row's ``{naive,visattn}_gflops`` and ``_pct_peak`` from ``gflop`` and the times,
     against the best matmul peak of the run."""
-    report["matmul_peak_gflops"] = peak = max(report["matmul_peak_gflops_runs"])
+    peak = max(report.get("matmul_peak_gflops_runs") or [float("nan")])
+    report["matmul_peak_gflops"] = peak
     for row in report["results"]:
         for key in ("visattn", "naive"):
             if row.get(f"{key}_ms") and row.get("gflop"):
@@ -332,17 +332,17 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_table(report: dict) -> str:
     """Markdown table of a :func:`run_cases` report."""
     head = (
-        "| case | naive ms | visattn ms | speed-up | naive peak MB | visattn peak MB | memory ratio "
+        "| case | GFLOP | naive ms | visattn ms | speed-up | naive peak MB | visattn peak MB | memory ratio "
         "| naive % peak | visattn % peak |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in report["results"]:
         naive_mb = r.get("naive_peak_mb")
         naive_mb_s = _fmt(naive_mb, ".0f")
         if naive_mb is None and "naive_map_mb_theoretical" in r:
             naive_mb_s = f"not run (N×N map alone: {r['naive_map_mb_theoretical']:.0f})"
         lines.append(
-            f"| {r['label']} | {_fmt(r.get('naive_ms'), '.1f')} | {r['visattn_ms']:.1f} "
+            f"| {r['label']} | {_fmt(r.get('gflop'), '.1f')} | {_fmt(r.get('naive_ms'), '.1f')} | {r['visattn_ms']:.1f} "
             f"| {_fmt(r.get('speedup'), '.2f')}× | {naive_mb_s} | {_fmt(r.get('visattn_peak_mb'), '.0f')} "
             f"| {_fmt(r.get('memory_ratio'), '.1f')}× | {_fmt(r.get('naive_pct_peak'), '.0f')}% "
             f"| {_fmt(r.get('visattn_pct_peak'), '.0f')}% |"
