@@ -69,7 +69,8 @@ class Case:
     @property
     def label(self) -> str:
         mode = "train" if self.train else "fwd"
-        return f"{self.module} {self.batch}x{self.channels}x{self.height}x{self.width} {mode} {self.dtype}"
+        channels = 3 if self.module in NETWORKS else self.channels  # networks take images
+        return f"{self.module} {self.batch}x{channels}x{self.height}x{self.width} {mode} {self.dtype}"
 
 
 def _build_attention(name: str, channels: int, naive: bool) -> nn.Module:
