@@ -1,7 +1,8 @@
 """``visattn predict``: images (files, folders, globs) -> colour masks with the dataset palette and overlays.
 
 For each input ``name.ext`` it writes ``name_mask.png`` (a palette PNG: pixel values are class
-ids, shown in the dataset's colours) and ``name_overlay.png`` (the colours blended over the image).
+ids, shown in the dataset's colours), ``name_overlay.png`` (the colours blended over the image) and
+``name_legend.png`` (image, mask, overlay and the names of the classes found).
 Classifiers print their top-5 classes instead.
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from visattn.engine.distributed import resolve_device
     from visattn.engine.evaluate import segment
     from visattn.engine.inference import load_trained
+    from visattn.viz import save_prediction
 
     try:
         files = _expand(args.inputs)
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             mask.save(out_dir / f"{path.stem}_mask.png")
             overlay = (1 - args.alpha) * rgb + args.alpha * colorize(pred, palette)
             Image.fromarray(overlay.round().astype(np.uint8)).save(out_dir / f"{path.stem}_overlay.png")
+            save_prediction(rgb, pred, classes, palette, out_dir / f"{path.stem}_legend.png", args.alpha)
             print(f"{path} -> {out_dir / (path.stem + '_mask.png')}")
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"visattn predict: error: {err}", file=sys.stderr)
