@@ -1,0 +1,76 @@
+"""``visattn explain``: draw where a segmentor's attention modules look on an image.
+
+Runs the model once on the image, captures the input of each attention module (PAM, CAM, CCA/RCCA,
+FLA, BAM, SGE, PSA) with a forward hook and renders its ``attention_weights`` over the image:
+one PNG per map in ``--out`` (see :func:`visattn.viz.explain`). Without ``--checkpoint`` the model
+has random weights (seeded), which shows the mechanics: the cross of one criss-cross pass, the
+whole image reached by two.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _point(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROW,COL in image pixels, got {text!r}") from None
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file")
+    parser.add_argument("--checkpoint", help="a training run directory, or a weights file for --model "
+                                             "(default: random weights)")
+    parser.add_argument("--model", default="danet", help="registered segmentor without a run directory (default danet)")
+    parser.add_argument("--attention", help="attention module of the attnet head (bam, sge, psa, ...)")
+    parser.add_argument("--encoder", default="resnet18", help="timm encoder without a run directory (default resnet18)")
+    parser.add_argument("--num-classes", type=int, default=11, help="classes without a run directory (default 11: digits)")
+    parser.add_argument("--points", type=_point, nargs="+", default=[], metavar="ROW,COL",
+                        help="query pixels (default: the image centre)")
+    parser.add_argument("--out", default="explain", help="output folder (default ./explain)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from visattn.data import read_image
+    from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from visattn.engine.config import ConfigError
+    from visattn.engine.distributed import resolve_device
+    from visattn.viz import explain
+
+    try:
+        device = resolve_device(args.device)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        if checkpoint is not None and checkpoint.is_dir():
+            from visattn.engine.inference import load_trained
+
+            cfg, model = load_trained(run=checkpoint, device=device)
+            mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+        else:
+            from visattn.models import create_model
+            from visattn.weights import read_state_dict
+
+            kwargs = {"encoder": args.encoder}
+            if args.attention:
+                kwargs["attention"] = args.attention
+            torch.manual_seed(args.seed)
+            model = create_model(args.model, num_classes=args.num_classes, **kwargs)
+            if checkpoint is not None:
+                model.load_state_dict(read_state_dict(checkpoint))
+            model = model.to(device).eval()
+        image = np.array(read_image(args.image))
+        for path in explain(model, image, args.out, args.points, mean, std, prefix=f"{Path(args.image).stem}_"):
+            print(path)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        print(f"visattn explain: error: {err}", file=sys.stderr)
+        return 2
+    return 0

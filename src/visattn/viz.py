@@ -1,0 +1,362 @@
+"""Pictures: attention maps over the image, predictions with a legend, training curves.
+
+Two layers, so that what is drawn can be tested against what the modules return:
+
+- :func:`attention_maps` turns one attention module's ``attention_weights`` on its input feature
+  map into :class:`AttentionMap` arrays (feature resolution, before any resizing or colouring);
+- ``render_*`` / ``save_*`` draw them with matplotlib (Agg backend, no display needed) into PNGs of
+  a fixed pixel size (:func:`figure_size`).
+
+:func:`explain` ties them to a segmentor: a forward pre-hook captures the input of every attention
+module during one forward pass, then each module's maps are rendered over the image.
+
+Query points are given in image pixels ``(row, column)`` and mapped to feature cells with the
+``align_corners=True`` grid the segmentors upsample with (:func:`to_feature`); maps are upsampled
+to the image the same way, so a feature cell's centre lands where its logits do.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
+    "to_feature", "to_image", "upsample", "render_attention_map", "save_prediction", "plot_metrics",
+    "read_metrics", "figure_size", "PANEL_PX",
+]
+
+PANEL_PX = 256  # pixel size of one square panel; a figure is a row of panels
+_DPI = 100
+_ATTENTION_CLASSES = (
+    "PositionAttention", "ChannelAttention", "CrissCrossAttention", "RecurrentCrissCrossAttention",
+    "FullyAttentional", "BAM", "SpatialGroupEnhance", "PyramidSqueezeAttention",
+)
+
+
+@dataclass
+class AttentionMap:
+    """One picture's data.
+
+    ``values`` is ``(h, w)`` at feature resolution when ``spatial`` (drawn over the image), else a
+    matrix drawn as it is (``xlabel``/``ylabel`` name its axes). ``point`` is the query's feature
+    cell ``(row, column)``, if the map belongs to one, on a feature map of size ``grid``
+    (``values.shape`` for spatial maps).
+    """
+
+    key: str
+    title: str
+    values: np.ndarray
+    spatial: bool = True
+    point: tuple[int, int] | None = None
+    xlabel: str = ""
+    ylabel: str = ""
+    grid: tuple[int, int] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# coordinates
+
+
+def to_feature(point: tuple[int, int], image_size: tuple[int, int], feature_size: tuple[int, int]) -> tuple[int, int]:
+    """Image pixel ``(row, col)`` -> nearest feature cell on the ``align_corners=True`` grid."""
+    return tuple(  # type: ignore[return-value]
+        min(f - 1, max(0, round(p * (f - 1) / max(s - 1, 1)))) for p, s, f in zip(point, image_size, feature_size)
+    )
+
+
+def to_image(cell: tuple[int, int], image_size: tuple[int, int], feature_size: tuple[int, int]) -> tuple[float, float]:
+    """Feature cell ``(row, col)`` -> its centre in image pixels (``align_corners=True`` grid)."""
+    return tuple(c * (s - 1) / max(f - 1, 1) for c, s, f in zip(cell, image_size, feature_size))  # type: ignore[return-value]
+
+
+def upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear ``(h, w)`` -> ``size`` with ``align_corners=True`` (as the segmentors' logits)."""
+    t = torch.as_tensor(np.asarray(values, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=True)[0, 0].numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# attention weights -> arrays
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def cross_map(column: Tensor, row: Tensor, cell: tuple[int, int]) -> np.ndarray:
+    """Criss-cross weights of query ``cell`` as an ``(H, W)`` map: its column gets ``column[h, w, :]``,
+    its row ``row[h, w, :]`` (``column``: ``(H, W, H)``, ``row``: ``(H, W, W)``, one image)."""
+    h, w = cell
+    out = torch.zeros(column.shape[0], row.shape[1], dtype=column.dtype, device=column.device)
+    out[:, w] += column[h, w]
+    out[h, :] += row[h, w]
+    return _np(out)
+
+
+def attention_maps(module: nn.Module, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+    """The maps of ``module`` for its input ``x`` ``(1, C, H, W)`` and query cells ``points``.
+
+    ``points`` are feature cells ``(row, col)``; modules without query points ignore them.
+    Every array comes straight from ``module.attention_weights`` (see each case for the layout).
+    """
+    kind = type(module).__name__
+    if kind not in _ATTENTION_CLASSES:
+        raise ValueError(f"no pictures for {kind}; supported: {', '.join(_ATTENTION_CLASSES)}")
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"attention_maps: expected one feature map (1, C, H, W), got {tuple(x.shape)}")
+    _, c, h, w = x.shape
+    points = [tuple(int(v) for v in p) for p in points] or [(h // 2, w // 2)]
+    maps: list[AttentionMap] = []
+    if kind == "PositionAttention":
+        pos = module.attention_weights(x, queries=points)["position"][0]  # (Q, H, W)
+        for i, p in enumerate(points):
+            maps.append(AttentionMap(f"pam_q{i}", f"PAM: attention of query {p}", _np(pos[i]), point=p))
+    elif kind == "ChannelAttention":
+        att = module.attention_weights(x)["channel"][0]  # (C, C)
+        maps.append(AttentionMap("cam_matrix", "CAM: channel attention", _np(att), spatial=False,
+                                 xlabel="key channel", ylabel="query channel"))
+        for i, p in enumerate(points):
+            # the channel strongest at the query, and what CAM gathers into it: sum_c' A[c, c'] x[c']
+            q = int(x[0, :, p[0], p[1]].argmax())
+            gathered = torch.einsum("k,khw->hw", att[q].to(x.dtype), x[0])
+            maps.append(AttentionMap(f"cam_q{i}", f"CAM: channel {q} (top at {p}) gathers", _np(gathered), point=p))
+    elif kind == "CrissCrossAttention":
+        wts = module.attention_weights(x)
+        for i, p in enumerate(points):
+            maps.append(AttentionMap(f"cca_q{i}", f"CCA: one pass, query {p}",
+                                     cross_map(wts["column"][0], wts["row"][0], p), point=p))
+    elif kind == "RecurrentCrissCrossAttention":
+        wts = module.attention_weights(x)
+        for i, p in enumerate(points):
+            maps.append(AttentionMap(f"rcca_pass1_q{i}", f"CCA: pass 1, query {p}",
+                                     cross_map(wts["column_1"][0], wts["row_1"][0], p), point=p))
+            maps.append(AttentionMap(f"rcca_reach_q{i}", f"RCCA: reach after {module.recurrence} passes, query {p}",
+                                     _np(wts["reach"][0, p[0], p[1]]), point=p))
+    elif kind == "FullyAttentional":
+        wts = module.attention_weights(x)
+        col, row = wts["column"][0], wts["row"][0]  # (W, C, C), (H, C, C)
+        # how peaked each column's / row's channel attention is: mean over query channels of the max weight
+        col_peak, row_peak = col.amax(-1).mean(-1), row.amax(-1).mean(-1)
+        stripes = 0.5 * (row_peak[:, None] + col_peak[None, :])
+        for i, p in enumerate(points):
+            maps.append(AttentionMap(f"fla_q{i}", f"FLA: row+column peak weight, query {p}", _np(stripes), point=p))
+            maps.append(AttentionMap(f"fla_column_q{i}", f"FLA: column {p[1]} attention", _np(col[p[1]]),
+                                     spatial=False, point=p, xlabel="key channel", ylabel="query channel", grid=(h, w)))
+            maps.append(AttentionMap(f"fla_row_q{i}", f"FLA: row {p[0]} attention", _np(row[p[0]]),
+                                     spatial=False, point=p, xlabel="key channel", ylabel="query channel", grid=(h, w)))
+    elif kind == "BAM":
+        wts = module.attention_weights(x)
+        maps.append(AttentionMap("bam_gate", "BAM: gate, mean over channels", _np(wts["gate"][0].mean(0))))
+        maps.append(AttentionMap("bam_spatial", "BAM: spatial branch (logits)", _np(wts["spatial"][0, 0])))
+    elif kind == "SpatialGroupEnhance":
+        gate = module.attention_weights(x)["gate"][0]  # (G, H, W)
+        maps.append(AttentionMap("sge_gate", f"SGE: gate, mean over {gate.shape[0]} groups", _np(gate.mean(0))))
+        maps.append(AttentionMap("sge_group0", "SGE: gate of group 0", _np(gate[0])))
+    else:  # PyramidSqueezeAttention: per-image channel weights, nothing spatial to overlay
+        branch = module.attention_weights(x)["branch"][0, :, :, 0, 0]  # (n, S)
+        ks = tuple(getattr(module, "kernel_sizes", range(branch.shape[0])))
+        maps.append(AttentionMap("psa_branch", f"PSA: branch weights (kernels {', '.join(map(str, ks))})",
+                                 _np(branch), spatial=False, xlabel="channel in branch", ylabel="branch"))
+    return maps
+
+
+# ---------------------------------------------------------------------------------------------
+# model -> captured inputs
+
+
+def find_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``name -> module`` of the attention modules :func:`attention_maps` draws (outermost only:
+    RCCA's inner CCA is part of RCCA)."""
+    found: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if type(m).__name__ in _ATTENTION_CLASSES and not any(name.startswith(n + ".") for n in found):
+            found[name] = m
+    return found
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, x: Tensor, modules: Mapping[str, nn.Module]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Run ``model(x)`` once and return ``(output, name -> the input each module received)``."""
+    inputs: dict[str, Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda _m, args, n=n: inputs.__setitem__(n, args[0].detach()))
+               for n, m in modules.items()]
+    try:
+        out = model(x)
+    finally:
+        for hd in handles:
+            hd.remove()
+    return out, inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def figure_size(panels: int) -> tuple[int, int]:
+    """``(width, height)`` in pixels of a figure of ``panels`` panels side by side."""
+    return PANEL_PX * panels, PANEL_PX + PANEL_PX // 8
+
+
+def _figure(panels: int):
+    from matplotlib.figure import Figure
+
+    w, h = figure_size(panels)
+    # constrained layout fits titles, labels and colour bars inside the fixed figure size
+    fig = Figure(figsize=(w / _DPI, h / _DPI), dpi=_DPI, layout="constrained")
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI)  # no bbox_inches="tight": the pixel size stays figure_size()
+    return path
+
+
+def _colorbar(fig, ax, im) -> None:
+    cb = fig.colorbar(im, ax=ax, shrink=0.85)
+    cb.ax.tick_params(labelsize=6)
+
+
+def render_attention_map(amap: AttentionMap, image: np.ndarray, path: str | os.PathLike, alpha: float = 0.55) -> Path:
+    """Draw ``amap`` into ``path``: a spatial map upsampled over ``image`` (uint8 ``(H, W, 3)``) with
+    a colour bar and the query marked; a matrix as it is, next to the image with the query marked."""
+    fig, (ax_img, ax_map) = _figure(2)
+    size = image.shape[:2]
+    marker = None
+    if amap.point is not None:
+        marker = to_image(amap.point, size, amap.values.shape if amap.spatial else amap.grid)
+    ax_img.imshow(image)
+    ax_img.set_title("image", fontsize=8)
+    if amap.spatial:
+        ax_map.imshow(image)
+        im = ax_map.imshow(upsample(amap.values, size), cmap="jet", alpha=alpha)
+    else:
+        im = ax_map.imshow(amap.values, cmap="viridis", aspect="auto", interpolation="nearest")
+        ax_map.set_xlabel(amap.xlabel, fontsize=7)
+        ax_map.set_ylabel(amap.ylabel, fontsize=7)
+        ax_map.tick_params(labelsize=6)
+    _colorbar(fig, ax_map, im)
+    ax_map.set_title(amap.title, fontsize=8)
+    for ax in (ax_img, ax_map) if amap.spatial else (ax_img,):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if marker is not None:
+            ax.plot(marker[1], marker[0], marker="*", markersize=12, color="white", markeredgecolor="black")
+    return _save(fig, path)
+
+
+def _legend(ax, classes: Sequence[str], palette: Sequence[Sequence[int]], ids: Iterable[int]) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=np.asarray(palette[i]) / 255, edgecolor="black", label=classes[i]) for i in ids]
+    ax.legend(handles=handles, loc="center", fontsize=7, ncol=1 + len(handles) // 12, frameon=False,
+              title="classes", title_fontsize=8)
+    ax.axis("off")
+
+
+def save_prediction(image: np.ndarray, pred: np.ndarray, classes: Sequence[str], palette: Sequence[Sequence[int]],
+                    path: str | os.PathLike, alpha: float = 0.5, target: np.ndarray | None = None) -> Path:
+    """Image, colour mask, overlay (and ``target``'s mask if given) and a legend naming the classes
+    that appear, as one PNG. ``pred``/``target``: ``(H, W)`` class ids (255 = ignore, drawn black)."""
+    from .data import colorize
+
+    panels = [("image", image)]
+    if target is not None:
+        panels.append(("ground truth", colorize(target, palette)))
+    mask = colorize(pred, palette)
+    panels += [("prediction", mask), ("overlay", ((1 - alpha) * image + alpha * mask).round().astype(np.uint8))]
+    fig, axes = _figure(len(panels) + 1)
+    for ax, (title, picture) in zip(axes, panels):
+        ax.imshow(picture)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    present = np.unique(pred if target is None else np.concatenate([pred.ravel(), target.ravel()]))
+    _legend(axes[-1], classes, palette, [int(i) for i in present if i < len(classes)])
+    return _save(fig, path)
+
+
+def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """``(train records, validation records)`` of a run directory's (or a file's) metrics.jsonl:
+    train lines carry ``loss``, validation lines ``mIoU`` (or ``top1``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl at {path}")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "loss" in r], [r for r in records if "loss" not in r]
+
+
+def plot_metrics(run: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Loss, validation mIoU (top-1 for classification runs) and learning rate over steps, as one PNG."""
+    train, val = read_metrics(run)
+    if not train and not val:
+        raise ValueError(f"{run}: metrics.jsonl holds no records")
+    fig, (ax_loss, ax_val, ax_lr) = _figure(3)
+    steps = [r["step"] for r in train]
+    ax_loss.plot(steps, [r["loss"] for r in train], label="total")
+    for key in sorted({k for r in train for k in r if k.startswith("loss_")}):
+        ax_loss.plot(steps, [r.get(key, math.nan) for r in train], lw=0.8, label=key[5:])
+    ax_loss.set_title("training loss", fontsize=8)
+    ax_loss.legend(fontsize=6)
+    metric = "mIoU" if any("mIoU" in r for r in val) else "top1"
+    ax_val.plot([r["step"] for r in val if metric in r], [100 * r[metric] for r in val if metric in r], "o-")
+    ax_val.set_title(f"validation {metric} (%)", fontsize=8)
+    ax_lr.plot(steps, [r["lr"] for r in train])
+    ax_lr.set_title("learning rate", fontsize=8)
+    for ax in (ax_loss, ax_val, ax_lr):
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# model + image -> PNGs
+
+
+def explain(
+    model: nn.Module,
+    image: np.ndarray,
+    out_dir: str | os.PathLike,
+    points: Sequence[tuple[int, int]] = (),
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    prefix: str = "",
+) -> list[Path]:
+    """Render every attention module of ``model`` on ``image`` (uint8 ``(H, W, 3)``) into ``out_dir``.
+
+    ``points``: query pixels ``(row, col)`` of the image (default: its centre). One PNG per map,
+    named ``{prefix}{module}_{map}.png``. Returns the paths written.
+    """
+    modules = find_attention_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} holds no attention module that can be drawn "
+                         f"({', '.join(_ATTENTION_CLASSES)})")
+    size = image.shape[:2]
+    points = list(points) or [(size[0] // 2, size[1] // 2)]
+    for p in points:
+        if not (0 <= p[0] < size[0] and 0 <= p[1] < size[1]):
+            raise ValueError(f"query point {tuple(p)} outside the {size[0]}x{size[1]} image")
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    model.eval()
+    _, inputs = capture_inputs(model, x.to(device), modules)
+    written = []
+    for name, module in modules.items():
+        feat = inputs[name]
+        cells = [to_feature(p, size, tuple(feat.shape[-2:])) for p in points]
+        for amap in attention_maps(module, feat, cells):
+            written.append(render_attention_map(amap, image, Path(out_dir) / f"{prefix}{name.replace('.', '_')}_{amap.key}.png"))
+    return written
