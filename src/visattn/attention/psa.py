@@ -23,37 +23,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_input, check_positive, reduced_channels
+from .checks import check_input, check_positive
+from .se import SqueezeExcite
 
 __all__ = ["SEWeight", "PyramidSqueezeAttention"]
 
 _NAME = "PyramidSqueezeAttention"
 
 
-class SEWeight(nn.Module):
-    """SE weights without the multiplication: ``(B, C, H, W) -> (B, C, 1, 1)`` in (0, 1).
-
-    Global average pool -> 1x1 conv C -> C//r (bias) -> ReLU -> 1x1 conv C//r -> C (bias) -> sigmoid.
-
-    Args:
-        channels: input channels C.
-        reduction: hidden width is ``C // reduction`` (16 in EPSANet).
-    """
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        hidden = reduced_channels("SEWeight", channels, reduction)
-        self.channels = channels
-        self.reduction = reduction
-        self.fc1 = nn.Conv2d(channels, hidden, 1)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, channels, 1)
+class SEWeight(SqueezeExcite):
+    """EPSANet's ``SEWeightModule``: the SE gate without the multiplication,
+    ``(B, C, H, W) -> (B, C, 1, 1)`` in (0, 1). Same layers and keys (``fc1``, ``fc2``) as
+    :class:`~visattn.attention.se.SqueezeExcite`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, reduction={self.reduction}"
+        return self.gate(x)
 
 
 class PyramidSqueezeAttention(nn.Module):
