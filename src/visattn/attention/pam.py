@@ -66,67 +66,93 @@ def _chunked_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
 
 
 class _ChunkedAttention(torch.autograd.Function):
-    """Exact chunked attention whose backward recomputes each chunk's probabilities.
+    """Exact chunked attention, optionally fused with the scaled residual ``x + gamma * out``,
+    whose backward recomputes each chunk's probabilities.
 
-    Saves only q, k, v and the output (O(N * C)); peak extra memory is a few ``chunk x N`` buffers.
+    Saves only q, k, v and the attention output (O(N * C)). With the residual fused, the gradients
+    of ``out`` (``gamma * g``) and of ``gamma`` are formed one chunk at a time, so backward holds no
+    N x C temporary besides ``dv``; peak extra memory is a few ``chunk x N`` buffers.
     """
 
     @staticmethod
-    def forward(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
-        return _chunked_attention(q, k, v, chunk)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        q, k, v, chunk = inputs
-        ctx.save_for_backward(q, k, v, output)
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk: int, gamma: Tensor | None, x: Tensor | None) -> Tensor:
+        out = _chunked_attention(q, k, v, chunk)
         ctx.chunk = chunk
+        ctx.save_for_backward(q, k, v, out, gamma)
+        return out if gamma is None else torch.addcmul(x, gamma, out)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        q, k, v, out = ctx.saved_tensors
-        chunk = ctx.chunk
-        n = q.shape[1]
-        # delta_i = sum_j P_ij dP_ij = g_i . out_i: the softmax backward without a second pass over P.
-        delta = (grad_out * out).sum(1).unsqueeze(-1)  # (B, N, 1)
+    def backward(ctx, grad_y: Tensor):
+        q, k, v, out, gamma = ctx.saved_tensors
+        chunk, n = ctx.chunk, q.shape[1]
         dq = torch.empty_like(q)
         dkt = k.new_zeros(k.shape[0], k.shape[2], k.shape[1])  # dk as (B, d, N): K = chunk gemm
         dv = torch.zeros_like(v)
+        dgamma = None if gamma is None else v.new_zeros(())
         kt = k.transpose(1, 2)
+        b = q.shape[0]
+        # Two chunk buffers reused by every chunk: no allocation churn in the loop.
+        bufs = [q.new_empty(b * min(chunk, n) * n) for _ in range(2)]
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            g = grad_out[:, :, s:e]  # (B, C, n)
-            p = torch.softmax(q[:, s:e] @ kt, dim=-1)  # (B, n, N)
+            scores, p = (buf[: b * (e - s) * n].view(b, e - s, n) for buf in bufs)
+            g = grad_y[:, :, s:e]  # (B, C, n)
+            # delta_i = sum_j P_ij dP_ij = g_i . out_i: the softmax backward without a second pass over P.
+            delta = (g * out[:, :, s:e]).sum(1).unsqueeze(-1)  # (B, n, 1)
+            if gamma is not None:  # y = x + gamma * out: d out = gamma * g
+                dgamma += delta.sum()
+                g, delta = g * gamma, delta * gamma
+            torch.softmax(torch.bmm(q[:, s:e], kt, out=scores), dim=-1, out=p)
             dv.baddbmm_(g, p)
-            ds = (g.transpose(1, 2) @ v).sub_(delta[:, s:e]).mul_(p)  # dP -> dS in place
-            del p
+            ds = torch.bmm(g.transpose(1, 2), v, out=scores).sub_(delta).mul_(p)  # dP -> dS in place
             dq[:, s:e] = ds @ k
             dkt.baddbmm_(q[:, s:e].transpose(1, 2), ds)
-        return dq, dkt.transpose(1, 2), dv, None
+        if gamma is None:
+            return dq, dkt.transpose(1, 2), dv, None, None, None
+        return dq, dkt.transpose(1, 2), dv, None, dgamma.reshape(gamma.shape), grad_y
 
 
-def position_attention(q: Tensor, k: Tensor, v: Tensor, chunk_size: int | None = None) -> Tensor:
+def position_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    chunk_size: int | None = None,
+    gamma: Tensor | None = None,
+    residual: Tensor | None = None,
+) -> Tensor:
     """Exact ``softmax_j(q_i . k_j)``-weighted sum of ``v`` without materialising N x N.
 
     Args:
         q, k: ``(B, N, d)`` queries and keys (no scaling is applied).
         v: ``(B, C, N)`` values (channel-major).
         chunk_size: query positions per chunk; ``None`` picks it from :data:`CHUNK_BYTES`.
+        gamma, residual: if given (both), returns ``residual + gamma * out`` computed in one pass,
+            ``residual`` being ``(B, C, N)``; its backward then needs no N x C temporaries.
 
-    Returns ``(B, C, N)`` in ``v``'s dtype; computed in fp32 (float64 stays float64).
+    Returns ``(B, C, N)``; computed in fp32 (float64 stays float64) and returned in ``v``'s dtype
+    (promoted with ``residual``'s and ``gamma``'s when they are given).
     """
+    if (gamma is None) != (residual is None):
+        raise ValueError("position_attention: gamma and residual go together (give both or neither)")
     n = q.shape[1]
     chunk = chunk_size if chunk_size is not None else max(1, CHUNK_BYTES // (4 * n))
     chunk = min(chunk, n)
     dtype = torch.promote_types(v.dtype, torch.float32)
+    out_dtype = v.dtype if gamma is None else torch.promote_types(torch.promote_types(v.dtype, residual.dtype), gamma.dtype)
     with _no_autocast(v.device.type):
         # Row-major queries: MKL is ~3x slower for q^T-stored x k^T with K = d this small.
         q, k, v32 = q.to(dtype).contiguous(), k.to(dtype), v.to(dtype)
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v32))
+        if gamma is not None:
+            gamma, residual = gamma.to(dtype), residual.to(dtype)
+        inputs = (q, k, v32) if gamma is None else (q, k, v32, gamma, residual)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
         if needs_grad and not torch.compiler.is_exporting():
-            out = _ChunkedAttention.apply(q, k, v32, chunk)
+            out = _ChunkedAttention.apply(q, k, v32, chunk, gamma, residual)
         else:  # inference, or export tracing: plain ops (same values; nothing kept for backward)
             out = _chunked_attention(q, k, v32, chunk)
-    return out.to(v.dtype)
+            if gamma is not None:
+                out = torch.addcmul(residual, gamma, out)
+    return out.to(out_dtype)
 
 
 class PositionAttention(nn.Module):
@@ -166,7 +192,11 @@ class PositionAttention(nn.Module):
         return out.reshape(b, c, h, w)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.gamma * self.attend(x) + x
+        check_input("PositionAttention", x, self.channels)
+        q, k = self._query_key(x)
+        # The residual is fused into the attention: its backward then keeps no extra N x C tensors.
+        y = position_attention(q, k, self.value_conv(x).flatten(2), self.chunk_size, self.gamma, x.flatten(2))
+        return y.reshape(x.shape)
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor, queries: list[tuple[int, int]] | None = None) -> dict[str, Tensor]:
