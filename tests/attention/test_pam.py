@@ -206,16 +206,16 @@ def test_bad_arguments():
 @pytest.mark.parametrize("chunk_size", [7, None])
 def test_fused_residual_equals_unfused(chunk_size):
     # The module's forward fuses ``x + gamma * out``; ``attend`` (used by the dual block) does not.
-    m = build(chunk_size, seed=2)
-    x = torch.randn(2, C, 5, 9, requires_grad=True)
-    weight = torch.randn(2, C, 5, 9)
+    m = build(chunk_size, torch.float64, seed=2)
+    x = torch.randn(2, C, 5, 9, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, C, 5, 9, dtype=torch.float64)
     (m(x) * weight).sum().backward()
     fused = [x.grad.clone(), *(p.grad.clone() for p in m.parameters())]
     x.grad = None
     m.zero_grad()
     ((m.gamma * m.attend(x) + x) * weight).sum().backward()
     for got, want in zip(fused, [x.grad, *(p.grad for p in m.parameters())]):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_position_attention_needs_gamma_with_residual():
