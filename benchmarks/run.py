@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cpu.json")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--network-size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
+    parser.add_argument("--network-size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--show", type=Path, metavar="JSON", help="only print the table of a saved report")
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""The training loop: SGD + poly LR with warm-up, weighted multi-output losses, AMP, gradient
+"""The training loop: SGD (the papers') or AdamW, poly LR with warm-up, weighted multi-output losses, AMP, gradient
 accumulation, DDP, checkpoints that resume exactly, and a run directory that keeps everything.
 
 Run directory::
@@ -209,8 +209,12 @@ def _optimizer(model: nn.Module, t: Mapping[str, Any]) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) in enc]},
                   {"params": [p for p in params if id(p) not in enc], "lr": t["lr"] * mult}]
-    return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
-                           nesterov=t["nesterov"])
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
+                               nesterov=t["nesterov"])
+    if t["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), weight_decay=t["weight_decay"])
+    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {t['optimizer']!r}")
 
 
 def train(cfg: dict, resume: str | Path | None = None, quiet: bool = False) -> dict:
