@@ -209,7 +209,7 @@ def test_optimizer_choice(tmp_path):
     model = nn.Linear(3, 2)
     t = load_config()["train"]
     adamw = _optimizer(model, t)
-    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == t["lr"] == 1e-3
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == t["lr"] == 2e-3
     assert adamw.defaults["betas"] == (0.9, 0.999) and adamw.defaults["weight_decay"] == 0.01
     sgd = _optimizer(model, dict(t, optimizer="sgd", lr=0.01, weight_decay=1e-4))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["lr"] == 0.01
