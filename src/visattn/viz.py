@@ -60,6 +60,7 @@ class AttentionMap:
     xlabel: str = ""
     ylabel: str = ""
     grid: tuple[int, int] | None = None
+    yticklabels: tuple[str, ...] | None = None  # names of a matrix's rows (e.g. PSA's kernels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def attention_maps(module: nn.Module, x: Tensor, points: Sequence[tuple[int, int
         col_peak, row_peak = col.amax(-1).mean(-1), row.amax(-1).mean(-1)
         stripes = 0.5 * (row_peak[:, None] + col_peak[None, :])
         for i, p in enumerate(points):
-            maps.append(AttentionMap(f"fla_q{i}", f"FLA: row+column peak weight, query {p}", _np(stripes), point=p))
+            maps.append(AttentionMap(f"fla_q{i}", f"FLA: row+col peak weight, query {p}", _np(stripes), point=p))
             maps.append(AttentionMap(f"fla_column_q{i}", f"FLA: column {p[1]} attention", _np(col[p[1]]),
                                      spatial=False, point=p, xlabel="key channel", ylabel="query channel", grid=(h, w)))
             maps.append(AttentionMap(f"fla_row_q{i}", f"FLA: row {p[0]} attention", _np(row[p[0]]),
@@ -164,8 +165,9 @@ def attention_maps(module: nn.Module, x: Tensor, points: Sequence[tuple[int, int
     else:  # PyramidSqueezeAttention: per-image channel weights, nothing spatial to overlay
         branch = module.attention_weights(x)["branch"][0, :, :, 0, 0]  # (n, S)
         ks = tuple(getattr(module, "kernel_sizes", range(branch.shape[0])))
-        maps.append(AttentionMap("psa_branch", f"PSA: branch weights (kernels {', '.join(map(str, ks))})",
-                                 _np(branch), spatial=False, xlabel="channel in branch", ylabel="branch"))
+        maps.append(AttentionMap("psa_branch", "PSA: branch weight per channel", _np(branch), spatial=False,
+                                 xlabel="channel in branch", ylabel="branch (kernel)",
+                                 yticklabels=tuple(f"{i} ({k}x{k})" for i, k in enumerate(ks))))
     return maps
 
 
@@ -244,6 +246,8 @@ def render_attention_map(amap: AttentionMap, image: np.ndarray, path: str | os.P
         im = ax_map.imshow(amap.values, cmap="viridis", aspect="auto", interpolation="nearest")
         ax_map.set_xlabel(amap.xlabel, fontsize=7)
         ax_map.set_ylabel(amap.ylabel, fontsize=7)
+        if amap.yticklabels is not None:
+            ax_map.set_yticks(range(len(amap.yticklabels)), amap.yticklabels)
         ax_map.tick_params(labelsize=6)
     _colorbar(fig, ax_map, im)
     ax_map.set_title(amap.title, fontsize=8)
