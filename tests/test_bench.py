@@ -100,3 +100,12 @@ def test_memory_measurement_sees_the_naive_map():
     # be reused): at least one of the naive PAM's 16 MiB N x N buffers (N = 2048) must show.
     mem = _measure_memory(Case("pam", 32, 64, channels=16), naive=True)
     assert mem["peak_mb"] > 12
+
+
+def test_gflop_counts_a_conv_by_hand_and_training_as_three_forwards():
+    # PSA at C=64, 8x8, channels split 4 x 16: grouped 3/5/7/9 convs (groups 1, 4, 8, 16), 2 FLOP per MAC
+    fwd = benchmark.model_gflop(Case("psa", 8, 8, channels=64)) * 1e9
+    convs = sum(2 * 64 * 8 * 8 * (16 // g) * k * k for k, g in ((3, 1), (5, 4), (7, 8), (9, 16)))
+    se = 4 * 2 * (16 * 1 + 1 * 16)  # the shared SE (16 -> 16 // 16 -> 16) on each branch's pooled 1x1
+    assert fwd == convs + se
+    assert benchmark.model_gflop(Case("psa", 8, 8, channels=64, train=True)) * 1e9 == pytest.approx(3 * fwd)

@@ -169,10 +169,13 @@ def model_gflop(case: Case) -> float:
 
     Used as the work of both implementations: GFLOP/s = this / time. (Counting visattn's own
     calls would not be comparable: its backward recomputes, and in-place ``baddbmm_`` is not
-    counted by the FLOP counter.)"""
+    counted by the FLOP counter.) A training step counts 3x the forward: the backward of every
+    matmul and convolution computes the gradients of both operands, twice its forward work.
+    (torch's counter gives that for dense layers but counts a grouped convolution's backward
+    ``groups`` times over, which put PSA above 100% of the matmul peak.)"""
     with torch.device("meta"):
-        model, x = _build(case, naive=True, meta=True)
-    return _count_flops(model, x, case.train) / 1e9
+        model, x = _build(dataclasses.replace(case, train=False), naive=True, meta=True)
+    return (3 if case.train else 1) * _count_flops(model, x, train=False) / 1e9
 
 
 def time_case(case: Case) -> dict:
