@@ -44,3 +44,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative error in the max norm: ``max|a - b| / max|b|``."""
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def check_png(path, size: tuple[int, int], min_std: float = 0.0, min_colours: int = 10) -> None:
+    """``path`` is a PNG of ``size`` = ``(width, height)`` pixels that is not blank: pixel std above
+    ``min_std`` and more than ``min_colours`` distinct colours (more than a flat background)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    assert (pixels.shape[1], pixels.shape[0]) == size, path
+    assert pixels.std() > min_std, path
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > min_colours, path

@@ -5,9 +5,8 @@ import importlib.util
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import check_png
 
 from visattn.viz import figure_size
 
@@ -31,13 +30,6 @@ def _script():
     return module
 
 
-def _check_png(path: Path, size: tuple[int, int]) -> None:
-    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-    assert (pixels.shape[1], pixels.shape[0]) == size, path.name
-    assert pixels.std() > 10, path.name  # not a flat picture
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, path.name
-
-
 def test_make_figures_trains_and_writes_every_picture(tmp_path, capsys):
     script = _script()
     assert script.FIGURES == PANELS
@@ -52,7 +44,7 @@ def test_make_figures_trains_and_writes_every_picture(tmp_path, capsys):
     assert printed[1:] == [str(out / f"{name}.png") for name in PANELS]  # every path written, in order
     assert sorted(p.stem for p in out.iterdir()) == sorted(PANELS)  # nothing else (no scratch folder left)
     for name, panels in PANELS.items():
-        _check_png(out / f"{name}.png", figure_size(panels))
+        check_png(out / f"{name}.png", figure_size(panels), min_std=10, min_colours=50)
 
     with pytest.raises(SystemExit):  # --set configures the training, not an existing run
         script.main(["--run", str(run), "--set", "train.iters=1"])

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_
+from helpers import check_png, randomize_
 from PIL import Image
 from torch import nn
 
@@ -38,13 +38,6 @@ def _module(name: str, **kwargs) -> nn.Module:
 
 def _image(size: int = 40) -> np.ndarray:
     return DigitScenes("val", length=1, size=size, digit_size=(10, 16)).scene(0)[0]
-
-
-def _check_png(path, size: tuple[int, int]) -> None:
-    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-    assert (pixels.shape[1], pixels.shape[0]) == size
-    assert pixels.std() > 0
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # more than a flat background
 
 
 def _by_key(maps) -> dict:
@@ -166,7 +159,7 @@ def test_explain_writes_every_picture(tmp_path):
         assert any(n.endswith(f"_{key}.png") for n in names), key
     assert "t_blocks_0_pam_q0.png" in names
     for p in paths:
-        _check_png(p, figure_size(2))
+        check_png(p, figure_size(2))
     with pytest.raises(ValueError, match="outside"):
         explain(model, image, tmp_path, points=[(40, 0)])
 
@@ -177,7 +170,7 @@ def test_heat_map_on_a_flat_image_is_not_blank(tmp_path):
     amap = _by_key(attention_maps(m, x, [(h, w)]))["cca_q0"]
     grey = np.full((41, 41, 3), 128, np.uint8)
     path = render_attention_map(amap, grey, tmp_path / "cca.png")
-    _check_png(path, figure_size(2))
+    check_png(path, figure_size(2))
 
 
 def test_save_prediction(tmp_path):
@@ -186,8 +179,8 @@ def test_save_prediction(tmp_path):
     target = scene.scene(0)[1]
     pred = np.where(target > 0, (target % 10) + 1, 0).astype(np.uint8)
     palette = voc_palette(len(DIGIT_CLASSES))
-    _check_png(save_prediction(image, pred, DIGIT_CLASSES, palette, tmp_path / "p.png"), figure_size(4))
-    _check_png(save_prediction(image, pred, DIGIT_CLASSES, palette, tmp_path / "q.png", target=target), figure_size(5))
+    check_png(save_prediction(image, pred, DIGIT_CLASSES, palette, tmp_path / "p.png"), figure_size(4))
+    check_png(save_prediction(image, pred, DIGIT_CLASSES, palette, tmp_path / "q.png", target=target), figure_size(5))
 
 
 def _metrics(run_dir):
@@ -203,7 +196,7 @@ def _metrics(run_dir):
 
 
 def test_plot_metrics(tmp_path):
-    _check_png(plot_metrics(_metrics(tmp_path / "run"), tmp_path / "c.png"), figure_size(3))
+    check_png(plot_metrics(_metrics(tmp_path / "run"), tmp_path / "c.png"), figure_size(3))
     with pytest.raises(FileNotFoundError):
         plot_metrics(tmp_path / "missing", tmp_path / "d.png")
 
@@ -211,7 +204,7 @@ def test_plot_metrics(tmp_path):
 def test_cli_plot_and_explain(tmp_path, capsys):
     run = _metrics(tmp_path / "run")
     assert main(["plot", str(run)]) == 0
-    _check_png(run / "curves.png", figure_size(3))
+    check_png(run / "curves.png", figure_size(3))
     assert main(["plot", str(tmp_path / "nope")]) == 2
 
     Image.fromarray(_image(32)).save(tmp_path / "img.png")
@@ -223,6 +216,6 @@ def test_cli_plot_and_explain(tmp_path, capsys):
     assert written == ["img_head_rcca_rcca_pass1_q0.png", "img_head_rcca_rcca_pass1_q1.png",
                        "img_head_rcca_rcca_reach_q0.png", "img_head_rcca_rcca_reach_q1.png"]
     for name in written:
-        _check_png(out / name, figure_size(2))
+        check_png(out / name, figure_size(2))
     assert main(argv[:2] + ["--points", "99,0", "--encoder", "resnet10t", "--out", str(out)]) == 2
     assert "outside" in capsys.readouterr().err
