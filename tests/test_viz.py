@@ -219,3 +219,11 @@ def test_cli_plot_and_explain(tmp_path, capsys):
         check_png(out / name, figure_size(2))
     assert main(argv[:2] + ["--points", "99,0", "--encoder", "resnet10t", "--out", str(out)]) == 2
     assert "outside" in capsys.readouterr().err
+
+
+def test_cli_explain_refuses_model_options_with_a_run_directory(tmp_path, capsys):
+    run = _metrics(tmp_path / "run")  # a directory: its model would come from its config.yaml
+    Image.fromarray(_image(32)).save(tmp_path / "img.png")
+    assert main(["explain", str(tmp_path / "img.png"), "--checkpoint", str(run), "--model", "ccnet",
+                 "--num-classes", "3"]) == 2
+    assert "--model --num-classes: the model of a run directory comes from its config.yaml" in capsys.readouterr().err

@@ -25,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file")
     parser.add_argument("--checkpoint", help="a training run directory, or a weights file for --model "
                                              "(default: random weights)")
-    parser.add_argument("--model", default="danet", help="registered segmentor without a run directory (default danet)")
+    parser.add_argument("--model", help="registered segmentor without a run directory (default danet)")
     parser.add_argument("--attention", help="attention module of the attnet head (bam, sge, psa, ...)")
-    parser.add_argument("--encoder", default="resnet18", help="timm encoder without a run directory (default resnet18)")
-    parser.add_argument("--num-classes", type=int, default=11, help="classes without a run directory (default 11: digits)")
+    parser.add_argument("--encoder", help="timm encoder without a run directory (default resnet18)")
+    parser.add_argument("--num-classes", type=int, help="classes without a run directory (default 11: digits)")
     parser.add_argument("--points", type=_point, nargs="+", default=[], metavar="ROW,COL",
                         help="query pixels (default: the image centre)")
     parser.add_argument("--out", default="explain", help="output folder (default ./explain)")
@@ -50,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         checkpoint = Path(args.checkpoint) if args.checkpoint else None
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+        model_options = {"--model": args.model, "--attention": args.attention, "--encoder": args.encoder,
+                         "--num-classes": args.num_classes}
         if checkpoint is not None and checkpoint.is_dir():
+            given = [flag for flag, value in model_options.items() if value is not None]
+            if given:
+                raise ValueError(f"{' '.join(given)}: the model of a run directory comes from its config.yaml")
             from visattn.engine.inference import load_trained
 
             cfg, model = load_trained(run=checkpoint, device=device)
@@ -59,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
             from visattn.models import create_model
             from visattn.weights import read_state_dict
 
-            kwargs = {"encoder": args.encoder}
+            kwargs = {"encoder": args.encoder or "resnet18"}
             if args.attention:
                 kwargs["attention"] = args.attention
             torch.manual_seed(args.seed)
-            model = create_model(args.model, num_classes=args.num_classes, **kwargs)
+            model = create_model(args.model or "danet", num_classes=args.num_classes or 11, **kwargs)
             if checkpoint is not None:
                 model.load_state_dict(read_state_dict(checkpoint))
             model = model.to(device).eval()
