@@ -4,7 +4,8 @@ Runs the model once on the image, captures the input of each attention module (P
 FLA, BAM, SGE, PSA) with a forward hook and renders its ``attention_weights`` over the image:
 one PNG per map in ``--out`` (see :func:`visattn.viz.explain`). Without ``--checkpoint`` the model
 has random weights (seeded), which shows the mechanics: the cross of one criss-cross pass, the
-whole image reached by two.
+whole image reached by two. (SGE is initialised to a constant gate, ``sigmoid(1)``: its picture
+is flat until it is trained.)
 """
 from __future__ import annotations
 
