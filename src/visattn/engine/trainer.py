@@ -1,5 +1,6 @@
-"""The training loop: SGD (the papers') or AdamW, poly LR with warm-up, weighted multi-output losses, AMP, gradient
-accumulation, DDP, checkpoints that resume exactly, and a run directory that keeps everything.
+"""The training loop: SGD (the papers') or AdamW, poly LR with warm-up, weighted multi-output
+losses, AMP, gradient accumulation, DDP, checkpoints that resume exactly, and a run directory that
+keeps everything.
 
 Run directory::
 
