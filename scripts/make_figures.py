@@ -29,7 +29,7 @@ DANET_MAPS = {"pam_q0": "danet_pam_q0", "pam_q1": "danet_pam_q1", "cam_matrix": 
               "cam_q0": "danet_cam_q0"}
 CCNET_MAPS = {"rcca_pass1_q0": "ccnet_cca_pass1", "rcca_reach_q0": "ccnet_rcca_reach"}
 RANDOM_MODELS = (  # (registered model, create_model kwargs, explain key -> PNG name), random seeded weights
-    ("flanet", {}, {"fla_q0": "flanet_fla"}),
+    ("flanet", {}, {"fla_q0": "flanet_fla", "fla_column_q0": "flanet_fla_column", "fla_row_q0": "flanet_fla_row"}),
     ("attnet", {"attention": "bam"}, {"bam_gate": "attnet_bam_gate"}),
     ("attnet", {"attention": "sge"}, {"sge_gate": "attnet_sge_gate"}),
     ("attnet", {"attention": "psa"}, {"psa_branch": "attnet_psa_branch"}),

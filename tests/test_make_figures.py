@@ -18,7 +18,7 @@ PANELS = {  # the stable names docs/pictures.md embeds -> panels
     "predict_val0": 5, "predict_val1": 5, "predict_val2": 5,
     "danet_pam_q0": 2, "danet_pam_q1": 2, "danet_cam_matrix": 2, "danet_cam_q0": 2,
     "ccnet_cca_pass1": 2, "ccnet_rcca_reach": 2,
-    "flanet_fla": 2, "attnet_bam_gate": 2, "attnet_sge_gate": 2, "attnet_psa_branch": 2,
+    "flanet_fla": 2, "flanet_fla_column": 2, "flanet_fla_row": 2, "attnet_bam_gate": 2, "attnet_sge_gate": 2, "attnet_psa_branch": 2,
     "train_curves": 3,
 }
 
