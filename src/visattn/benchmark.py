@@ -140,12 +140,13 @@ def _call(model: nn.Module, x: Tensor, train: bool) -> None:
     out.float().sum().backward()
 
 
-def _count_flops(model: nn.Module, x: Tensor, train: bool) -> int:
+def _count_flops(model: nn.Module, x: Tensor) -> int:
+    """FLOPs of one forward call."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        _call(model, x, train)
+        _call(model, x, train=False)
     return counter.get_total_flops()
 
 
@@ -175,7 +176,7 @@ def model_gflop(case: Case) -> float:
     ``groups`` times over, which put PSA above 100% of the matmul peak.)"""
     with torch.device("meta"):
         model, x = _build(dataclasses.replace(case, train=False), naive=True, meta=True)
-    return (3 if case.train else 1) * _count_flops(model, x, train=False) / 1e9
+    return (3 if case.train else 1) * _count_flops(model, x) / 1e9
 
 
 def time_case(case: Case) -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import load_file
 from torch import nn
 
@@ -203,7 +203,7 @@ def test_recipes_load_and_name_registered_models(recipe):
         assert yaml.safe_load(recipe.read_text())["train"]["optimizer"] == "sgd"
 
 
-def test_optimizer_choice(tmp_path):
+def test_optimizer_choice():
     from visattn.engine.trainer import _optimizer
 
     model = nn.Linear(3, 2)
