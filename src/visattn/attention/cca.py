@@ -194,6 +194,8 @@ class _CrissCrossFunction(torch.autograd.Function):
     def backward(ctx, gy: Tensor):
         xt, w_qk, w_out, qk, att, agg = ctx.saved_tensors
         b, h, w, c = xt.shape
+        if not (gy.is_contiguous() or _is_channels_last(gy)):  # e.g. expanded by a sum(): once, not per GEMM
+            gy = gy.contiguous()
         cq = w_qk.shape[0] // 2
         gy_f = gy.flatten(2)  # (B, C, N)
 
