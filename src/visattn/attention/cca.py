@@ -241,13 +241,13 @@ class _CrissCrossFunction(torch.autograd.Function):
         return gx, g_w_qk, g_b_qk, g_w_out, g_b_out
 
 
-def _add_nhwc_(dst: Tensor, src: Tensor) -> Tensor:
-    """``dst += src.permute(0, 3, 1, 2)`` for NCHW ``dst`` and ``(B, H, W, C)`` ``src``, one image
-    row at a time (PyTorch's strided add over the whole tensor is ~3x slower: its traversal
+def _add_nhwc_(dst: Tensor, src: Tensor, rows: int = 4) -> Tensor:
+    """``dst += src.permute(0, 3, 1, 2)`` for NCHW ``dst`` and ``(B, H, W, C)`` ``src``, a few image
+    rows at a time (PyTorch's strided add over the whole tensor is ~2.5x slower: its traversal
     misses the cache)."""
     for i in range(src.shape[0]):
-        for h in range(src.shape[1]):
-            dst[i, :, h].add_(src[i, h].t())
+        for h in range(0, src.shape[1], rows):
+            dst[i, :, h : h + rows].add_(src[i, h : h + rows].permute(2, 0, 1))
     return dst
 
 
