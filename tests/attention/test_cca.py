@@ -132,6 +132,26 @@ def test_gradients_float32():
         assert rel_err(a, b) < 1e-4
 
 
+@pytest.mark.parametrize("input_grad", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients_of_a_plain_sum(input_grad, channels_last):
+    # y.sum() hands the backward an expanded (stride-0) gradient; without an input gradient the
+    # backward skips that part.
+    ours, official = build(seed=3, dtype=torch.float64)
+    x = torch.randn(2, C, 5, 6, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    grads = []
+    for m in (ours, official):
+        xi = x.clone().requires_grad_(input_grad)
+        m(xi).sum().backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    assert (grads[0][0] is None) == (not input_grad)
+    for a, b in zip(*grads):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_non_dense_input():
     ours, official = build(seed=9)
     x = torch.randn(2, C, 8, 12).to(memory_format=torch.channels_last)[:, :, ::2, ::3].requires_grad_()
