@@ -75,6 +75,19 @@ def _bmm(a: Tensor, m: Tensor, bias: Tensor | None = None, out: Tensor | None = 
     return out
 
 
+def _bmm_in_place_(a: Tensor, m: Tensor, rows: int = 8) -> Tensor:
+    """``m[b, p] = a[b, p] @ m[b, p]`` for every image ``b`` and batch row ``p``, in ``m``'s memory:
+    a few rows at a time through a cache-sized buffer instead of a fresh ``m``-sized result."""
+    buf = m.new_empty((min(rows, m.shape[1]),) + m.shape[2:])
+    for i in range(m.shape[0]):
+        for p in range(0, m.shape[1], rows):
+            block = m[i, p : p + rows]
+            out = buf[: block.shape[0]]
+            torch.bmm(a[i, p : p + rows], block, out=out)
+            block.copy_(out)
+    return m
+
+
 def _scores(q: Tensor, k: Tensor, diag_mask: bool = False) -> Tensor:
     """``q @ k`` in float32 (float64 stays float64), also under autocast; with ``diag_mask`` the
     diagonal is ``-inf`` (added by the GEMM itself, so no mask-sized tensor and no extra pass)."""
@@ -232,8 +245,8 @@ class _CrissCrossFunction(torch.autograd.Function):
         gx = torch.empty(gy.shape, dtype=gy.dtype, device=gy.device)
         if ctx.channels_last:
             gx = gx.contiguous(memory_format=torch.channels_last)
-        g_x_agg = _bmm(a_row.transpose(-1, -2), g_agg)
-        g_x_agg.add_(_cols(_bmm(a_col.transpose(-1, -2), _cols(g_agg), out=_scratch(gx, b, w, h, c))))
+        g_x_agg_cols = _bmm(a_col.transpose(-1, -2), _cols(g_agg), out=_scratch(gx, b, w, h, c))
+        g_x_agg = _bmm_in_place_(a_row.transpose(-1, -2), g_agg).add_(_cols(g_x_agg_cols))  # g_agg is done
         if ctx.channels_last:
             torch.addmm(gy.permute(0, 2, 3, 1).reshape(b * h * w, c), g_qk, w_qk, out=_scratch(gx, b * h * w, c))
             _scratch(gx, b, h, w, c).add_(g_x_agg)
