@@ -22,7 +22,8 @@ official module (up to float rounding). How it is computed differs, for speed:
   channel stride: every batched matmul (q/k, scores, aggregation, and all of the backward's) gets
   its operands as strided views of that one copy, the column scores' GEMM adds a broadcast
   ``(H, H)`` ``-inf`` diagonal itself, and temporaries borrow the output's memory before it is
-  written (fresh buffers cost page faults, ~1 ms per 4 MB on the benchmark machine).
+  written (a fresh buffer costs page faults and memory traffic: ~1 ms per 19 MB tensor on the
+  benchmark machine).
 - The value projection is applied *after* the aggregation: the softmax weights of a position sum
   to 1, so ``sum_j a_j (W x_j + b) = W (sum_j a_j x_j) + b``. The aggregation runs on ``x`` and
   the last matmul (``gamma * W_v``) both projects and writes the result back in the input's memory
@@ -150,7 +151,7 @@ def _aggregate(xt: Tensor, att: Tensor, scratch: Tensor | None = None) -> Tensor
 
 def _scratch(t: Tensor, *shape: int) -> Tensor:
     """The memory of ``t`` (contiguous or channels-last) as a contiguous tensor of ``shape``: fresh
-    buffers cost page faults (~1 ms per 4 MB here), so temporaries borrow the output's memory
+    buffers cost page faults (~1 ms per 19 MB here), so temporaries borrow the output's memory
     before it is written."""
     return (t.permute(0, 2, 3, 1) if _is_channels_last(t) else t).view(*shape)
 
