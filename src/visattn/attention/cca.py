@@ -156,9 +156,8 @@ def _scratch(t: Tensor, *shape: int) -> Tensor:
     return (t.permute(0, 2, 3, 1) if _is_channels_last(t) else t).view(*shape)
 
 
-def _empty_like(x: Tensor) -> Tensor:
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-    return torch.empty_like(x, memory_format=fmt)
+def _memory_format(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
 
 
 def _project(x: Tensor, agg: Tensor, w_out: Tensor, b_out: Tensor, out: Tensor | None = None) -> Tensor:
@@ -176,8 +175,7 @@ def _project(x: Tensor, agg: Tensor, w_out: Tensor, b_out: Tensor, out: Tensor |
         out = out.transpose(1, 2) if channels_last else out
         return x + (out.reshape(b, c, h, w) + b_out.view(1, c, 1, 1))
     if out is None:
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        y = (x + b_out.view(1, c, 1, 1)).contiguous(memory_format=fmt)
+        y = (x + b_out.view(1, c, 1, 1)).contiguous(memory_format=_memory_format(x))
     else:
         y = torch.add(x, b_out.view(1, c, 1, 1), out=out)
     y_mat = y.permute(0, 2, 3, 1).view(b, h * w, c) if channels_last else y.view(b, c, h * w)
@@ -190,7 +188,7 @@ def _criss_cross(x: Tensor, w_qk: Tensor, b_qk: Tensor, w_out: Tensor, b_out: Te
     xt = _nhwc(x)
     qk, att = _attention(xt, w_qk, b_qk)
     in_place = not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type))
-    y = _empty_like(x) if in_place else None
+    y = torch.empty_like(x, memory_format=_memory_format(x)) if in_place else None
     agg = _aggregate(xt, att, scratch=y)
     return _project(x, agg, w_out, b_out, out=y), xt, qk, att, agg
 
@@ -203,7 +201,7 @@ class _CrissCrossFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, w_qk: Tensor, b_qk: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
         y, xt, qk, att, agg = _criss_cross(x, w_qk, b_qk, w_out, b_out)
         ctx.save_for_backward(xt, w_qk, w_out, qk, att, agg)
-        ctx.channels_last = _is_channels_last(x)
+        ctx.memory_format = _memory_format(x)
         return y
 
     @staticmethod
@@ -243,12 +241,10 @@ class _CrissCrossFunction(torch.autograd.Function):
         # (B, H, W, C), where its GEMMs are fastest (its column part in gx's memory, before gx is
         # written), and moved to x's layout by the final add.
         a_col, a_row = _split(att.to(xt.dtype))
-        gx = torch.empty(gy.shape, dtype=gy.dtype, device=gy.device)
-        if ctx.channels_last:
-            gx = gx.contiguous(memory_format=torch.channels_last)
+        gx = torch.empty(gy.shape, dtype=gy.dtype, device=gy.device, memory_format=ctx.memory_format)
         g_x_agg_cols = _bmm(a_col.transpose(-1, -2), _cols(g_agg), out=_scratch(gx, b, w, h, c))
         g_x_agg = _bmm_in_place_(a_row.transpose(-1, -2), g_agg).add_(_cols(g_x_agg_cols))  # g_agg is done
-        if ctx.channels_last:
+        if ctx.memory_format == torch.channels_last:
             torch.addmm(gy.permute(0, 2, 3, 1).reshape(b * h * w, c), g_qk, w_qk, out=_scratch(gx, b * h * w, c))
             _scratch(gx, b, h, w, c).add_(g_x_agg)
         else:
@@ -260,8 +256,8 @@ class _CrissCrossFunction(torch.autograd.Function):
 
 def _add_nhwc(x: Tensor, src: Tensor, out: Tensor, rows: int = 4) -> Tensor:
     """``out = x + src.permute(0, 3, 1, 2)`` for NCHW ``x`` and ``out`` and ``(B, H, W, C)`` ``src``,
-    a few image rows at a time (PyTorch's strided add over the whole tensor is ~2.5x slower: its
-    traversal misses the cache)."""
+    a few image rows at a time (PyTorch's strided add over the whole tensor measured ~2.5x slower
+    at 97 x 97 x 512)."""
     for i in range(src.shape[0]):
         for h in range(0, src.shape[1], rows):
             rs = slice(h, h + rows)
