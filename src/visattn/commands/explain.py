@@ -22,14 +22,18 @@ def _point(text: str) -> tuple[int, int]:
     return h, w
 
 
+# Without a run directory (None on the command line, so that giving one with a run is an error).
+_MODEL, _ENCODER, _CLASSES = "danet", "resnet18", 11
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file")
     parser.add_argument("--checkpoint", help="a training run directory, or a weights file for --model "
                                              "(default: random weights)")
-    parser.add_argument("--model", help="registered segmentor without a run directory (default danet)")
+    parser.add_argument("--model", help=f"registered segmentor without a run directory (default {_MODEL})")
     parser.add_argument("--attention", help="attention module of the attnet head (bam, sge, psa, ...)")
-    parser.add_argument("--encoder", help="timm encoder without a run directory (default resnet18)")
-    parser.add_argument("--num-classes", type=int, help="classes without a run directory (default 11: digits)")
+    parser.add_argument("--encoder", help=f"timm encoder without a run directory (default {_ENCODER})")
+    parser.add_argument("--num-classes", type=int, help=f"classes without a run directory (default {_CLASSES}: digits)")
     parser.add_argument("--points", type=_point, nargs="+", default=[], metavar="ROW,COL",
                         help="query pixels (default: the image centre)")
     parser.add_argument("--out", default="explain", help="output folder (default ./explain)")
@@ -65,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
             from visattn.models import create_model
             from visattn.weights import read_state_dict
 
-            kwargs = {"encoder": args.encoder or "resnet18"}
+            kwargs = {"encoder": args.encoder or _ENCODER}
             if args.attention:
                 kwargs["attention"] = args.attention
             torch.manual_seed(args.seed)
-            model = create_model(args.model or "danet", num_classes=args.num_classes or 11, **kwargs)
+            model = create_model(args.model or _MODEL, num_classes=args.num_classes or _CLASSES, **kwargs)
             if checkpoint is not None:
                 model.load_state_dict(read_state_dict(checkpoint))
             model = model.to(device).eval()
