@@ -102,6 +102,14 @@ def test_memory_measurement_sees_the_naive_map():
     assert mem["peak_mb"] > 12
 
 
+def test_memory_subprocess_sees_live_memory():
+    # Fresh processes with glibc's mmap threshold fixed: the naive PAM's 16 MiB N x N map (and its
+    # softmax's copy) shows; the chunked PAM holds two 8 MiB chunk buffers instead (N = 2048).
+    naive = benchmark.memory_case(Case("pam", 32, 64, channels=16), naive=True, threads=1)
+    ours = benchmark.memory_case(Case("pam", 32, 64, channels=16), naive=False, threads=1)
+    assert naive["peak_mb"] > 30 and 15 < ours["peak_mb"] < 24
+
+
 def test_gflop_counts_a_conv_by_hand_and_training_as_three_forwards():
     # PSA at C=64, 8x8, channels split 4 x 16: grouped 3/5/7/9 convs (groups 1, 4, 8, 16), 2 FLOP per MAC
     fwd = benchmark.model_gflop(Case("psa", 8, 8, channels=64)) * 1e9

@@ -10,6 +10,8 @@ One implementation behind both ``visattn bench`` and ``benchmarks/run.py``:
   tiny size (library initialisation), the kernel's peak-RSS mark is reset (``5`` written to
   ``/proc/self/clear_refs``), the call runs, and ``VmHWM - VmRSS(before)`` is reported. Where
   ``clear_refs`` is unavailable (non-Linux), ``ru_maxrss`` of the fresh process is used instead.
+  The subprocess runs with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_=131072``
+  unless set), so that freed blocks leave the RSS and its peak is the peak of live memory.
 - **FLOPs** of the naive published formulation are counted with ``torch.utils.flop_counter``
   (matmuls and convolutions, on the ``meta`` device) and divided by each implementation's time:
   GFLOP/s and the fraction of this machine's fp32 matmul peak (best of several 2048^3
@@ -235,10 +237,18 @@ def _measure_memory(case: Case, naive: bool) -> dict:
     return {"peak_mb": peak_kb / 1024, "seconds": seconds, "method": method}
 
 
+# glibc raises its mmap threshold as large blocks are freed, after which freed blocks stay in the
+# heap and count towards the RSS: which implementation looks bigger then depends on the order of
+# its allocations (CCNet's head measured 327 vs 231 MB RSS with equal live-tensor peaks). A fixed
+# threshold returns every block above 128 KiB to the system when it is freed, so the RSS peak is
+# the peak of live memory. Other C libraries ignore the variable.
+_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 def memory_case(case: Case, naive: bool, threads: int) -> dict:
     """:func:`_measure_memory` in a subprocess; ``{"error": ...}`` if it fails (e.g. out of memory)."""
     cmd = [sys.executable, "-m", "visattn.benchmark", json.dumps(dataclasses.asdict(case)), str(int(naive)), str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_MEMORY_ENV | dict(os.environ))
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
