@@ -39,6 +39,21 @@ def test_unknown_config_keys_are_named(tmp_path):
     assert cfg["model"]["kwargs"] == {"encoder": "resnet18", "output_stride": 8, "aux": True} and cfg["train"]["lr"] == 0.02
 
 
+def test_data_defaults_follow_the_dataset(tmp_path):
+    # The demo's digits augmentation (64 px, no zoom, no flip) must not leak into real datasets.
+    assert load_config()["data"]["crop_size"] == [64, 64] and load_config()["data"]["flip"] is False
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  dataset: cityscapes\n  root: data/cityscapes\n  flip: false\n")
+    data = load_config(recipe)["data"]
+    assert (data["crop_size"], data["scale_range"], data["flip"]) == ([769, 769], [0.5, 2.0], False)
+    data = load_config(recipe, ["data.dataset=ade20k", "data.crop_size=[480,480]"])["data"]
+    assert (data["crop_size"], data["scale_range"], data["flip"]) == ([480, 480], [0.5, 2.0], False)
+    data = load_config(None, ["data.dataset=imagefolder"])["data"]
+    assert (data["crop_size"], data["flip"]) == ([224, 224], True)
+    saved = load_config(None, ["data.dataset=voc", "data.scale_range=[1,1]"])
+    assert load_config(None, ["train.lr=0.5"], base=saved)["data"]["scale_range"] == [1, 1]  # a resumed run keeps its own
+
+
 def test_poly_warmup():
     f = LRSchedule(total=100, power=0.9, warmup_iters=10, warmup_factor=0.1)
     assert f(0) == pytest.approx(0.1)
