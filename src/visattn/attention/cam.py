@@ -77,7 +77,7 @@ class ChannelAttention(nn.Module):
 
     def _attention(self, a: Tensor) -> Tensor:
         """``(B, C, C)`` attention of ``a = (B, C, N)`` (fp32, autocast off)."""
-        energy = flush_subnormal(a @ a.transpose(1, 2))  # flushes only the gradient into E
+        energy = flush_subnormal(torch.bmm(a, a.transpose(1, 2)))  # flushes only the gradient into E
         return flush_subnormal(torch.softmax(-energy, dim=-1))
 
     def attend(self, x: Tensor) -> Tensor:
@@ -85,7 +85,7 @@ class ChannelAttention(nn.Module):
         check_input("ChannelAttention", x, self.channels)
         a = x.flatten(2).to(torch.promote_types(x.dtype, torch.float32))
         with _no_autocast(x.device.type):
-            out = self._attention(a) @ a
+            out = torch.bmm(self._attention(a), a)
         return out.reshape(x.shape).to(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
