@@ -162,6 +162,11 @@ def test_explain_writes_every_picture(tmp_path):
         check_png(p, figure_size(2))
     with pytest.raises(ValueError, match="outside"):
         explain(model, image, tmp_path, points=[(40, 0)])
+    only = explain(model, image, tmp_path / "only", only=["blocks.0", "*.3"])
+    drawn = {p.name.split("_")[1] for p in only}
+    assert drawn == {"0", "3"} and {p.name for p in only} < {p.name.removeprefix("t_") for p in paths}
+    with pytest.raises(ValueError, match=r"no attention module named 'head\.sa'.*has: blocks\.0"):
+        explain(model, image, tmp_path, only=["head.sa"])
 
 
 def test_heat_map_on_a_flat_image_is_not_blank(tmp_path):
@@ -219,6 +224,8 @@ def test_cli_plot_and_explain(tmp_path, capsys):
         check_png(out / name, figure_size(2))
     assert main(argv[:2] + ["--points", "99,0", "--encoder", "resnet10t", "--out", str(out)]) == 2
     assert "outside" in capsys.readouterr().err
+    assert main(argv + ["--modules", "head.sa"]) == 2
+    assert "no attention module named 'head.sa' (this model has: head.rcca)" in capsys.readouterr().err
 
 
 def test_cli_explain_refuses_model_options_with_a_run_directory(tmp_path, capsys):

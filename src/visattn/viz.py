@@ -16,6 +16,7 @@ to the image the same way, so a feature cell's centre lands where its logits do.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -337,16 +338,25 @@ def explain(
     mean: Sequence[float] = (0.485, 0.456, 0.406),
     std: Sequence[float] = (0.229, 0.224, 0.225),
     prefix: str = "",
+    only: Sequence[str] = (),
 ) -> list[Path]:
     """Render every attention module of ``model`` on ``image`` (uint8 ``(H, W, 3)``) into ``out_dir``.
 
-    ``points``: query pixels ``(row, col)`` of the image (default: its centre). One PNG per map,
-    named ``{prefix}{module}_{map}.png``. Returns the paths written.
+    ``points``: query pixels ``(row, col)`` of the image (default: its centre). ``only``: module
+    names or shell-style patterns (``head.sa``, ``blocks.*``) to draw, default all; a pattern that
+    matches no attention module is an error naming the ones there are. One PNG per map, named
+    ``{prefix}{module}_{map}.png``. Returns the paths written.
     """
     modules = find_attention_modules(model)
     if not modules:
         raise ValueError(f"{type(model).__name__} holds no attention module that can be drawn "
                          f"({', '.join(_ATTENTION_CLASSES)})")
+    if only:
+        unmatched = [pat for pat in only if not fnmatch.filter(modules, pat)]
+        if unmatched:
+            raise ValueError(f"no attention module named {', '.join(map(repr, unmatched))} "
+                             f"(this model has: {', '.join(modules)})")
+        modules = {n: m for n, m in modules.items() if any(fnmatch.fnmatchcase(n, pat) for pat in only)}
     size = image.shape[:2]
     points = list(points) or [(size[0] // 2, size[1] // 2)]
     for p in points:

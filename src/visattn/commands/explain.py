@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, help=f"classes without a run directory (default {_CLASSES}: digits)")
     parser.add_argument("--points", type=_point, nargs="+", default=[], metavar="ROW,COL",
                         help="query pixels (default: the image centre)")
+    parser.add_argument("--modules", nargs="+", default=[], metavar="NAME",
+                        help="attention modules to draw, by name or pattern (e.g. head.sa 'blocks.*'; default all)")
     parser.add_argument("--out", default="explain", help="output folder (default ./explain)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--device", default="auto")
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                 model.load_state_dict(read_state_dict(checkpoint))
             model = model.to(device).eval()
         image = np.array(read_image(args.image))
-        for path in explain(model, image, args.out, args.points, mean, std, prefix=f"{Path(args.image).stem}_"):
+        for path in explain(model, image, args.out, args.points, mean, std, prefix=f"{Path(args.image).stem}_",
+                            only=args.modules):
             print(path)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f"visattn explain: error: {err}", file=sys.stderr)
