@@ -1,6 +1,5 @@
 """CLI: train with --set on a tiny config, config errors, eval JSON, predict PNGs, models list."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,6 @@ from PIL import Image
 
 from visattn.cli import main
 
-sys.path.insert(0, str(Path(__file__).parent / "engine"))  # tinyseg:build
 
 TINY = ["model.name=tinyseg:build", "model.kwargs={}", "data.digits.train_length=16", "data.digits.val_length=4",
         "data.digits.size=32", "data.digits.digit_size=[8,16]", "data.crop_size=[32,32]", "train.batch_size=8",

@@ -10,8 +10,9 @@ from torch.utils._pytree import tree_leaves
 
 import visattn
 from helpers import randomize_, rel_err
-from visattn.attention import pam
-from visattn.attention.pam import PositionAttention, position_attention
+from visattn.attention import _functional
+from visattn.attention._functional import softmax_attention
+from visattn.attention.pam import PositionAttention
 
 C = 16
 
@@ -93,7 +94,7 @@ class _LargestAllocation(TorchDispatchMode):
 
 
 def test_never_allocates_the_n_by_n_map(monkeypatch):
-    monkeypatch.setattr(pam, "CHUNK_BYTES", 2**20)  # the automatic chunk size must respect it
+    monkeypatch.setattr(_functional, "CHUNK_BYTES", 2**20)  # the automatic chunk size must respect it
     m = build()
     x = torch.randn(1, C, 64, 64, requires_grad=True)
     n = 64 * 64  # the N x N map would take 64 MiB
@@ -119,7 +120,7 @@ def test_softmax_is_fp32_under_bf16_autocast():
     v = torch.randn(2, 8, 30)
     q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = position_attention(q, k, v, chunk_size=7)
+        out = softmax_attention(q, k, v, chunk_size=7)
     want = torch.softmax(q.double() @ k.double().transpose(1, 2), -1) @ v.double().transpose(1, 2)
     assert out.dtype == torch.bfloat16
     # Only the final rounding to bf16 (2^-8 relative); a bf16 softmax of these scores is ~10x off.
@@ -221,4 +222,4 @@ def test_fused_residual_equals_unfused(chunk_size):
 def test_position_attention_needs_gamma_with_residual():
     q, k, v = torch.randn(1, 6, 2), torch.randn(1, 6, 2), torch.randn(1, 4, 6)
     with pytest.raises(ValueError, match="gamma and residual"):
-        position_attention(q, k, v, gamma=torch.ones(1))
+        softmax_attention(q, k, v, gamma=torch.ones(1))

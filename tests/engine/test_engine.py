@@ -18,7 +18,6 @@ from visattn.engine.config import ConfigError, load_config
 from visattn.engine.losses import cross_entropy, ohem_cross_entropy, weighted_loss
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))  # tinyseg:build
 import tinyseg  # noqa: E402
 
 TINY = ["model.name=tinyseg:build", "model.kwargs={}", "data.digits.train_length=24", "data.digits.val_length=8",
@@ -187,7 +186,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     # SGD: AdamW's normalised steps would magnify the all-reduce's rounding differences
     common = TINY + ["data.scale_range=[1,1]", "data.flip=true", "train.ckpt_every=100", "train.optimizer=sgd",
                      "train.lr=0.05", "train.weight_decay=1e-4"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     sets = [a for s in common for a in ("--set", s)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "visattn",

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .checks import check_input, check_positive, reduced_channels
+from ._common import check_input, check_positive, reduced_channels
 
 __all__ = ["BAM", "ChannelGate", "SpatialGate"]
 

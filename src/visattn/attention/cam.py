@@ -30,8 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_input, check_positive
-from .pam import _no_autocast
+from ._common import check_input, check_positive, no_autocast
 
 __all__ = ["ChannelAttention"]
 
@@ -84,7 +83,7 @@ class ChannelAttention(nn.Module):
         """The attention output ``out`` before the residual, ``(B, C, H, W)``, in ``x``'s dtype."""
         check_input("ChannelAttention", x, self.channels)
         a = x.flatten(2).to(torch.promote_types(x.dtype, torch.float32))
-        with _no_autocast(x.device.type):
+        with no_autocast(x.device.type):
             out = torch.bmm(self._attention(a), a)
         return out.reshape(x.shape).to(x.dtype)
 
@@ -96,7 +95,7 @@ class ChannelAttention(nn.Module):
         """``{"channel": (B, C, C)}``: row c is the softmax over the channels channel c attends to."""
         check_input("ChannelAttention", x, self.channels)
         a = x.flatten(2).to(torch.promote_types(x.dtype, torch.float32))
-        with _no_autocast(x.device.type):
+        with no_autocast(x.device.type):
             return {"channel": self._attention(a)}
 
     def extra_repr(self) -> str:

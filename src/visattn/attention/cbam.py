@@ -22,7 +22,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from .checks import check_input, check_positive, reduced_channels
+from ._common import check_input, check_positive, reduced_channels
 
 __all__ = ["CBAM", "CBAMChannelGate", "CBAMSpatialGate"]
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_input, check_positive, reduced_channels
+from ._common import check_input, check_positive, reduced_channels
 
 __all__ = ["CrissCrossAttention", "RecurrentCrissCrossAttention"]
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .cam import ChannelAttention
-from .checks import check_input
+from ._common import check_input
 from .pam import PositionAttention
 
 __all__ = ["DualAttention"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_input, check_positive
+from ._common import check_input, check_positive
 
 __all__ = ["FullyAttentional"]
 

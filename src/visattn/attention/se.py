@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_input, reduced_channels
+from ._common import check_input, reduced_channels
 
 __all__ = ["SqueezeExcite"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import check_divisible, check_input, check_positive
+from ._common import check_divisible, check_input, check_positive
 
 __all__ = ["SpatialGroupEnhance"]
 

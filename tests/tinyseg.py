@@ -1,6 +1,6 @@
 """Tiny models honouring the segmentor/classifier contract, for fast engine tests.
 
-Importable as ``tinyseg:build`` (config ``model.name``) when this directory is on ``sys.path``.
+Importable as ``tinyseg:build`` (config ``model.name``) (``tests/`` is on pytest's ``pythonpath``).
 """
 from __future__ import annotations
 

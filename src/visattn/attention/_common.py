@@ -1,13 +1,16 @@
-"""Argument and input checks shared by the attention modules.
+"""Helpers shared by the attention modules: argument and input checks, the fp32 scope.
 
 Every error names the module, the bad value and what was expected, so a wrong channel count
 surfaces at the call site rather than as a shape error deep inside a matmul.
 """
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import Tensor
 
-__all__ = ["reduced_channels", "check_divisible", "check_positive", "check_input"]
+__all__ = ["reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast"]
 
 
 def check_positive(module: str, name: str, value: int) -> int:
@@ -45,3 +48,10 @@ def check_input(module: str, x: Tensor, channels: int) -> None:
         raise ValueError(
             f"{module}: expected {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
         )
+
+
+def no_autocast(device_type: str):
+    """Disable autocast (only if it is on): softmaxes and the matmuls around them must stay fp32."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
