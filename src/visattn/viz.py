@@ -21,13 +21,14 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .attention._common import AttentionMap
 
 __all__ = [
     "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
@@ -41,27 +42,6 @@ _ATTENTION_CLASSES = (
     "PositionAttention", "ChannelAttention", "CrissCrossAttention", "RecurrentCrissCrossAttention",
     "FullyAttentional", "BAM", "SpatialGroupEnhance", "PyramidSqueezeAttention",
 )
-
-
-@dataclass
-class AttentionMap:
-    """One picture's data.
-
-    ``values`` is ``(h, w)`` at feature resolution when ``spatial`` (drawn over the image), else a
-    matrix drawn as it is (``xlabel``/``ylabel`` name its axes). ``point`` is the query's feature
-    cell ``(row, column)``, if the map belongs to one, on a feature map of size ``grid``
-    (``values.shape`` for spatial maps).
-    """
-
-    key: str
-    title: str
-    values: np.ndarray
-    spatial: bool = True
-    point: tuple[int, int] | None = None
-    xlabel: str = ""
-    ylabel: str = ""
-    grid: tuple[int, int] | None = None
-    yticklabels: tuple[str, ...] | None = None  # names of a matrix's rows (e.g. PSA's kernels)
 
 
 # ---------------------------------------------------------------------------------------------

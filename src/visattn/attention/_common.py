@@ -1,4 +1,4 @@
-"""Helpers shared by the attention modules: argument and input checks, the fp32 scope.
+"""Helpers shared by the attention modules: argument and input checks, the fp32 scope, the picture record.
 
 Every error names the module, the bad value and what was expected, so a wrong channel count
 surfaces at the call site rather than as a shape error deep inside a matmul.
@@ -6,11 +6,13 @@ surfaces at the call site rather than as a shape error deep inside a matmul.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast"]
+__all__ = ["reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast", "AttentionMap"]
 
 
 def check_positive(module: str, name: str, value: int) -> int:
@@ -55,3 +57,24 @@ def no_autocast(device_type: str):
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+@dataclass
+class AttentionMap:
+    """One picture's data.
+
+    ``values`` is ``(h, w)`` at feature resolution when ``spatial`` (drawn over the image), else a
+    matrix drawn as it is (``xlabel``/``ylabel`` name its axes). ``point`` is the query's feature
+    cell ``(row, column)``, if the map belongs to one, on a feature map of size ``grid``
+    (``values.shape`` for spatial maps).
+    """
+
+    key: str
+    title: str
+    values: np.ndarray
+    spatial: bool = True
+    point: tuple[int, int] | None = None
+    xlabel: str = ""
+    ylabel: str = ""
+    grid: tuple[int, int] | None = None
+    yticklabels: tuple[str, ...] | None = None  # names of a matrix's rows (e.g. PSA's kernels)
