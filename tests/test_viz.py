@@ -34,8 +34,8 @@ def _feature(h: int = 5, w: int = 7, seed: int = 0) -> torch.Tensor:
     return torch.randn(1, C, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def _module(name: str, **kwargs) -> nn.Module:
-    return randomize_(create_attention(name, C, **kwargs), seed=1).eval()
+def _module(name: str) -> nn.Module:
+    return randomize_(create_attention(name, C), seed=1).eval()
 
 
 def _image(size: int = 40) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Paper: Song et al., "Fully Attentional Network for Semantic Segmentation", AAAI 2022,
 https://arxiv.org/abs/2112.04108. Official code: https://github.com/maggiesong7/FullyAttentional
-(``FullyAttentionalBlock``).
+(``model.py``, ``FullyAttentionalBlock``).
 
 Channel attention whose C x C maps are computed per column and per row, with the spatial
 context of the other axis pooled in::
