@@ -4,21 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Per registered attention name: constructor kwargs for the common tests at CHANNELS channels.
+# Channels of the attention tests: every registered mechanism runs at it with its default arguments.
 CHANNELS = 64
-ATTENTION_KWARGS: dict[str, dict] = {
-    "pam": {},
-    "cam": {},
-    "dual": {},
-    "cca": {},
-    "rcca": {},
-    "fla": {},
-    "bam": {},
-    "sge": {"groups": 8},
-    "psa": {},
-    "se": {},
-    "cbam": {},
-}
 
 
 @torch.no_grad()

@@ -15,8 +15,10 @@ from visattn.cli import main
 from visattn.data import DigitScenes
 from visattn.data.palettes import DIGIT_CLASSES, voc_palette
 from visattn.viz import (
+    AttentionMap,
     attention_maps,
     explain,
+    find_attention_modules,
     figure_size,
     plot_metrics,
     render_attention_map,
@@ -32,8 +34,8 @@ def _feature(h: int = 5, w: int = 7, seed: int = 0) -> torch.Tensor:
     return torch.randn(1, C, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def _module(name: str, **kwargs) -> nn.Module:
-    return randomize_(create_attention(name, C, **kwargs), seed=1).eval()
+def _module(name: str) -> nn.Module:
+    return randomize_(create_attention(name, C), seed=1).eval()
 
 
 def _image(size: int = 40) -> np.ndarray:
@@ -44,84 +46,46 @@ def _by_key(maps) -> dict:
     return {m.key: m for m in maps}
 
 
-# ------------------------------------------------------------------ drawn arrays == attention_weights
+# ------------------------------------------------------------------ which modules are drawn
+# (what each mechanism's maps hold is tested against its attention_weights in tests/attention/test_maps.py)
 
 
-def test_pam_map_is_the_query_row():
-    m, x, points = _module("pam"), _feature(), [(0, 0), (2, 5), (4, 6)]
-    maps = _by_key(attention_maps(m, x, points))
-    full = m.attention_weights(x)["position"][0]  # (N, H, W), all queries
-    for i, (h, w) in enumerate(points):
-        drawn = maps[f"pam_q{i}"].values
-        assert maps[f"pam_q{i}"].point == (h, w)
-        np.testing.assert_allclose(drawn, full[h * x.shape[3] + w].numpy(), rtol=1e-5, atol=1e-7)
-        assert drawn.sum() == pytest.approx(1, abs=1e-5)
-
-
-def test_cca_map_is_the_query_cross():
-    m, x, (h, w) = _module("cca"), _feature(), (3, 2)
-    drawn = _by_key(attention_maps(m, x, [(h, w)]))["cca_q0"].values
-    weights = m.attention_weights(x)
-    expected = np.zeros(x.shape[2:])
-    for k in range(x.shape[2]):
-        expected[k, w] += weights["column"][0, h, w, k].item()
-    for k in range(x.shape[3]):
-        expected[h, k] += weights["row"][0, h, w, k].item()
-    np.testing.assert_allclose(drawn, expected, rtol=1e-5, atol=1e-7)
-    assert drawn.sum() == pytest.approx(1, abs=1e-5)
-    off_cross = np.ones(x.shape[2:], bool)
-    off_cross[h, :] = off_cross[:, w] = False
-    assert (drawn[off_cross] == 0).all()
-
-
-def test_rcca_maps_are_pass_one_cross_and_reach():
-    m, x, (h, w) = _module("rcca"), _feature(), (1, 4)
-    maps = _by_key(attention_maps(m, x, [(h, w)]))
-    weights = m.attention_weights(x)
-    np.testing.assert_allclose(maps["rcca_reach_q0"].values, weights["reach"][0, h, w].numpy(), rtol=1e-6)
-    assert (maps["rcca_reach_q0"].values > 0).all()  # two passes reach every position
-    single = _by_key(attention_maps(m.cca, x, [(h, w)]))["cca_q0"].values
-    np.testing.assert_allclose(maps["rcca_pass1_q0"].values, single, rtol=1e-6)
-
-
-def test_fla_matrices_are_the_query_row_and_column():
-    m, x, (h, w) = _module("fla"), _feature(), (2, 6)
-    maps = _by_key(attention_maps(m, x, [(h, w)]))
-    weights = m.attention_weights(x)
-    np.testing.assert_allclose(maps["fla_column_q0"].values, weights["column"][0, w].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(maps["fla_row_q0"].values, weights["row"][0, h].numpy(), rtol=1e-6)
-    peak = 0.5 * (weights["row"][0].amax(-1).mean(-1)[:, None] + weights["column"][0].amax(-1).mean(-1)[None, :])
-    np.testing.assert_allclose(maps["fla_q0"].values, peak.numpy(), rtol=1e-6)
-
-
-def test_cam_matrix_and_gathered_channel():
-    m, x, (h, w) = _module("cam"), _feature(), (4, 1)
-    maps = _by_key(attention_maps(m, x, [(h, w)]))
-    att = m.attention_weights(x)["channel"][0]
-    np.testing.assert_allclose(maps["cam_matrix"].values, att.numpy(), rtol=1e-6)
-    q = int(x[0, :, h, w].argmax())
-    expected = sum(att[q, k].item() * x[0, k].numpy() for k in range(C))
-    np.testing.assert_allclose(maps["cam_q0"].values, expected, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name,key,reduce", [
-    ("bam", "bam_gate", lambda w: w["gate"][0].mean(0)),
-    ("bam", "bam_spatial", lambda w: w["spatial"][0, 0]),
-    ("sge", "sge_gate", lambda w: w["gate"][0].mean(0)),
-    ("sge", "sge_group0", lambda w: w["gate"][0, 0]),
-    ("psa", "psa_branch", lambda w: w["branch"][0, :, :, 0, 0]),
-])
-def test_gates(name, key, reduce):
-    m, x = _module(name, **({"groups": 4} if name == "sge" else {})), _feature(8, 8)
-    drawn = _by_key(attention_maps(m, x))[key].values
-    np.testing.assert_allclose(drawn, reduce(m.attention_weights(x)).numpy(), rtol=1e-6)
+def test_attention_maps_calls_the_module():
+    m, x, points = _module("fla"), _feature(), [(1, 2), (4, 6)]
+    drawn, own = attention_maps(m, x, points), m.attention_maps(x, points)
+    assert [a.key for a in drawn] == [a.key for a in own] == ["fla_q0", "fla_column_q0", "fla_row_q0",
+                                                              "fla_q1", "fla_column_q1", "fla_row_q1"]
+    for a, b in zip(drawn, own):
+        np.testing.assert_array_equal(a.values, b.values)
+    assert [a.point for a in attention_maps(m, x)] == [(2, 3)] * 3  # the centre cell by default
 
 
 def test_unsupported_module_and_batch():
-    with pytest.raises(ValueError, match="SqueezeExcite"):
-        attention_maps(create_attention("se", C), _feature())
-    with pytest.raises(ValueError, match="one feature map"):
+    with pytest.raises(ValueError, match="no pictures for Conv2d: it has no attention_maps method.* pam"):
+        attention_maps(nn.Conv2d(C, C, 1), _feature())
+    with pytest.raises(ValueError, match="PositionAttention: .*one feature map"):
         attention_maps(_module("pam"), torch.randn(2, C, 3, 3))
+
+
+class _Drawn(nn.Module):
+    """Any module with an attention_maps method is drawn, whatever its class."""
+
+    def forward(self, x):
+        return x
+
+    def attention_maps(self, x, points=()):
+        return [AttentionMap("mine", "mine", x[0, 0].numpy())]
+
+
+def test_find_attention_modules_takes_the_outermost_with_maps():
+    model = nn.Sequential(create_attention("dual", C), create_attention("rcca", C), nn.Conv2d(C, C, 1), _Drawn(),
+                          nn.Sequential(create_attention("se", C)))
+    found = find_attention_modules(model)
+    assert list(found) == ["0", "1", "3", "4.0"]  # not 0.pam, 0.cam, 1.cca
+    assert [a.key for a in attention_maps(found["3"], _feature())] == ["mine"]
+    with pytest.raises(ValueError, match=r"Conv2d holds no attention module that can be drawn \(modules with an "
+                                         r"attention_maps method.*cbam"):
+        explain(nn.Conv2d(3, 3, 1), _image(16), ".")
 
 
 def test_coordinates_round_trip():
@@ -136,13 +100,14 @@ def test_coordinates_round_trip():
 
 
 class _TinyAttentionNet(nn.Module):
-    """stride-4 conv -> PAM -> CAM -> RCCA -> FLA -> BAM -> SGE -> PSA -> logits: every drawable module."""
+    """stride-4 conv -> PAM -> CAM -> RCCA -> FLA -> BAM -> SGE -> PSA -> SE -> CBAM -> logits."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, C, 3, stride=4, padding=1)
         self.blocks = nn.Sequential(*(create_attention(n, C) for n in ("pam", "cam", "rcca", "fla", "bam")),
-                                    create_attention("sge", C, groups=4), create_attention("psa", C))
+                                    create_attention("sge", C, groups=4),
+                                    *(create_attention(n, C) for n in ("psa", "se", "cbam")))
         self.cls = nn.Conv2d(C, 3, 1)
 
     def forward(self, x):
@@ -155,7 +120,7 @@ def test_explain_writes_every_picture(tmp_path):
     paths = explain(model, image, tmp_path, points=[(5, 30), (39, 0)], prefix="t_")
     names = {p.name for p in paths}
     for key in ("pam_q0", "pam_q1", "cam_matrix", "rcca_reach_q1", "rcca_pass1_q0", "fla_row_q1", "bam_gate",
-                "sge_gate", "psa_branch"):
+                "sge_gate", "psa_branch", "se_channel", "cbam_spatial"):
         assert any(n.endswith(f"_{key}.png") for n in names), key
     assert "t_blocks_0_pam_q0.png" in names
     for p in paths:

@@ -2,8 +2,9 @@
 
 Two layers, so that what is drawn can be tested against what the modules return:
 
-- :func:`attention_maps` turns one attention module's ``attention_weights`` on its input feature
-  map into :class:`AttentionMap` arrays (feature resolution, before any resizing or colouring);
+- every attention module's ``attention_maps`` method (called by :func:`attention_maps`) turns its
+  ``attention_weights`` on its input feature map into :class:`AttentionMap` arrays (feature
+  resolution, before any resizing or colouring);
 - ``render_*`` / ``save_*`` draw them with matplotlib (Agg backend, no display needed) into PNGs of
   a fixed pixel size (:func:`figure_size`).
 
@@ -28,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention._common import AttentionMap
+from .attention import list_attentions
+from .attention._common import AttentionMap, check_one_map
 
 __all__ = [
     "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
@@ -38,10 +40,6 @@ __all__ = [
 
 PANEL_PX = 256  # pixel size of one square panel; a figure is a row of panels
 _DPI = 100
-_ATTENTION_CLASSES = (
-    "PositionAttention", "ChannelAttention", "CrissCrossAttention", "RecurrentCrissCrossAttention",
-    "FullyAttentional", "BAM", "SpatialGroupEnhance", "PyramidSqueezeAttention",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,89 +65,28 @@ def upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# attention weights -> arrays
+# attention modules -> arrays
 
 
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
+def _drawable(module: nn.Module) -> bool:
+    return callable(getattr(module, "attention_maps", None))
 
 
-def cross_map(column: Tensor, row: Tensor, cell: tuple[int, int]) -> np.ndarray:
-    """Criss-cross weights of query ``cell`` as an ``(H, W)`` map: its column gets ``column[h, w, :]``,
-    its row ``row[h, w, :]`` (``column``: ``(H, W, H)``, ``row``: ``(H, W, W)``, one image)."""
-    h, w = cell
-    out = torch.zeros(column.shape[0], row.shape[1], dtype=column.dtype, device=column.device)
-    out[:, w] += column[h, w]
-    out[h, :] += row[h, w]
-    return _np(out)
+def _no_pictures_hint() -> str:
+    return f"modules with an attention_maps method, e.g. the attention modules {', '.join(list_attentions())}"
 
 
 def attention_maps(module: nn.Module, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
-    """The maps of ``module`` for its input ``x`` ``(1, C, H, W)`` and query cells ``points``.
+    """``module.attention_maps(x, points)``: the maps of ``module`` for its input ``x`` ``(1, C, H, W)``.
 
-    ``points`` are feature cells ``(row, col)``; modules without query points ignore them.
-    Every array comes straight from ``module.attention_weights`` (see each case for the layout).
+    ``points`` are feature cells ``(row, col)`` (default: the centre cell); modules without query
+    points ignore them. What each module's maps show is documented on its ``attention_maps``.
     """
-    kind = type(module).__name__
-    if kind not in _ATTENTION_CLASSES:
-        raise ValueError(f"no pictures for {kind}; supported: {', '.join(_ATTENTION_CLASSES)}")
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"attention_maps: expected one feature map (1, C, H, W), got {tuple(x.shape)}")
-    _, c, h, w = x.shape
-    points = [tuple(int(v) for v in p) for p in points] or [(h // 2, w // 2)]
-    maps: list[AttentionMap] = []
-    if kind == "PositionAttention":
-        pos = module.attention_weights(x, queries=points)["position"][0]  # (Q, H, W)
-        for i, p in enumerate(points):
-            maps.append(AttentionMap(f"pam_q{i}", f"PAM: attention of query {p}", _np(pos[i]), point=p))
-    elif kind == "ChannelAttention":
-        att = module.attention_weights(x)["channel"][0]  # (C, C)
-        maps.append(AttentionMap("cam_matrix", "CAM: channel attention", _np(att), spatial=False,
-                                 xlabel="key channel", ylabel="query channel"))
-        for i, p in enumerate(points):
-            # the channel strongest at the query, and what CAM gathers into it: sum_c' A[c, c'] x[c']
-            q = int(x[0, :, p[0], p[1]].argmax())
-            gathered = torch.einsum("k,khw->hw", att[q].to(x.dtype), x[0])
-            maps.append(AttentionMap(f"cam_q{i}", f"CAM: channel {q} (top at {p}) gathers", _np(gathered), point=p))
-    elif kind == "CrissCrossAttention":
-        wts = module.attention_weights(x)
-        for i, p in enumerate(points):
-            maps.append(AttentionMap(f"cca_q{i}", f"CCA: one pass, query {p}",
-                                     cross_map(wts["column"][0], wts["row"][0], p), point=p))
-    elif kind == "RecurrentCrissCrossAttention":
-        wts = module.attention_weights(x)
-        for i, p in enumerate(points):
-            maps.append(AttentionMap(f"rcca_pass1_q{i}", f"CCA: pass 1, query {p}",
-                                     cross_map(wts["column_1"][0], wts["row_1"][0], p), point=p))
-            maps.append(AttentionMap(f"rcca_reach_q{i}", f"RCCA: reach after {module.recurrence} passes, query {p}",
-                                     _np(wts["reach"][0, p[0], p[1]]), point=p))
-    elif kind == "FullyAttentional":
-        wts = module.attention_weights(x)
-        col, row = wts["column"][0], wts["row"][0]  # (W, C, C), (H, C, C)
-        # how peaked each column's / row's channel attention is: mean over query channels of the max weight
-        col_peak, row_peak = col.amax(-1).mean(-1), row.amax(-1).mean(-1)
-        stripes = 0.5 * (row_peak[:, None] + col_peak[None, :])
-        for i, p in enumerate(points):
-            maps.append(AttentionMap(f"fla_q{i}", f"FLA: row+col peak weight, query {p}", _np(stripes), point=p))
-            maps.append(AttentionMap(f"fla_column_q{i}", f"FLA: column {p[1]} attention", _np(col[p[1]]),
-                                     spatial=False, point=p, xlabel="key channel", ylabel="query channel", grid=(h, w)))
-            maps.append(AttentionMap(f"fla_row_q{i}", f"FLA: row {p[0]} attention", _np(row[p[0]]),
-                                     spatial=False, point=p, xlabel="key channel", ylabel="query channel", grid=(h, w)))
-    elif kind == "BAM":
-        wts = module.attention_weights(x)
-        maps.append(AttentionMap("bam_gate", "BAM: gate, mean over channels", _np(wts["gate"][0].mean(0))))
-        maps.append(AttentionMap("bam_spatial", "BAM: spatial branch (logits)", _np(wts["spatial"][0, 0])))
-    elif kind == "SpatialGroupEnhance":
-        gate = module.attention_weights(x)["gate"][0]  # (G, H, W)
-        maps.append(AttentionMap("sge_gate", f"SGE: gate, mean over {gate.shape[0]} groups", _np(gate.mean(0))))
-        maps.append(AttentionMap("sge_group0", "SGE: gate of group 0", _np(gate[0])))
-    else:  # PyramidSqueezeAttention: per-image channel weights, nothing spatial to overlay
-        branch = module.attention_weights(x)["branch"][0, :, :, 0, 0]  # (n, S)
-        ks = tuple(getattr(module, "kernel_sizes", range(branch.shape[0])))
-        maps.append(AttentionMap("psa_branch", "PSA: branch weight per channel", _np(branch), spatial=False,
-                                 xlabel="channel in branch", ylabel="branch (kernel)",
-                                 yticklabels=tuple(f"{i} ({k}x{k})" for i, k in enumerate(ks))))
-    return maps
+    if not _drawable(module):
+        raise ValueError(f"no pictures for {type(module).__name__}: it has no attention_maps method "
+                         f"(drawable: {_no_pictures_hint()})")
+    check_one_map(type(module).__name__, x)
+    return module.attention_maps(x, points)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,11 +94,11 @@ def attention_maps(module: nn.Module, x: Tensor, points: Sequence[tuple[int, int
 
 
 def find_attention_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """``name -> module`` of the attention modules :func:`attention_maps` draws (outermost only:
-    RCCA's inner CCA is part of RCCA)."""
+    """``name -> module`` of the modules with an ``attention_maps`` method (outermost only: RCCA's
+    inner CCA is part of RCCA, DualAttention's PAM and CAM are part of it)."""
     found: dict[str, nn.Module] = {}
     for name, m in model.named_modules():
-        if type(m).__name__ in _ATTENTION_CLASSES and not any(name.startswith(n + ".") for n in found):
+        if _drawable(m) and not any(name.startswith(n + ".") for n in found):
             found[name] = m
     return found
 
@@ -330,7 +267,7 @@ def explain(
     modules = find_attention_modules(model)
     if not modules:
         raise ValueError(f"{type(model).__name__} holds no attention module that can be drawn "
-                         f"({', '.join(_ATTENTION_CLASSES)})")
+                         f"({_no_pictures_hint()})")
     if only:
         unmatched = [pat for pat in only if not fnmatch.filter(modules, pat)]
         if unmatched:

@@ -90,3 +90,36 @@ def test_official_bn_momentum():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CBAM(**kwargs)
+
+
+def _built_by(path: str) -> list[CBAM]:
+    """The CBAM modules (256 channels: ResNet-50's first stage) as ``path`` builds them."""
+    if path == "create_attention":
+        return [visattn.create_attention("cbam", 256)]
+    if path == "insert_attention":
+        torchvision = pytest.importorskip("torchvision")
+        from visattn.models.insert import insert_attention
+
+        model = insert_attention(torchvision.models.resnet50(), "cbam")
+    else:
+        from visattn.models import create_model
+
+        model = create_model("cbam_resnet50", num_classes=10)
+    return [block.cbam for block in model.layer1]
+
+
+@pytest.mark.parametrize("path", ["create_attention", "insert_attention", "cbam_resnet50"])
+def test_every_path_initialises_alike(path):
+    """The spatial gate starts at sigmoid(0) = 0.5 (its BN weight 0, as the official ResNet's init) and
+    every layer from PyTorch's default init (uniform within 1/sqrt(fan_in)), whoever builds CBAM."""
+    for m in _built_by(path):
+        bn = m.SpatialGate.spatial.bn
+        for value, want in [(bn.weight, 0.0), (bn.bias, 0.0), (bn.running_mean, 0.0), (bn.running_var, 1.0)]:
+            torch.testing.assert_close(value.detach(), torch.full((1,), want))
+        for layer, fan_in in [(m.SpatialGate.spatial.conv, 2 * 7 * 7), (m.ChannelGate.mlp[1], 256), (m.ChannelGate.mlp[3], 16)]:
+            bound = fan_in**-0.5
+            assert bound / 2 < layer.weight.abs().max() <= bound, layer  # a Kaiming-normal conv exceeds it
+        x = torch.randn(2, 256, 6, 5)
+        for training in (True, False):
+            m.train(training)
+            torch.testing.assert_close(m.attention_weights(x)["spatial"], torch.full((2, 1, 6, 5), 0.5))

@@ -2,7 +2,8 @@
 
 Value tests against independent formulations live in each module's own test file; here the
 shared rules: shapes at odd sizes, batch independence, gradients, bad input, and the export and
-precision paths (torch.compile, torch.export, ONNX, channels_last, bf16 autocast).
+precision paths (torch.compile, torch.export, ONNX, channels_last, bf16 autocast). Every module is
+built with its default arguments at ``CHANNELS`` channels.
 """
 from __future__ import annotations
 
@@ -10,33 +11,39 @@ import pytest
 import torch
 
 import visattn
-from helpers import ATTENTION_KWARGS, CHANNELS, randomize_, rel_err
+from helpers import CHANNELS, randomize_, rel_err
 
 NAMES = visattn.list_attentions()
 
 
-def build(name: str, seed: int = 0) -> torch.nn.Module:
-    return randomize_(visattn.create_attention(name, CHANNELS, **ATTENTION_KWARGS[name]), seed).eval()
+def build(name: str, seed: int = 0, device: torch.device | str = "cpu") -> torch.nn.Module:
+    return randomize_(visattn.create_attention(name, CHANNELS), seed).eval().to(device)
 
 
-def test_registry_has_every_mechanism():
-    assert set(NAMES) == set(ATTENTION_KWARGS)
+def test_registry_maps_names_to_classes():
+    from visattn.attention.pam import PositionAttention
+
+    assert visattn.get_attention_class("PAM") is PositionAttention
+    for name in NAMES:
+        cls = visattn.get_attention_class(name)
+        assert isinstance(visattn.create_attention(name, CHANNELS), cls)
+        assert callable(cls.attention_weights) and callable(cls.attention_maps)
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("size", [(1, 1), (2, 2), (7, 13), (33, 47)])
-def test_shape_and_finite(name, size):
-    x = torch.randn(2, CHANNELS, *size)
+def test_shape_and_finite(name, size, device):
+    x = torch.randn(2, CHANNELS, *size, device=device)
     with torch.no_grad():
-        y = build(name)(x)
+        y = build(name, device=device)(x)
     assert y.shape == x.shape
     assert torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_batch_independence_in_eval(name):
-    m = build(name)
-    x = torch.randn(3, CHANNELS, 5, 7)
+def test_batch_independence_in_eval(name, device):
+    m = build(name, device=device)
+    x = torch.randn(3, CHANNELS, 5, 7, device=device)
     with torch.no_grad():
         for batch in (1, 2, 3):
             y = m(x[:batch])
@@ -45,10 +52,10 @@ def test_batch_independence_in_eval(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_not_identity_once_trained(name):
-    x = torch.randn(1, CHANNELS, 6, 5)
+def test_not_identity_once_trained(name, device):
+    x = torch.randn(1, CHANNELS, 6, 5, device=device)
     with torch.no_grad():
-        assert (build(name)(x) - x).abs().max() > 1e-3
+        assert (build(name, device=device)(x) - x).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -59,18 +66,18 @@ def test_gradcheck_float64(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_parameter_gradients_flow(name):
-    m = build(name).train()
-    x = torch.randn(2, CHANNELS, 5, 6)
+def test_parameter_gradients_flow(name, device):
+    m = build(name, device=device).train()
+    x = torch.randn(2, CHANNELS, 5, 6, device=device)
     m(x).square().mean().backward()
     grads = {n: p.grad for n, p in m.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_channels_last(name):
-    m = build(name)
-    x = torch.randn(2, CHANNELS, 9, 11)
+def test_channels_last(name, device):
+    m = build(name, device=device)
+    x = torch.randn(2, CHANNELS, 9, 11, device=device)
     with torch.no_grad():
         ref = m(x)
         out = m(x.to(memory_format=torch.channels_last))
@@ -80,21 +87,21 @@ def test_channels_last(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bf16_autocast_close_to_fp32(name):
-    m = build(name)
-    x = torch.randn(2, CHANNELS, 8, 10)
+def test_bf16_autocast_close_to_fp32(name, device):
+    m = build(name, device=device)
+    x = torch.randn(2, CHANNELS, 8, 10, device=device)
     with torch.no_grad():
         ref = m(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             out = m(x)
     assert torch.isfinite(out).all()
     assert rel_err(out.float(), ref) < 0.05
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_attention_weights(name):
-    m = build(name)
-    x = torch.randn(2, CHANNELS, 5, 6)
+def test_attention_weights(name, device):
+    m = build(name, device=device)
+    x = torch.randn(2, CHANNELS, 5, 6, device=device)
     weights = m.attention_weights(x)
     assert isinstance(weights, dict) and weights
     for key, w in weights.items():
@@ -103,12 +110,12 @@ def test_attention_weights(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_wrong_rank_and_channels_raise(name):
-    m = build(name)
+def test_wrong_rank_and_channels_raise(name, device):
+    m = build(name, device=device)
     with pytest.raises(ValueError, match="4-D"):
-        m(torch.randn(CHANNELS, 5, 5))
+        m(torch.randn(CHANNELS, 5, 5, device=device))
     with pytest.raises(ValueError, match=f"expected {CHANNELS} input channels"):
-        m(torch.randn(1, CHANNELS + 8, 5, 5))
+        m(torch.randn(1, CHANNELS + 8, 5, 5, device=device))
 
 
 def test_unknown_name_lists_choices():
@@ -118,8 +125,10 @@ def test_unknown_name_lists_choices():
 
 
 def test_unknown_argument_lists_valid_ones():
-    with pytest.raises(ValueError, match="reduction"):
+    with pytest.raises(ValueError, match="reductoin; valid arguments: reduction$"):
         visattn.create_attention("se", 64, reductoin=4)
+    with pytest.raises(ValueError, match="^fla: unknown argument\\(s\\) reduction; fla takes no arguments besides channels$"):
+        visattn.create_attention("fla", 64, reduction=4)
 
 
 @pytest.mark.parametrize("name", NAMES)

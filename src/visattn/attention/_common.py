@@ -1,4 +1,4 @@
-"""Helpers shared by the attention modules: argument and input checks, the fp32 scope, the picture record.
+"""Helpers shared by the attention modules: argument and input checks, the fp32 scope, the pictures.
 
 Every error names the module, the bad value and what was expected, so a wrong channel count
 surfaces at the call site rather than as a shape error deep inside a matmul.
@@ -6,13 +6,17 @@ surfaces at the call site rather than as a shape error deep inside a matmul.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast", "AttentionMap"]
+__all__ = [
+    "reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast", "AttentionMap",
+    "check_one_map", "query_cells", "to_numpy",
+]
 
 
 def check_positive(module: str, name: str, value: int) -> int:
@@ -78,3 +82,26 @@ class AttentionMap:
     ylabel: str = ""
     grid: tuple[int, int] | None = None
     yticklabels: tuple[str, ...] | None = None  # names of a matrix's rows (e.g. PSA's kernels)
+
+
+def check_one_map(module: str, x: Tensor) -> None:
+    """``attention_maps`` draws one feature map: ``x`` must be ``(1, C, H, W)``."""
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"{module}: attention_maps expects one feature map (1, C, H, W), got {tuple(x.shape)}")
+
+
+def query_cells(module: str, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """The query cells ``(row, col)`` of ``attention_maps`` on one feature map ``x``: ``points``
+    (each inside the map), or the centre cell if none are given."""
+    check_one_map(module, x)
+    h, w = x.shape[-2:]
+    cells = [(int(p[0]), int(p[1])) for p in points] or [(h // 2, w // 2)]
+    outside = [p for p in cells if not (0 <= p[0] < h and 0 <= p[1] < w)]
+    if outside:
+        raise ValueError(f"{module}: query cells {outside} outside the {h}x{w} feature map")
+    return cells
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    """A map's values as a float32 array on the CPU."""
+    return t.detach().float().cpu().numpy()

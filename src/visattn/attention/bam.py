@@ -30,12 +30,12 @@ raises in PyTorch ("Expected more than 1 value per channel"); eval mode works fo
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ._common import check_input, check_positive, reduced_channels
+from ._common import AttentionMap, check_input, check_one_map, check_positive, reduced_channels, to_numpy
 
 __all__ = ["BAM", "ChannelGate", "SpatialGate"]
 
@@ -140,6 +140,15 @@ class BAM(nn.Module):
         The output is ``x * (1 + gate)``."""
         logits, mc, ms = self._logits(x)
         return {"gate": torch.sigmoid(logits), "channel": mc, "spatial": ms}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """``bam_gate``: the gate averaged over channels, and ``bam_spatial``: the spatial branch's
+        logits ``Ms``, both ``(H, W)``, for one feature map ``x`` ``(1, C, H, W)`` (no query points)."""
+        check_one_map("BAM", x)
+        weights = self.attention_weights(x)
+        return [AttentionMap("bam_gate", "BAM: gate, mean over channels", to_numpy(weights["gate"][0].mean(0))),
+                AttentionMap("bam_spatial", "BAM: spatial branch (logits)", to_numpy(weights["spatial"][0, 0]))]
 
     def convert_official_state_dict(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Released BAM weights were trained with the product of the gates: refuse them for ``sum``."""

@@ -27,10 +27,12 @@ Differences from the official code (values are the same):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from ._common import check_input, check_positive, no_autocast
+from ._common import AttentionMap, check_input, check_positive, no_autocast, query_cells, to_numpy
 
 __all__ = ["ChannelAttention"]
 
@@ -97,6 +99,21 @@ class ChannelAttention(nn.Module):
         a = x.flatten(2).to(torch.promote_types(x.dtype, torch.float32))
         with no_autocast(x.device.type):
             return {"channel": self._attention(a)}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """For one feature map ``x`` ``(1, C, H, W)``: ``cam_matrix``, the ``(C, C)`` attention, and
+        per query cell ``points[i]`` (default: the centre) ``cam_q{i}``, what CAM gathers into the
+        channel ``q`` strongest at that cell: ``sum_c attention[q, c] x[c]``, ``(H, W)``."""
+        cells = query_cells("ChannelAttention", x, points)
+        att = self.attention_weights(x)["channel"][0]  # (C, C)
+        maps = [AttentionMap("cam_matrix", "CAM: channel attention", to_numpy(att), spatial=False,
+                             xlabel="key channel", ylabel="query channel")]
+        for i, p in enumerate(cells):
+            q = int(x[0, :, p[0], p[1]].argmax())
+            gathered = torch.einsum("k,khw->hw", att[q].to(x.dtype), x[0])
+            maps.append(AttentionMap(f"cam_q{i}", f"CAM: channel {q} (top at {p}) gathers", to_numpy(gathered), point=p))
+        return maps
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

@@ -14,15 +14,18 @@ Parameter names equal the official ones (``ChannelGate.mlp.1``, ``ChannelGate.ml
 ``SpatialGate.spatial.conv``, ``SpatialGate.spatial.bn``); the BatchNorm keeps the official
 momentum 0.01. Differences: the official code runs the MLP once per pool type; visattn runs it once
 on both pooled vectors stacked (same values). Only the default pool types (avg, max) are provided.
+The spatial gate's BatchNorm weight starts at 0, so the gate starts at 0.5 everywhere, as the official
+ResNet initialisation sets it (``MODELS/model_resnet.py``; the official module alone starts it at 1).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ._common import check_input, check_positive, reduced_channels
+from ._common import AttentionMap, check_input, check_one_map, check_positive, reduced_channels, to_numpy
 
 __all__ = ["CBAM", "CBAMChannelGate", "CBAMSpatialGate"]
 
@@ -87,6 +90,18 @@ class CBAM(nn.Module):
         # Attribute names as in the official code, so released checkpoints load unchanged.
         self.ChannelGate = CBAMChannelGate(channels, reduction)
         self.SpatialGate = CBAMSpatialGate(kernel_size)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation of every layer, except the spatial gate's BatchNorm weight,
+        which is 0 as in the official code's ResNet initialisation: the spatial gate starts at
+        sigmoid(0) = 0.5 everywhere. Networks that initialise their layers themselves call this
+        afterwards (see :class:`visattn.models.resnet.ResNet`)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        nn.init.zeros_(self.SpatialGate.spatial.bn.weight)
 
     def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         check_input("CBAM", x, self.channels)
@@ -105,6 +120,13 @@ class CBAM(nn.Module):
         ``Ms`` is computed on ``x * Mc``. The output is ``x * Mc * Ms``."""
         _, mc, ms = self._gates(x)
         return {"channel": mc, "spatial": ms}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """``cbam_spatial``: the spatial gate ``Ms`` ``(H, W)`` for one feature map ``x``
+        ``(1, C, H, W)`` (no query points)."""
+        check_one_map("CBAM", x)
+        return [AttentionMap("cbam_spatial", "CBAM: spatial gate", to_numpy(self.attention_weights(x)["spatial"][0, 0]))]
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, reduction={self.reduction}, kernel_size={self.kernel_size}"

@@ -41,12 +41,15 @@ weights (2 in the paper: two passes connect every position to every other).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._common import check_input, check_positive, reduced_channels
+from ._common import AttentionMap, check_input, check_positive, query_cells, reduced_channels, to_numpy
 
-__all__ = ["CrissCrossAttention", "RecurrentCrissCrossAttention"]
+__all__ = ["CrissCrossAttention", "RecurrentCrissCrossAttention", "cross_map"]
 
 
 def _cols(t: Tensor) -> Tensor:
@@ -264,6 +267,16 @@ def _add_nhwc(x: Tensor, src: Tensor, out: Tensor, rows: int = 4) -> Tensor:
     return out
 
 
+def cross_map(column: Tensor, row: Tensor, cell: tuple[int, int]) -> np.ndarray:
+    """Criss-cross weights of query ``cell`` as an ``(H, W)`` map: its column gets ``column[h, w, :]``,
+    its row ``row[h, w, :]`` (``column``: ``(H, W, H)``, ``row``: ``(H, W, W)``, one image)."""
+    h, w = cell
+    out = torch.zeros(column.shape[0], row.shape[1], dtype=column.dtype, device=column.device)
+    out[:, w] += column[h, w]
+    out[h, :] += row[h, w]
+    return to_numpy(out)
+
+
 class CrissCrossAttention(nn.Module):
     """Criss-cross attention: ``(B, C, H, W) -> (B, C, H, W)``, ``y = gamma * out + x``.
 
@@ -308,6 +321,16 @@ class CrissCrossAttention(nn.Module):
         _, att = _attention(_nhwc(x), *self._qk_params())
         h = x.shape[2]
         return {"column": att[..., :h], "row": att[..., h:]}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """``cca_q{i}``: the weights query cell ``points[i]`` (default: the centre) gives its column
+        and row, as an ``(H, W)`` map (:func:`cross_map`, zero off the cross); ``x`` is ``(1, C, H, W)``."""
+        cells = query_cells("CrissCrossAttention", x, points)
+        weights = self.attention_weights(x)
+        return [AttentionMap(f"cca_q{i}", f"CCA: one pass, query {p}",
+                             cross_map(weights["column"][0], weights["row"][0], p), point=p)
+                for i, p in enumerate(cells)]
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, reduction={self.reduction}"
@@ -361,6 +384,21 @@ class RecurrentCrissCrossAttention(nn.Module):
             x = self.cca(x)
         out["reach"] = reach.view(b, h, w, h, w)
         return out
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """Per query cell ``points[i]`` (default: the centre) of one feature map ``(1, C, H, W)``:
+        ``rcca_pass1_q{i}``, the first pass's cross (as :meth:`CrissCrossAttention.attention_maps`),
+        and ``rcca_reach_q{i}``, the weight each position receives after all passes (``reach``)."""
+        cells = query_cells("RecurrentCrissCrossAttention", x, points)
+        weights = self.attention_weights(x)
+        maps = []
+        for i, p in enumerate(cells):
+            maps.append(AttentionMap(f"rcca_pass1_q{i}", f"CCA: pass 1, query {p}",
+                                     cross_map(weights["column_1"][0], weights["row_1"][0], p), point=p))
+            maps.append(AttentionMap(f"rcca_reach_q{i}", f"RCCA: reach after {self.recurrence} passes, query {p}",
+                                     to_numpy(weights["reach"][0, p[0], p[1]]), point=p))
+        return maps
 
     def extra_repr(self) -> str:
         return f"recurrence={self.recurrence}"

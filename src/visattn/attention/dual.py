@@ -15,11 +15,13 @@ carry the official parameter names, so ``pam.*`` / ``cam.*`` checkpoints of the 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from .cam import ChannelAttention
-from ._common import check_input
+from ._common import AttentionMap, check_input
 from .pam import PositionAttention
 
 __all__ = ["DualAttention"]
@@ -50,6 +52,13 @@ class DualAttention(nn.Module):
         """``{"position": (B, Q, H, W), "channel": (B, C, C)}``; ``queries`` as in PAM."""
         check_input("DualAttention", x, self.channels)
         return {**self.pam.attention_weights(x, queries), **self.cam.attention_weights(x)}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """PAM's maps (``pam_q{i}``) then CAM's (``cam_matrix``, ``cam_q{i}``), see
+        :meth:`PositionAttention.attention_maps` and :meth:`ChannelAttention.attention_maps`."""
+        check_input("DualAttention", x, self.channels)
+        return self.pam.attention_maps(x, points) + self.cam.attention_maps(x, points)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

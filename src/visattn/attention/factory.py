@@ -1,32 +1,41 @@
 """``create_attention``: one string factory for every attention module (like timm's ``create_attn``).
 
 Every attention class takes ``channels`` as its first argument and maps ``(B, C, H, W)`` to
-``(B, C, H, W)``, so any of them fits any slot. Classes are imported lazily: naming a module
-costs only the import of its own file.
+``(B, C, H, W)``, so any of them fits any slot. Each also has ``attention_weights(x)`` (the
+weights it computed) and ``attention_maps(x, points)`` (its pictures, see :mod:`visattn.viz`).
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 
 from torch import nn
 
+from .bam import BAM
+from .cam import ChannelAttention
+from .cbam import CBAM
+from .cca import CrissCrossAttention, RecurrentCrissCrossAttention
+from .dual import DualAttention
+from .fla import FullyAttentional
+from .pam import PositionAttention
+from .psa import PyramidSqueezeAttention
+from .se import SqueezeExcite
+from .sge import SpatialGroupEnhance
+
 __all__ = ["create_attention", "list_attentions", "get_attention_class"]
 
-# name -> (module path, class name)
-_ATTENTIONS: dict[str, tuple[str, str]] = {
-    "pam": ("visattn.attention.pam", "PositionAttention"),
-    "cam": ("visattn.attention.cam", "ChannelAttention"),
-    "dual": ("visattn.attention.dual", "DualAttention"),
-    "cca": ("visattn.attention.cca", "CrissCrossAttention"),
-    "rcca": ("visattn.attention.cca", "RecurrentCrissCrossAttention"),
-    "fla": ("visattn.attention.fla", "FullyAttentional"),
-    "bam": ("visattn.attention.bam", "BAM"),
-    "sge": ("visattn.attention.sge", "SpatialGroupEnhance"),
-    "psa": ("visattn.attention.psa", "PyramidSqueezeAttention"),
-    "se": ("visattn.attention.se", "SqueezeExcite"),
-    "cbam": ("visattn.attention.cbam", "CBAM"),
+_ATTENTIONS: dict[str, type[nn.Module]] = {
+    "pam": PositionAttention,
+    "cam": ChannelAttention,
+    "dual": DualAttention,
+    "cca": CrissCrossAttention,
+    "rcca": RecurrentCrissCrossAttention,
+    "fla": FullyAttentional,
+    "bam": BAM,
+    "sge": SpatialGroupEnhance,
+    "psa": PyramidSqueezeAttention,
+    "se": SqueezeExcite,
+    "cbam": CBAM,
 }
 
 
@@ -46,8 +55,7 @@ def get_attention_class(name: str) -> type[nn.Module]:
     key = name.lower() if isinstance(name, str) else name
     if key not in _ATTENTIONS:
         raise _unknown(name)
-    module_path, class_name = _ATTENTIONS[key]
-    return getattr(importlib.import_module(module_path), class_name)
+    return _ATTENTIONS[key]
 
 
 def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
@@ -62,7 +70,6 @@ def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
         valid = [p for p in params if p not in ("self", "channels")]
         bad = sorted(set(kwargs) - set(valid))
         if bad:
-            raise ValueError(
-                f"{name}: unknown argument(s) {', '.join(bad)}; valid arguments: {', '.join(valid)}"
-            )
+            accepted = f"valid arguments: {', '.join(valid)}" if valid else f"{name} takes no arguments besides channels"
+            raise ValueError(f"{name}: unknown argument(s) {', '.join(bad)}; {accepted}")
     return cls(channels, **kwargs)

@@ -2,7 +2,7 @@
 
 Paper: Song et al., "Fully Attentional Network for Semantic Segmentation", AAAI 2022,
 https://arxiv.org/abs/2112.04108. Official code: https://github.com/maggiesong7/FullyAttentional
-(``FullyAttentionalBlock``).
+(``model.py``, ``FullyAttentionalBlock``).
 
 Channel attention whose C x C maps are computed per column and per row, with the spatial
 context of the other axis pooled in::
@@ -33,10 +33,12 @@ Differences from the official code:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from ._common import check_input, check_positive
+from ._common import AttentionMap, check_input, check_positive, query_cells, to_numpy
 
 __all__ = ["FullyAttentional"]
 
@@ -133,6 +135,27 @@ class FullyAttentional(nn.Module):
         every column ``w`` and row ``h``; ``out_h[b, :, :, w] = column[b, w] @ x[b, :, :, w]``."""
         att_h, att_w, _, _ = self._attend(x)
         return {"column": att_h, "row": att_w}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """Per query cell ``(h, w)`` of ``points`` (default: the centre) of one feature map
+        ``(1, C, H, W)``: ``fla_q{i}``, how peaked each row's and column's channel attention is
+        (``0.5 * (peak_row[h'] + peak_column[w'])`` at ``(h', w')``, peak = mean over query channels
+        of the largest weight; the same map for every query), and the ``(C, C)`` matrices of the
+        query's column ``fla_column_q{i}`` and row ``fla_row_q{i}``."""
+        cells = query_cells("FullyAttentional", x, points)
+        h, w = x.shape[-2:]
+        weights = self.attention_weights(x)
+        col, row = weights["column"][0], weights["row"][0]  # (W, C, C), (H, C, C)
+        stripes = 0.5 * (row.amax(-1).mean(-1)[:, None] + col.amax(-1).mean(-1)[None, :])
+        maps = []
+        for i, p in enumerate(cells):
+            maps.append(AttentionMap(f"fla_q{i}", f"FLA: row+col peak weight, query {p}", to_numpy(stripes), point=p))
+            maps.append(AttentionMap(f"fla_column_q{i}", f"FLA: column {p[1]} attention", to_numpy(col[p[1]]),
+                                     spatial=False, point=p, xlabel="key channel", ylabel="query channel", grid=(h, w)))
+            maps.append(AttentionMap(f"fla_row_q{i}", f"FLA: row {p[0]} attention", to_numpy(row[p[0]]),
+                                     spatial=False, point=p, xlabel="key channel", ylabel="query channel", grid=(h, w)))
+        return maps
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

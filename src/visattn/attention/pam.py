@@ -30,10 +30,12 @@ Differences from the official code (values are the same):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from ._common import check_input, check_positive, no_autocast, reduced_channels
+from ._common import AttentionMap, check_input, check_positive, no_autocast, query_cells, reduced_channels, to_numpy
 from ._functional import CHUNK_BYTES, softmax_attention
 
 __all__ = ["PositionAttention"]
@@ -100,6 +102,15 @@ class PositionAttention(nn.Module):
         with no_autocast(x.device.type):
             scores = q.to(dtype) @ k.to(dtype).transpose(1, 2)
         return {"position": torch.softmax(scores, dim=-1).reshape(b, -1, h, w)}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """``pam_q{i}``: the softmax row of query cell ``points[i]`` over the ``(H, W)`` map
+        (default: the centre cell); ``x`` is one feature map ``(1, C, H, W)``."""
+        cells = query_cells("PositionAttention", x, points)
+        position = self.attention_weights(x, queries=cells)["position"][0]  # (Q, H, W)
+        return [AttentionMap(f"pam_q{i}", f"PAM: attention of query {p}", to_numpy(position[i]), point=p)
+                for i, p in enumerate(cells)]
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, reduction={self.reduction}, chunk_size={self.chunk_size}"

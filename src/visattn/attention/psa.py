@@ -20,10 +20,12 @@ a shape error. The branch softmax runs in fp32 under autocast.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from ._common import check_input, check_positive
+from ._common import AttentionMap, check_input, check_one_map, check_positive, to_numpy
 from .se import SqueezeExcite
 
 __all__ = ["SEWeight", "PyramidSqueezeAttention"]
@@ -130,6 +132,16 @@ class PyramidSqueezeAttention(nn.Module):
         """``{"branch": (B, n, S, 1, 1)}``: the softmaxed weight of branch 1..n in that order
         (``branch[:, 0]`` scales ``conv_1``, whose output is the LAST ``S`` output channels)."""
         return {"branch": self._branches(x)[1].flip(1)}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """``psa_branch``: the ``(n, S)`` matrix of branch weights (row ``i``: branch ``i``'s weight of
+        each of its channels) for one feature map ``x`` ``(1, C, H, W)``; nothing spatial, no query points."""
+        check_one_map(_NAME, x)
+        branch = self.attention_weights(x)["branch"][0, :, :, 0, 0]  # (n, S)
+        return [AttentionMap("psa_branch", "PSA: branch weight per channel", to_numpy(branch), spatial=False,
+                             xlabel="channel in branch", ylabel="branch (kernel)",
+                             yticklabels=tuple(f"{i} ({k}x{k})" for i, k in enumerate(self.kernel_sizes)))]
 
     def extra_repr(self) -> str:
         return (

@@ -7,10 +7,12 @@ broadcast over H x W: ``y = x * gate``. Parameter names ``fc1``/``fc2`` follow t
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from ._common import check_input, reduced_channels
+from ._common import AttentionMap, check_input, check_one_map, reduced_channels, to_numpy
 
 __all__ = ["SqueezeExcite"]
 
@@ -44,6 +46,15 @@ class SqueezeExcite(nn.Module):
     def attention_weights(self, x: Tensor) -> dict[str, Tensor]:
         """``{"channel": (B, C, 1, 1)}``: the gate applied to ``x``."""
         return {"channel": self.gate(x)}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """``se_channel``: the channel gate as a ``(1, C)`` row, for one feature map ``x``
+        ``(1, C, H, W)``; nothing spatial, no query points."""
+        check_one_map("SqueezeExcite", x)
+        gate = self.attention_weights(x)["channel"][0, :, 0, 0]  # (C,)
+        return [AttentionMap("se_channel", "SE: channel gate", to_numpy(gate[None]), spatial=False,
+                             xlabel="channel")]
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, reduction={self.reduction}"

@@ -19,10 +19,12 @@ equal the official ones; parameter names (``weight``, ``bias``, shape (1, G, 1, 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from ._common import check_divisible, check_input, check_positive
+from ._common import AttentionMap, check_divisible, check_input, check_one_map, check_positive, to_numpy
 
 __all__ = ["SpatialGroupEnhance"]
 
@@ -68,6 +70,15 @@ class SpatialGroupEnhance(nn.Module):
         """``{"gate": (B, G, H, W)}``: the sigmoid gate of each group; channel ``c`` of ``x`` is
         scaled by ``gate[:, c // (C // G)]``."""
         return {"gate": self._gate(self._grouped(x))}
+
+    @torch.no_grad()
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """``sge_gate``: the gate averaged over the groups, and ``sge_group0``: group 0's gate, both
+        ``(H, W)``, for one feature map ``x`` ``(1, C, H, W)`` (no query points)."""
+        check_one_map("SpatialGroupEnhance", x)
+        gate = self.attention_weights(x)["gate"][0]  # (G, H, W)
+        return [AttentionMap("sge_gate", f"SGE: gate, mean over {gate.shape[0]} groups", to_numpy(gate.mean(0))),
+                AttentionMap("sge_group0", "SGE: gate of group 0", to_numpy(gate[0]))]
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}"

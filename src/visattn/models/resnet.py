@@ -145,7 +145,8 @@ class ResNet(nn.Module):
             (torchvision's option; off in the official BAM/CBAM/SGE/EPSANet code).
 
     Initialisation as the official code: convs Kaiming-normal (fan-out, ReLU gain), BatchNorm
-    weight 1 and bias 0, except the BN of CBAM's spatial gate, which Jongchan's code zeroes.
+    weight 1 and bias 0; then modules built of layers that define their own ``reset_parameters``
+    re-apply it (CBAM: its spatial gate's BN starts at 0, as in Jongchan's code).
     """
 
     def __init__(
@@ -198,13 +199,16 @@ class ResNet(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self, zero_init_residual: bool) -> None:
-        for name, m in self.named_modules():
+        for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
-                # Jongchan's code starts CBAM's spatial gate at sigmoid(0) = 0.5 everywhere
-                nn.init.constant_(m.weight, 0.0 if "SpatialGate" in name else 1.0)
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():
+            # A module built of layers with an initialisation of its own (CBAM) re-applies it over the above.
+            if hasattr(m, "reset_parameters") and next(m.children(), None) is not None:
+                m.reset_parameters()
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(getattr(m, "bn3", None), nn.BatchNorm2d):
