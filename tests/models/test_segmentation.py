@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ATTENTION_KWARGS, CHANNELS, randomize_, rel_err
+from helpers import CHANNELS, randomize_, rel_err
 from torch import nn
 
 import visattn
@@ -74,7 +74,7 @@ def test_batch_independence_in_eval(name):
 
 @pytest.mark.parametrize("attention", visattn.list_attentions())
 def test_attention_head_accepts_every_attention(attention):
-    kwargs = {"channels": CHANNELS, **ATTENTION_KWARGS[attention]}
+    kwargs = {"channels": CHANNELS}
     model = _eval(create_model("attnet", num_classes=K, attention=attention, **SMALL, **kwargs))
     with torch.no_grad():
         out = model(torch.randn(1, 3, 35, 51))
