@@ -27,6 +27,7 @@ _ATTENTIONS: dict[str, tuple[str, str]] = {
     "psa": ("visattn.attention.psa", "PyramidSqueezeAttention"),
     "se": ("visattn.attention.se", "SqueezeExcite"),
     "cbam": ("visattn.attention.cbam", "CBAM"),
+    "nonlocal": ("visattn.attention.non_local", "NonLocal2d"),
 }
 
 
