@@ -20,22 +20,22 @@ __all__ = ["CHUNK_BYTES", "softmax_attention"]
 CHUNK_BYTES = 8 * 2**20
 
 
-def _query_chunks(q: Tensor, chunk: int):
+def _query_chunks(q: Tensor, keys: int, chunk: int):
     """Yield ``(start, end, scores, probs)`` for each chunk of query rows of ``q`` ``(B, N, d)``:
-    ``scores`` and ``probs`` are ``(B, end - start, N)`` views of two buffers that every chunk
+    ``scores`` and ``probs`` are ``(B, end - start, keys)`` views of two buffers that every chunk
     reuses (allocating them per chunk churns the heap: +20-60 MB peak RSS measured at 64x128)."""
     b, n = q.shape[:2]
-    bufs = [q.new_empty(b * min(chunk, n) * n) for _ in range(2)]
+    bufs = [q.new_empty(b * min(chunk, n) * keys) for _ in range(2)]
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
-        yield s, e, *(buf[: b * (e - s) * n].view(b, e - s, n) for buf in bufs)
+        yield s, e, *(buf[: b * (e - s) * keys].view(b, e - s, keys) for buf in bufs)
 
 
 def _chunked_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
     """``out_i = sum_j softmax_j(q_i . k_j) v_j`` one query chunk at a time.
 
-    ``q, k: (B, N, d)``, ``v: (B, C, N)`` -> ``(B, C, N)`` (channel-major like the input, so the
-    residual add runs on matching layouts).
+    ``q: (B, N, d)``, ``k: (B, M, d)``, ``v: (B, C, M)`` -> ``(B, C, N)`` (channel-major like the
+    input, so the residual add runs on matching layouts).
     """
     n = q.shape[1]
     kt = k.transpose(1, 2)
@@ -43,8 +43,8 @@ def _chunked_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
         return v @ torch.softmax(q @ kt, dim=-1).transpose(1, 2)
     # Written into one preallocated output: keeping many small chunk outputs alive between the
     # large short-lived chunk buffers fragments the glibc heap (measured: +4 GB RSS at 128x256).
-    out = v.new_empty(v.shape)
-    for s, e, scores, p in _query_chunks(q, chunk):
+    out = v.new_empty(v.shape[0], v.shape[1], n)
+    for s, e, scores, p in _query_chunks(q, k.shape[1], chunk):
         torch.softmax(torch.bmm(q[:, s:e], kt, out=scores), dim=-1, out=p)
         out[:, :, s:e] = v @ p.transpose(1, 2)
     return out
@@ -75,7 +75,7 @@ class _ChunkedAttention(torch.autograd.Function):
         dv = torch.zeros_like(v)
         dgamma = None if gamma is None else v.new_zeros(())
         kt = k.transpose(1, 2)
-        for s, e, scores, p in _query_chunks(q, chunk):
+        for s, e, scores, p in _query_chunks(q, k.shape[1], chunk):
             g = grad_y[:, :, s:e]  # (B, C, n)
             # delta_i = sum_j P_ij dP_ij = g_i . out_i: the softmax backward without a second pass over P.
             delta = (g * out[:, :, s:e]).sum(1).unsqueeze(-1)  # (B, n, 1)
@@ -103,8 +103,8 @@ def softmax_attention(
     """Exact ``softmax_j(q_i . k_j)``-weighted sum of ``v`` without materialising N x N.
 
     Args:
-        q, k: ``(B, N, d)`` queries and keys (no scaling is applied).
-        v: ``(B, C, N)`` values (channel-major).
+        q: ``(B, N, d)`` queries, k: ``(B, M, d)`` keys (no scaling is applied).
+        v: ``(B, C, M)`` values (channel-major).
         chunk_size: query positions per chunk; ``None`` picks it from :data:`CHUNK_BYTES`.
         gamma, residual: if given (both), returns ``residual + gamma * out`` computed in one pass,
             ``residual`` being ``(B, C, N)``; its backward then needs no N x C temporaries.
@@ -115,7 +115,7 @@ def softmax_attention(
     if (gamma is None) != (residual is None):
         raise ValueError("softmax_attention: gamma and residual go together (give both or neither)")
     n = q.shape[1]
-    chunk = chunk_size if chunk_size is not None else max(1, CHUNK_BYTES // (4 * n))
+    chunk = chunk_size if chunk_size is not None else max(1, CHUNK_BYTES // (4 * k.shape[1]))
     chunk = min(chunk, n)
     dtype = torch.promote_types(v.dtype, torch.float32)
     out_dtype = v.dtype

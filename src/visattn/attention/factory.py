@@ -17,6 +17,7 @@ from .cbam import CBAM
 from .cca import CrissCrossAttention, RecurrentCrissCrossAttention
 from .dual import DualAttention
 from .fla import FullyAttentional
+from .non_local import NonLocal2d
 from .pam import PositionAttention
 from .psa import PyramidSqueezeAttention
 from .se import SqueezeExcite
@@ -36,6 +37,7 @@ _ATTENTIONS: dict[str, type[nn.Module]] = {
     "psa": PyramidSqueezeAttention,
     "se": SqueezeExcite,
     "cbam": CBAM,
+    "nonlocal": NonLocal2d,
 }
 
 

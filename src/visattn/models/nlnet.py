@@ -1,0 +1,160 @@
+"""Non-local network for segmentation: mmseg's ``NLHead`` on a dilated ResNet, with an auxiliary FCN head.
+
+Paper: Wang, Girshick, Gupta, He, "Non-local Neural Networks", CVPR 2018,
+https://arxiv.org/abs/1711.07971 ; the segmentation network is mmsegmentation's
+(https://github.com/open-mmlab/mmsegmentation, ``mmseg/models/decode_heads/nl_head.py``,
+``configs/_base_/models/nonlocal_r50-d8.py``), the Non-local baseline the DANet, CCNet and
+FLANet papers compare against.
+
+``NLHead`` (an mmseg ``FCNHead`` with two convs and ``concat_input``): ``convs.0`` (3x3 conv + BN
++ ReLU, C_in -> 512) -> ``nl_block`` (:class:`~visattn.attention.non_local.NonLocal2d` on 512
+channels, reduction 2, scaled, BN after ``conv_out``) -> ``convs.1`` (3x3 conv + BN + ReLU) ->
+``conv_cat`` (concat(input, ``convs.1`` output) -> 3x3 conv + BN + ReLU to 512) -> Dropout2d(0.1)
+-> ``conv_seg`` (1x1 conv to the classes). The recipe adds an auxiliary ``FCNHead`` on stage 3
+(1024 -> 256, one conv, no concat, loss weight 0.4) and upsamples with ``align_corners=False``.
+
+The backbone of the released checkpoints is mmseg's ``ResNetV1c`` (deep stem 3->32->32->64,
+stride on the 3x3 conv, stages 3 and 4 dilated 2 and 4 with the first block at half the rate):
+timm's ``resnet50c`` / ``resnet101c`` at output stride 8 have that layout.
+
+Module names are mmseg's (``convs.0.conv``, ``convs.0.bn``, ``nl_block.g.conv``, ``conv_cat``,
+``conv_seg``, ...), so a checkpoint's ``decode_head.*`` loads into the head as it is;
+:func:`convert_mmseg_state_dict` renames a whole ``nonlocal_r*-d8`` checkpoint.
+
+Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d`` (convert the model with
+``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training); the ImageNet weights of
+``pretrained=True`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..attention.non_local import NonLocal2d
+from .heads import FCNHead
+from .segmentors import Segmentor, _build
+
+__all__ = ["NLHead", "convert_mmseg_state_dict", "nlnet", "nlnet_r50_d8", "nlnet_r101_d8"]
+
+
+def conv_module(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    """mmcv's ``ConvModule`` with BN and ReLU: ``conv`` (no bias), ``bn``, ``activate``."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # ConvModule's init
+    return nn.Sequential(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels), activate=nn.ReLU(inplace=True)))
+
+
+class NLHead(nn.Module):
+    """mmseg's Non-local head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
+
+    Args:
+        in_channels: channels of the input feature map (2048 for ResNet-50/101).
+        num_classes: output channels.
+        channels: width of the convs and of the Non-local block (512).
+        reduction: the Non-local block's embedding reduction (2).
+        use_scale: scale the Non-local scores by ``1 / sqrt(channels // reduction)`` (True).
+        dropout: Dropout2d probability before ``conv_seg`` (0.1).
+        in_index: which feature map of the encoder's list to use (the last).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 512,
+        reduction: int = 2,
+        use_scale: bool = True,
+        dropout: float = 0.1,
+        in_index: int = -1,
+    ) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"NLHead: head width must be positive, got {channels}")
+        self.in_index = in_index
+        self.convs = nn.Sequential(conv_module(in_channels, channels), conv_module(channels, channels))
+        self.nl_block = NonLocal2d(channels, reduction, use_scale, norm_layer=nn.BatchNorm2d)
+        self.conv_cat = conv_module(in_channels + channels, channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, std=0.01)  # mmseg's decode-head init
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        x = features[self.in_index]
+        out = self.convs[1](self.nl_block(self.convs[0](x)))
+        out = self.conv_cat(torch.cat([x, out], 1))
+        return self.conv_seg(self.dropout(out))
+
+
+# mmseg's auxiliary FCNHead (one ConvModule, no concat) -> heads.FCNHead's Sequential indices
+_AUX_KEYS = {"convs.0.conv.": "0.", "convs.0.bn.": "1.", "conv_seg.": "3."}
+# mmseg's ResNetV1c deep stem -> timm's resnet*c (``stem.2/.5/.8`` are ReLUs)
+_STEM_KEYS = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
+              "stem.6.": "conv1.6.", "stem.7.": "bn1."}
+
+
+def _rename(key: str, table: Mapping[str, str]) -> str:
+    for old, new in table.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def convert_mmseg_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an mmseg ``nonlocal_r*-d8`` checkpoint to the keys of :func:`nlnet_r50_d8` / ``_r101_d8``.
+
+    ``decode_head.*`` -> ``head.*`` (same names); ``auxiliary_head.convs.0.conv/.bn`` and
+    ``.conv_seg`` -> ``aux.0`` / ``aux.1`` / ``aux.3``; ``backbone.stem.{0,1,3,4,6}`` ->
+    ``encoder.conv1.{0,1,3,4,6}``, ``backbone.stem.7`` -> ``encoder.bn1``, ``backbone.layerN.*`` ->
+    ``encoder.layerN.*``. Other keys are kept, so a strict load reports them.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        first, _, rest = key.partition(".")
+        if first == "decode_head":
+            key = f"head.{rest}"
+        elif first == "auxiliary_head":
+            key = f"aux.{_rename(rest, _AUX_KEYS)}"
+        elif first == "backbone":
+            key = f"encoder.{_rename(rest, _STEM_KEYS)}"
+        out[key] = value
+    return out
+
+
+def nlnet(
+    num_classes: int = 19,
+    pretrained: bool = False,
+    encoder: str = "resnet50c",
+    output_stride: int = 8,
+    aux: bool = True,
+    aux_weight: float = 0.4,
+    pretrained_file: str | Path | None = None,
+    encoder_kwargs: Mapping | None = None,
+    **head_kwargs,
+) -> Segmentor:
+    """Non-local network: ``NLHead`` and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4).
+
+    Logits are upsampled with ``align_corners=False`` as mmseg. ``**head_kwargs``: ``NLHead``
+    (``channels``, ``reduction``, ``use_scale``, ``dropout``).
+    """
+    model = _build(
+        lambda c, k: NLHead(c[-1], k, **head_kwargs),
+        num_classes, pretrained, encoder, output_stride, aux, aux_weight, pretrained_file, encoder_kwargs,
+        aux_head=lambda c, k: FCNHead(c, k, channels=256, in_index=-2),
+    )
+    model.align_corners = False
+    return model
+
+
+def nlnet_r50_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+    """Non-local network, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
+    return nlnet(num_classes, pretrained, **{"encoder": "resnet50c", **kwargs})
+
+
+def nlnet_r101_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+    """Non-local network, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
+    return nlnet(num_classes, pretrained, **{"encoder": "resnet101c", **kwargs})
