@@ -34,8 +34,8 @@ def test_every_recipe_is_pinned():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipes_resolve_as_pinned(recipe):
-    _same(load_config(recipe), RESOLVED[recipe.name])
+    _same(load_config(recipe).to_dict(), RESOLVED[recipe.name])
 
 
 def test_defaults_resolve_as_pinned():
-    _same(load_config(), RESOLVED["(defaults)"])
+    _same(load_config().to_dict(), RESOLVED["(defaults)"])
