@@ -90,18 +90,18 @@ def make_figures(run: Path, out: Path, ccnet_run: Path | None = None) -> list[Pa
     import torch
 
     from visattn.data import build_dataset, classes_and_palette
-    from visattn.engine.evaluate import segment
-    from visattn.engine.inference import load_trained
+    from visattn.engine.inference import segment
+    from visattn.engine.run_dir import load_trained
     from visattn.models import create_model
     from visattn.viz import plot_metrics, save_prediction
 
     out.mkdir(parents=True, exist_ok=True)
     cfg, model = load_trained(run=run)
-    data = cfg["data"]
-    if data["dataset"] != "digits":
+    data = cfg.data
+    if data.dataset != "digits":
         raise ValueError(f"{run}: the pictures need a run on the digit scenes, not {data['dataset']!r}")
     classes, palette = classes_and_palette(data)
-    val = build_dataset(data, data["val_split"], train=False, seed=cfg["train"]["seed"])
+    val = build_dataset(data, data.val_split, train=False, seed=cfg.train.seed)
     scenes = val.dataset  # the DigitScenes under the eval transforms
     if len(scenes) <= max(PREDICTED_SCENES):
         raise ValueError(f"{run}: {len(scenes)} validation scenes; the pictures need {max(PREDICTED_SCENES) + 1}")
@@ -120,7 +120,7 @@ def make_figures(run: Path, out: Path, ccnet_run: Path | None = None) -> list[Pa
         raise ValueError("no validation scene holds two digits (data.digits.digits_per_image)")
     image, mask, placed = scenes.scene(i)
     points = [point_on_digit(mask, d) for d in placed[:2]]
-    written += explain_kept(model, image, points, data["mean"], data["std"], DANET_MAPS, out)
+    written += explain_kept(model, image, points, data.mean, data.std, DANET_MAPS, out)
 
     def random_model(name: str, **kwargs):
         torch.manual_seed(SEED)
@@ -128,9 +128,9 @@ def make_figures(run: Path, out: Path, ccnet_run: Path | None = None) -> list[Pa
 
     if ccnet_run is not None:
         cc_cfg, ccnet = load_trained(run=ccnet_run)
-        cc_mean, cc_std = cc_cfg["data"]["mean"], cc_cfg["data"]["std"]
+        cc_mean, cc_std = cc_cfg.data.mean, cc_cfg.data.std
     else:
-        ccnet, cc_mean, cc_std = random_model("ccnet"), data["mean"], data["std"]
+        ccnet, cc_mean, cc_std = random_model("ccnet"), data.mean, data.std
     written += explain_kept(ccnet, image, points[:1], cc_mean, cc_std, CCNET_MAPS, out)
 
     for name, kwargs, keep in RANDOM_MODELS:
@@ -138,7 +138,7 @@ def make_figures(run: Path, out: Path, ccnet_run: Path | None = None) -> list[Pa
         if kwargs.get("attention") == "sge":
             # SGE starts with weight 0 and bias 1: a constant gate sigmoid(1), nothing to see; draw seeded weights
             torch.nn.init.normal_(model.head.attention.weight, generator=torch.Generator().manual_seed(SEED))
-        written += explain_kept(model, image, points[:1], data["mean"], data["std"], keep, out)
+        written += explain_kept(model, image, points[:1], data.mean, data.std, keep, out)
 
     written.append(plot_metrics(run, out / "train_curves.png"))
     return written
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, metavar="RUN_DIR",
                         help="an existing run of the default model (DANet on the digit scenes; default: train one first)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img", help="output folder (default docs/img)")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "img", help="output folder (default docs/img)")
     parser.add_argument("--ccnet-run", type=Path, metavar="RUN_DIR",
                         help="a trained CCNet run for the criss-cross pictures (default: random seeded weights)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = args.run if args.run is not None else train_default(args.overrides, args.quiet)
-        for path in make_figures(run, args.out, args.ccnet_run):
+        for path in make_figures(run, args.output, args.ccnet_run):
             print(path)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         print(f"make_figures: error: {err}", file=sys.stderr)

@@ -72,7 +72,7 @@ def test_naive_pam_builds_the_map_and_visattn_does_not():
 def test_bench_command_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--modules", "pam", "cca", "--size", "6", "8", "--channels", "16", "--reps", "1",
-            "--threads", "1", "--no-memory", "--json", str(out)]
+            "--threads", "1", "--no-memory", "--output", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| case |" in printed and "pam 1x16x6x8 fwd float32" in printed

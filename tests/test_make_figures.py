@@ -38,7 +38,7 @@ def test_make_figures_trains_and_writes_every_picture(tmp_path, capsys):
     for name in PANELS:  # an earlier generation: overwritten
         (out / f"{name}.png").write_bytes(b"stale")
     sets = [a for s in TINY + [f"run.dir={run}"] for a in ("--set", s)]
-    assert script.main(["--quiet", *sets, "--out", str(out)]) == 0
+    assert script.main(["--quiet", *sets, "--output", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert (run / "model.safetensors").is_file() and "run directory" in printed[0]
     assert printed[1:] == [str(out / f"{name}.png") for name in PANELS]  # every path written, in order
@@ -49,7 +49,7 @@ def test_make_figures_trains_and_writes_every_picture(tmp_path, capsys):
     with pytest.raises(SystemExit):  # --set configures the training, not an existing run
         script.main(["--run", str(run), "--set", "train.iters=1"])
     assert capsys.readouterr().err
-    assert script.main(["--run", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert script.main(["--run", str(tmp_path / "missing"), "--output", str(out)]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
 

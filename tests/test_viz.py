@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import check_png, randomize_
-from PIL import Image
 from torch import nn
 
 from visattn import create_attention
-from visattn.cli import main
 from visattn.data import DigitScenes
 from visattn.data.palettes import DIGIT_CLASSES, voc_palette
 from visattn.viz import (
@@ -169,33 +167,3 @@ def test_plot_metrics(tmp_path):
     check_png(plot_metrics(_metrics(tmp_path / "run"), tmp_path / "c.png"), figure_size(3))
     with pytest.raises(FileNotFoundError):
         plot_metrics(tmp_path / "missing", tmp_path / "d.png")
-
-
-def test_cli_plot_and_explain(tmp_path, capsys):
-    run = _metrics(tmp_path / "run")
-    assert main(["plot", str(run)]) == 0
-    check_png(run / "curves.png", figure_size(3))
-    assert main(["plot", str(tmp_path / "nope")]) == 2
-
-    Image.fromarray(_image(32)).save(tmp_path / "img.png")
-    out = tmp_path / "explain"
-    argv = ["explain", str(tmp_path / "img.png"), "--model", "ccnet", "--encoder", "resnet10t", "--num-classes", "3",
-            "--points", "3,4", "30,30", "--out", str(out), "--device", "cpu"]
-    assert main(argv) == 0
-    written = sorted(p.name for p in out.glob("*.png"))
-    assert written == ["img_head_rcca_rcca_pass1_q0.png", "img_head_rcca_rcca_pass1_q1.png",
-                       "img_head_rcca_rcca_reach_q0.png", "img_head_rcca_rcca_reach_q1.png"]
-    for name in written:
-        check_png(out / name, figure_size(2))
-    assert main(argv[:2] + ["--points", "99,0", "--encoder", "resnet10t", "--out", str(out)]) == 2
-    assert "outside" in capsys.readouterr().err
-    assert main(argv + ["--modules", "head.sa"]) == 2
-    assert "no attention module named 'head.sa' (this model has: head.rcca)" in capsys.readouterr().err
-
-
-def test_cli_explain_refuses_model_options_with_a_run_directory(tmp_path, capsys):
-    run = _metrics(tmp_path / "run")  # a directory: its model would come from its config.yaml
-    Image.fromarray(_image(32)).save(tmp_path / "img.png")
-    assert main(["explain", str(tmp_path / "img.png"), "--checkpoint", str(run), "--model", "ccnet",
-                 "--num-classes", "3"]) == 2
-    assert "--model --num-classes: the model of a run directory comes from its config.yaml" in capsys.readouterr().err

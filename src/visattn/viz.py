@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .attention import list_attentions
 from .attention._common import AttentionMap, check_one_map
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
 
 __all__ = [
     "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
@@ -212,7 +213,9 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     train lines carry ``loss``, validation lines ``mIoU`` (or ``top1``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        from .engine.run_dir import RunDir
+
+        path = RunDir(path).metrics
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl at {path}")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -252,8 +255,8 @@ def explain(
     image: np.ndarray,
     out_dir: str | os.PathLike,
     points: Sequence[tuple[int, int]] = (),
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     prefix: str = "",
     only: Sequence[str] = (),
 ) -> list[Path]:
@@ -280,8 +283,7 @@ def explain(
         if not (0 <= p[0] < size[0] and 0 <= p[1] < size[1]):
             raise ValueError(f"query point {tuple(p)} outside the {size[0]}x{size[1]} image")
     device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    x = image_to_tensor(image, mean, std)
     model.eval()
     _, inputs = capture_inputs(model, x.to(device), modules)
     written = []

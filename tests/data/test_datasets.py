@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from visattn.data import (ADE20K, Cityscapes, DigitClassification, DigitScenes, MaskFolder, PascalVOC, build_dataset,
-                          classes_and_palette, voc_palette)
+from visattn.data import (ADE20K, DATASETS, Cityscapes, DigitClassification, DigitScenes, MaskFolder, PascalVOC,
+                          build_dataset, classes_and_palette, image_to_tensor, voc_palette)
 from visattn.data.transforms import segmentation_transforms
-from visattn.engine.config import DEFAULTS
+from visattn.engine.config import DataConfig
 
 
 def _png(path: Path, array: np.ndarray, mode: str | None = None, palette: bool = False) -> Path:
@@ -75,7 +75,7 @@ def test_mask_folder_and_imagefolder(tmp_path):
     assert ds[0][1][0].tolist() == [0, 1, 2, 255]
     for cls in ("cat", "dog"):
         _png(tmp_path / f"cls/train/{cls}/x.png", _rgb(40, 40))
-    cfg = dict(DEFAULTS["data"], dataset="imagefolder", root=str(tmp_path / "cls"), crop_size=32)
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path / "cls"), crop_size=32)
     cls_ds = build_dataset(cfg, "train", train=True)
     image, label = cls_ds[1]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 1
@@ -109,9 +109,9 @@ def test_bad_input_errors_name_the_file(tmp_path, problem):
 
 
 def test_classes_and_palette_without_data():
-    assert len(classes_and_palette({"dataset": "cityscapes"})[0]) == 19
-    assert len(classes_and_palette({"dataset": "ade20k"})[1]) == 150
-    assert classes_and_palette({"dataset": "folder", "num_classes": 3, "classes": None})[0] == ("class0", "class1", "class2")
+    assert len(classes_and_palette(DataConfig(dataset="cityscapes"))[0]) == 19
+    assert len(classes_and_palette(DataConfig(dataset="ade20k"))[1]) == 150
+    assert classes_and_palette(DataConfig(dataset="folder", num_classes=3))[0] == ("class0", "class1", "class2")
 
 
 def test_segmentation_transforms_move_image_and_mask_together():
@@ -168,3 +168,25 @@ def test_digit_splits_are_disjoint_and_classification_variant():
     assert image.shape == (3, 32, 32) and 0 <= label <= 9 and torch.equal(image, image2) and label == label2
     with pytest.raises(ValueError, match="split"):
         DigitScenes("test")
+
+
+def test_dataset_table_agrees_with_the_datasets(tmp_path):
+    for name, dataset in (("digits", DigitScenes("val", length=1)), ("digits_cls", DigitClassification("val")),
+                          ("cityscapes", Cityscapes(_cityscapes(tmp_path, np.array([[7, 8]])), "train"))):
+        spec = DATASETS[name]
+        assert spec.classes == tuple(dataset.classes), name
+        assert spec.palette == tuple(getattr(dataset, "palette", None) or voc_palette(len(dataset.classes))), name
+        assert classes_and_palette(DataConfig(dataset=name)) == (spec.classes, spec.palette)
+    with pytest.raises(ValueError, match="unknown dataset 'cityscape'; choose one of digits, cityscapes"):
+        build_dataset(DataConfig(dataset="cityscape"), "train", train=False)
+    with pytest.raises(ValueError, match="dataset 'voc' needs data.root"):
+        build_dataset(DataConfig(dataset="voc"), "train", train=False)
+
+
+def test_image_to_tensor_is_the_evaluation_transform():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    expected, _ = segmentation_transforms(False, mean=mean, std=std)(
+        tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1)), tv_tensors.Mask(torch.zeros(5, 7, dtype=torch.int64)))
+    x = image_to_tensor(rgb, mean, std)
+    assert x.shape == (1, 3, 5, 7) and torch.allclose(x[0], expected, atol=1e-6)

@@ -1,5 +1,6 @@
 """Engine: config errors, LR schedule, losses, metrics vs a hand-computed confusion matrix,
 inference modes, a short run, exact resume after Ctrl-C, and DDP (2 gloo processes) vs 1 process."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,8 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from visattn.engine import LRSchedule, SegmentationMetrics, segment, train
+from visattn.data import DATASETS
+from visattn.engine import LRSchedule, SegmentationMetrics, build_optimizer, segment, train
 from visattn.engine.config import ConfigError, load_config
 from visattn.engine.losses import cross_entropy, ohem_cross_entropy, weighted_loss
 
@@ -35,22 +37,22 @@ def test_unknown_config_keys_are_named(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train.lr"])
     cfg = load_config(None, ["model.kwargs.aux=true", "train.lr=2e-2"])
-    assert cfg["model"]["kwargs"] == {"encoder": "resnet18", "output_stride": 8, "aux": True} and cfg["train"]["lr"] == 0.02
+    assert cfg.model.kwargs == {"encoder": "resnet18", "output_stride": 8, "aux": True} and cfg.train.lr == 0.02
 
 
 def test_data_defaults_follow_the_dataset(tmp_path):
     # The demo's digits augmentation (64 px, no zoom, no flip) must not leak into real datasets.
-    assert load_config()["data"]["crop_size"] == [64, 64] and load_config()["data"]["flip"] is False
+    assert load_config().data.crop_size == [64, 64] and load_config().data.flip is False
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  dataset: cityscapes\n  root: data/cityscapes\n  flip: false\n")
-    data = load_config(recipe)["data"]
-    assert (data["crop_size"], data["scale_range"], data["flip"]) == ([769, 769], [0.5, 2.0], False)
-    data = load_config(recipe, ["data.dataset=ade20k", "data.crop_size=[480,480]"])["data"]
-    assert (data["crop_size"], data["scale_range"], data["flip"]) == ([480, 480], [0.5, 2.0], False)
-    data = load_config(None, ["data.dataset=imagefolder"])["data"]
-    assert (data["crop_size"], data["flip"]) == ([224, 224], True)
+    data = load_config(recipe).data
+    assert (data.crop_size, data.scale_range, data.flip) == ([769, 769], [0.5, 2.0], False)
+    data = load_config(recipe, ["data.dataset=ade20k", "data.crop_size=[480,480]"]).data
+    assert (data.crop_size, data.scale_range, data.flip) == ([480, 480], [0.5, 2.0], False)
+    data = load_config(None, ["data.dataset=imagefolder"]).data
+    assert (data.crop_size, data.flip) == ([224, 224], True)
     saved = load_config(None, ["data.dataset=voc", "data.scale_range=[1,1]"])
-    assert load_config(None, ["train.lr=0.5"], base=saved)["data"]["scale_range"] == [1, 1]  # a resumed run keeps its own
+    assert load_config(None, ["train.lr=0.5"], base=saved).data.scale_range == [1, 1]  # a resumed run keeps its own
 
 
 def test_poly_warmup():
@@ -133,7 +135,7 @@ def test_short_run_writes_run_directory(tmp_path):
     result = train(cfg, quiet=True)
     run = tmp_path / "run"
     assert result["step"] == 6 and not result["interrupted"] and 0 <= result["metrics"]["mIoU"] <= 1
-    assert load_config(run / "config.yaml")["run"]["dir"] == str(run)
+    assert load_config(run / "config.yaml").run.dir == str(run)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in lines if "mIoU" in r] == [3, 6]
@@ -209,8 +211,8 @@ def test_recipes_load_and_name_registered_models(recipe):
     from visattn.models import is_model
 
     cfg = load_config(recipe)
-    assert is_model(cfg["model"]["name"])
-    assert (cfg["task"] == "classification") == (cfg["data"]["dataset"] in ("imagefolder", "digits_cls"))
+    assert is_model(cfg.model.name)
+    assert (cfg.task == "classification") == (DATASETS[cfg.data.dataset].task == "classification")
     if recipe.stem == "digits_danet":  # the no-argument run, written out
         assert cfg == load_config()
     else:  # the papers' recipes train with SGD, whatever the defaults say
@@ -218,14 +220,12 @@ def test_recipes_load_and_name_registered_models(recipe):
 
 
 def test_optimizer_choice():
-    from visattn.engine.trainer import _optimizer
-
     model = nn.Linear(3, 2)
-    t = load_config()["train"]
-    adamw = _optimizer(model, t)
-    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == t["lr"] == 2e-3
+    t = load_config().train
+    adamw = build_optimizer(model, t)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == t.lr == 2e-3
     assert adamw.defaults["betas"] == (0.9, 0.999) and adamw.defaults["weight_decay"] == 0.01
-    sgd = _optimizer(model, dict(t, optimizer="sgd", lr=0.01, weight_decay=1e-4))
+    sgd = build_optimizer(model, dataclasses.replace(t, optimizer="sgd", lr=0.01, weight_decay=1e-4))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["lr"] == 0.01
     with pytest.raises(ValueError, match="train.optimizer must be 'sgd' or 'adamw', got 'adam'"):
-        _optimizer(model, dict(t, optimizer="adam"))
+        build_optimizer(model, dataclasses.replace(t, optimizer="adam"))

@@ -1,7 +1,7 @@
 """``visattn bench``: time and peak memory of attention modules, naive published code vs visattn.
 
 Runs :mod:`visattn.benchmark` (the code behind ``benchmarks/run.py`` and docs/benchmarks.md) for
-the chosen modules at one size and prints the same table; ``--json`` writes the full report.
+the chosen modules at one size and prints the same table; ``--output`` writes the full report as JSON.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--no-naive", action="store_true", help="measure visattn only")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case subprocess memory measurement")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON")
+    parser.add_argument("--output", type=Path, metavar="FILE", help="write the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(report))
     print(f"load average: start {report['load_avg_start']}, end {report['load_avg_end']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f"written to {args.json}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=1))
+        print(f"written to {args.output}")
     return 0

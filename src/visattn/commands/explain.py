@@ -2,16 +2,19 @@
 
 Runs the model once on the image, captures the input of each attention module (PAM, CAM, CCA/RCCA,
 FLA, BAM, SGE, PSA) with a forward hook and renders its ``attention_weights`` over the image:
-one PNG per map in ``--out`` (see :func:`visattn.viz.explain`). Without ``--checkpoint`` the model
-has random weights (seeded), which shows the mechanics: the cross of one criss-cross pass, the
-whole image reached by two. (SGE is initialised to a constant gate, ``sigmoid(1)``: its picture
-is flat until it is trained.)
+one PNG per map in ``--output`` (see :func:`visattn.viz.explain`). The model is a training run's
+(``--run``, or ``--config`` with ``--weights``), or a registered segmentor named by ``--model``
+with ``--weights`` or random (seeded) weights, which show the mechanics: the cross of one
+criss-cross pass, the whole image reached by two. (SGE is initialised to a constant gate,
+``sigmoid(1)``: its picture is flat until it is trained.)
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from visattn.commands.common import add_run_arguments
 
 
 def _point(text: str) -> tuple[int, int]:
@@ -22,68 +25,73 @@ def _point(text: str) -> tuple[int, int]:
     return h, w
 
 
-# Without a run directory (None on the command line, so that giving one with a run is an error).
+# Without a run or a config (None on the command line, so that giving one with a run is an error).
 _MODEL, _ENCODER, _CLASSES = "danet", "resnet18", 11
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file")
-    parser.add_argument("--checkpoint", help="a training run directory, or a weights file for --model "
-                                             "(default: random weights)")
-    parser.add_argument("--model", help=f"registered segmentor without a run directory (default {_MODEL})")
+    add_run_arguments(parser)
+    parser.add_argument("--model", help=f"registered segmentor without --run or --config (default {_MODEL}; "
+                                        "--weights or random weights)")
     parser.add_argument("--attention", help="attention module of the attnet head (bam, sge, psa, ...)")
-    parser.add_argument("--encoder", help=f"timm encoder without a run directory (default {_ENCODER})")
-    parser.add_argument("--num-classes", type=int, help=f"classes without a run directory (default {_CLASSES}: digits)")
+    parser.add_argument("--encoder", help=f"timm encoder of --model (default {_ENCODER})")
+    parser.add_argument("--num-classes", type=int, help=f"classes of --model (default {_CLASSES}: digits)")
     parser.add_argument("--points", type=_point, nargs="+", default=[], metavar="ROW,COL",
                         help="query pixels (default: the image centre)")
     parser.add_argument("--modules", nargs="+", default=[], metavar="NAME",
                         help="attention modules to draw, by name or pattern (e.g. head.sa 'blocks.*'; default all)")
-    parser.add_argument("--out", default="explain", help="output folder (default ./explain)")
+    parser.add_argument("--output", default="explain", help="output folder (default ./explain)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--device", default="auto")
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
-    from visattn.data import read_image
-    from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from visattn.data import IMAGENET_MEAN, IMAGENET_STD, read_image
     from visattn.engine.config import ConfigError
     from visattn.engine.distributed import resolve_device
     from visattn.viz import explain
 
     try:
         device = resolve_device(args.device)
-        checkpoint = Path(args.checkpoint) if args.checkpoint else None
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
         model_options = {"--model": args.model, "--attention": args.attention, "--encoder": args.encoder,
                          "--num-classes": args.num_classes}
-        if checkpoint is not None and checkpoint.is_dir():
+        if args.run is not None or args.config is not None:
             given = [flag for flag, value in model_options.items() if value is not None]
             if given:
-                raise ValueError(f"{' '.join(given)}: the model of a run directory comes from its config.yaml")
-            from visattn.engine.inference import load_trained
+                source = "a run directory comes from its config.yaml" if args.run else "--config comes from that file"
+                raise ValueError(f"{' '.join(given)}: the model of {source}")
+            from visattn.engine.run_dir import load_trained
 
-            cfg, model = load_trained(run=checkpoint, device=device)
-            mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+            cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device)
+            mean, std = cfg.data.mean, cfg.data.std
         else:
-            from visattn.models import create_model
-            from visattn.weights import read_state_dict
-
-            kwargs = {"encoder": args.encoder or _ENCODER}
-            if args.attention:
-                kwargs["attention"] = args.attention
-            torch.manual_seed(args.seed)
-            model = create_model(args.model or _MODEL, num_classes=args.num_classes or _CLASSES, **kwargs)
-            if checkpoint is not None:
-                model.load_state_dict(read_state_dict(checkpoint))
-            model = model.to(device).eval()
+            model, mean, std = _registered_model(args).to(device).eval(), IMAGENET_MEAN, IMAGENET_STD
         image = np.array(read_image(args.image))
-        for path in explain(model, image, args.out, args.points, mean, std, prefix=f"{Path(args.image).stem}_",
+        for path in explain(model, image, args.output, args.points, mean, std, prefix=f"{Path(args.image).stem}_",
                             only=args.modules):
             print(path)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f"visattn explain: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _registered_model(args: argparse.Namespace):
+    """``--model`` (+ ``--attention``, ``--encoder``, ``--num-classes``) with ``--weights`` or seeded random weights."""
+    import torch
+
+    from visattn.models import create_model
+    from visattn.weights import read_state_dict
+
+    if args.overrides:
+        raise ValueError("--set configures a run or a config; give --run or --config")
+    kwargs = {"encoder": args.encoder or _ENCODER}
+    if args.attention:
+        kwargs["attention"] = args.attention
+    torch.manual_seed(args.seed)
+    model = create_model(args.model or _MODEL, num_classes=args.num_classes or _CLASSES, **kwargs)
+    if args.weights is not None:
+        model.load_state_dict(read_state_dict(args.weights))
+    return model

@@ -2,18 +2,22 @@
 
 Images are ``tv_tensors.Image`` (uint8, ``(3, H, W)``) and labels ``tv_tensors.Mask`` (``(H, W)``),
 so geometric transforms move both and photometric ones touch only the image. Crops pad the image
-with 0 and the mask with 255 (ignored by the loss and the metrics).
+with 0 and the mask with ``IGNORE_INDEX`` (255, ignored by the loss and the metrics).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["RandomScale", "segmentation_transforms", "classification_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
+from .segmentation import IGNORE_INDEX
+
+__all__ = ["RandomScale", "segmentation_transforms", "classification_transforms", "image_to_tensor", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,7 +67,7 @@ def segmentation_transforms(
             ops.append(RandomScale(*scale_range))
         if crop_size is not None:
             ops.append(v2.RandomCrop(list(crop_size), pad_if_needed=True,
-                                     fill={tv_tensors.Image: 0, tv_tensors.Mask: 255, "others": 0}))
+                                     fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX, "others": 0}))
         if flip:
             ops.append(v2.RandomHorizontalFlip())
         if color_jitter > 0:
@@ -92,3 +96,11 @@ def classification_transforms(
         ops = [v2.Resize(resize_size or round(crop_size / 0.875), antialias=True), v2.CenterCrop(crop_size)]
     return v2.Compose([v2.ToImage(), *ops, v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(mean=list(mean), std=list(std))])
+
+
+def image_to_tensor(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """A uint8 ``(H, W, 3)`` RGB image -> the normalised float ``(1, 3, H, W)`` batch a model takes
+    (the evaluation transforms of one image)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

@@ -1,10 +1,19 @@
-"""Training, evaluation and inference: the machinery behind ``visattn train/eval/predict``."""
-from .config import DEFAULTS, ConfigError, load_config
-from .evaluate import ClassificationMetrics, SegmentationMetrics, evaluate, format_table, segment
-from .inference import load_trained
-from .losses import cross_entropy, ohem_cross_entropy, weighted_loss
-from .trainer import LRSchedule, build_model, train
+"""Training, evaluation and inference: the machinery behind ``visattn train/eval/predict``.
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "train", "build_model", "LRSchedule", "evaluate", "segment",
-           "format_table", "SegmentationMetrics", "ClassificationMetrics", "load_trained", "cross_entropy",
-           "ohem_cross_entropy", "weighted_loss"]
+:mod:`~visattn.engine.config` (typed run configuration), :mod:`~visattn.engine.build` (model,
+optimizer, schedule), :mod:`~visattn.engine.trainer` (:class:`Trainer`, :func:`train`),
+:mod:`~visattn.engine.run_dir` (a run directory's files, :func:`load_trained`),
+:mod:`~visattn.engine.inference` (:func:`segment`), :mod:`~visattn.engine.metrics`
+(:func:`evaluate`, :func:`format_table`), :mod:`~visattn.engine.losses`.
+"""
+from .build import LRSchedule, build_model, build_optimizer, build_scheduler
+from .config import Config, ConfigError, load_config
+from .inference import segment
+from .losses import cross_entropy, ohem_cross_entropy, weighted_loss
+from .metrics import ClassificationMetrics, SegmentationMetrics, evaluate, format_table
+from .run_dir import RunDir, load_trained
+from .trainer import Trainer, train
+
+__all__ = ["Config", "ConfigError", "load_config", "train", "Trainer", "RunDir", "load_trained", "build_model",
+           "build_optimizer", "build_scheduler", "LRSchedule", "evaluate", "segment", "format_table",
+           "SegmentationMetrics", "ClassificationMetrics", "cross_entropy", "ohem_cross_entropy", "weighted_loss"]

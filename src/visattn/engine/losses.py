@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cross_entropy", "ohem_cross_entropy", "weighted_loss"]
+from ..data import IGNORE_INDEX
 
-IGNORE_INDEX = 255
+__all__ = ["cross_entropy", "ohem_cross_entropy", "weighted_loss"]
 
 
 def cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:

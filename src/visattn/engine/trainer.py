@@ -1,18 +1,10 @@
 """The training loop: SGD (the papers') or AdamW, poly LR with warm-up, weighted multi-output
 losses, AMP, gradient accumulation, DDP, checkpoints that resume exactly, and a run directory that
-keeps everything.
+keeps everything (:class:`~visattn.engine.run_dir.RunDir`).
 
-Run directory::
-
-    config.yaml            the resolved configuration (re-read by --resume, eval and predict)
-    metrics.jsonl          one JSON line per log step and per evaluation
-    tb/                    TensorBoard events
-    checkpoints/           step_XXXXXXX.safetensors (weights) + step_XXXXXXX.state.pt (optimizer,
-                           scheduler, step, RNG states; torch.save, loadable with weights_only=True)
-                           and ``latest`` naming the newest complete pair
-    best.safetensors       weights with the best validation mIoU (top-1 for classification)
-    best.json              that evaluation's metrics and step
-    model.safetensors      the final weights
+:class:`Trainer` reads top-down: the constructor builds the data, the model, the optimizer and the
+schedule (or restores them from a checkpoint); :meth:`Trainer.fit` loops over
+:meth:`Trainer.train_step`, logging, :meth:`Trainer.evaluate` and :meth:`Trainer.checkpoint`.
 
 Exact resume: the global batch of step ``t`` is a fixed slice of the epoch's permutation (seeded by
 ``seed`` and the epoch), each sample's augmentation is seeded by ``(seed, epoch, index)`` and the
@@ -24,55 +16,292 @@ stops at the next step boundary of the update, saves a checkpoint and returns.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import dataclasses
 import json
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
-from datetime import datetime
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..data import CLASSIFICATION_DATASETS, build_dataset, dataset_info
-from ..weights import atomic_write, read_state_dict, save_state_dict
-from .config import dump_config
+from ..data import build_dataset, dataset_info, dataset_spec
+from .build import build_model, build_optimizer, build_scheduler
+from .config import Config
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
-from .evaluate import evaluate, format_table
+from .inference import segment_options
 from .losses import weighted_loss
+from .metrics import evaluate as evaluate_model
+from .metrics import format_table
+from .run_dir import RunDir
 
-__all__ = ["train", "build_model", "LRSchedule", "load_checkpoint", "latest_checkpoint", "AMP_DTYPES"]
+__all__ = ["train", "Trainer", "AMP_DTYPES"]
 
 AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class LRSchedule:
-    """LR factor at step ``t``: ``(1 - t / total) ** power`` (poly, the segmentation papers'), or
-    ``gamma ** (number of milestones <= t)`` (step, the ImageNet papers'); never below
-    ``min_factor``; times a linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters`` steps."""
+def train(cfg: Config, resume: str | os.PathLike | None = None, quiet: bool = False) -> dict:
+    """Train from a resolved config (see :mod:`visattn.engine.config`); ``resume``: a run directory.
 
-    def __init__(self, total: int, power: float = 0.9, warmup_iters: int = 0, warmup_factor: float = 0.1,
-                 min_factor: float = 0.0, milestones: list[int] | None = None, gamma: float = 0.1) -> None:
-        self.total, self.power, self.warmup_iters = total, power, warmup_iters
-        self.warmup_factor, self.min_factor = warmup_factor, min_factor
-        self.milestones, self.gamma = sorted(milestones) if milestones else None, gamma
+    Returns ``{"run_dir", "step", "total", "metrics", "best", "interrupted", "classes", "table"}``.
+    Launched by ``torchrun`` (``WORLD_SIZE > 1``) it runs DDP; every process calls ``train`` with the
+    same config.
+    """
+    device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    info = init_distributed(device)
+    try:
+        return Trainer(cfg, device, info, resume, quiet).fit()
+    finally:
+        cleanup_distributed(info)
 
-    def __call__(self, step: int) -> float:
-        if self.milestones is not None:
-            factor = self.gamma ** sum(step >= m for m in self.milestones)
-        else:
-            factor = (1 - min(step, self.total) / self.total) ** self.power
-        factor = max(factor, self.min_factor)
-        if step < self.warmup_iters:
-            factor *= self.warmup_factor + (1 - self.warmup_factor) * step / self.warmup_iters
-        return factor
+
+class Trainer:
+    """One training run of ``cfg`` on ``device`` as process ``info`` of a (possibly single-process) group."""
+
+    def __init__(self, cfg: Config, device: torch.device, info: DistInfo = DistInfo(),
+                 resume: str | os.PathLike | None = None, quiet: bool = False) -> None:
+        t = cfg.train
+        if t.amp not in AMP_DTYPES:
+            raise ValueError(f"train.amp must be null, bf16 or fp16, got {t.amp!r}")
+        self.amp = AMP_DTYPES[t.amp]
+        if self.amp is torch.float16 and device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+        if dataset_spec(cfg.data.dataset).task != cfg.task:
+            raise ValueError(f"task {cfg.task!r} does not match dataset {cfg.data.dataset!r}")
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.cfg, self.device, self.info, self.quiet, self.seed = cfg, device, info, quiet, int(t.seed)
+        self.resumed = resume is not None
+        self.run = RunDir(resume) if self.resumed else self._new_run_dir()
+
+        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, seed=self.seed)
+        self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False, seed=self.seed)
+        self.classes, _ = dataset_info(self.train_set)
+        global_batch, self.accum = int(t.batch_size), int(t.accum_steps)
+        if global_batch % (info.world_size * self.accum):
+            raise ValueError(f"train.batch_size={global_batch} must be divisible by processes x accum_steps "
+                             f"= {info.world_size} x {self.accum}")
+        self.micro_batch = global_batch // (info.world_size * self.accum)
+        self.iters_per_epoch = len(self.train_set) // global_batch
+        if self.iters_per_epoch == 0:
+            raise ValueError(f"the training set ({len(self.train_set)} items) is smaller than one batch ({global_batch})")
+        self.total = int(t.epochs) * self.iters_per_epoch if t.epochs else int(t.iters)
+
+        torch.manual_seed(self.seed)  # identical initial weights in every process
+        model = build_model(cfg.model, len(self.classes)).to(device)
+        self.loss_weights = dict(t.loss_weights or getattr(model, "loss_weights", None) or {"out": 1.0})
+        self.optimizer = build_optimizer(model, t)
+        self.scheduler = build_scheduler(self.optimizer, t, self.total, self.iters_per_epoch)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
+        self.step, self.best = 0, -math.inf
+        if self.resumed:
+            self._restore(model)
+        self.model = self._distribute(model)
+        if info.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.write_config(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(self.run))))
+
+        self.sampler = _ShardSampler(self.train_set, info, self.seed, self.iters_per_epoch * self.micro_batch * self.accum)
+        self.loader = DataLoader(self.train_set, batch_size=self.micro_batch, sampler=self.sampler,
+                                 num_workers=cfg.data.workers, drop_last=True, pin_memory=device.type == "cuda",
+                                 generator=torch.Generator())
+        self.val_loader = DataLoader(Subset(self.val_set, range(info.rank, len(self.val_set), info.world_size)),
+                                     batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers)
+        self.segment_options = segment_options(cfg) if cfg.task == "segmentation" else {}
+        self.key_metric = "mIoU" if cfg.task == "segmentation" else "top1"
+
+    def _new_run_dir(self) -> RunDir:
+        run = RunDir.new(self.cfg)
+        if self.info.enabled:  # every process writes to rank 0's directory (its name holds the time)
+            box = [str(run)]
+            dist.broadcast_object_list(box, src=0)
+            run = RunDir(box[0])
+        if run.latest_checkpoint() is not None:
+            raise FileExistsError(f"run directory {run} already holds checkpoints; continue it with "
+                                  f"`visattn train --resume {run}` or choose another run.dir")
+        return run
+
+    def _restore(self, model: nn.Module) -> None:
+        weights, state = self.run.load_checkpoint()
+        model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best = int(state["step"]), float(state["best"])
+        if state["rng"]["world_size"] == self.info.world_size:
+            torch.set_rng_state(state["rng"]["torch"][self.info.rank])
+
+    def _distribute(self, model: nn.Module) -> nn.Module:
+        if not self.info.enabled:
+            return model
+        if self.device.type == "cuda" and self.cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    # -- the loop
+
+    def fit(self) -> dict:
+        """Train up to the last step (or an interrupt), evaluate, save the final weights; see :func:`train`."""
+        from tqdm.auto import tqdm
+
+        t = self.cfg.train
+        self.log = MetricsLog(self.run, self.info.is_main, self.step if self.resumed else None)
+        self.bar = tqdm(total=self.total, initial=self.step, desc="train", disable=self.quiet or not self.info.is_main,
+                        dynamic_ncols=True)
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
+        metrics, interrupted = {}, False
+        self._losses, self._since = [], time.perf_counter()
+        try:
+            self.model.train()
+            batches = None
+            while self.step < self.total:
+                if batches is None:
+                    batches = self._epoch_batches()
+                terms, lr = self.train_step(batches)
+                if self.step % self.iters_per_epoch == 0:
+                    batches = None
+                self.bar.update(1)
+                if self.step % t.log_every == 0 or self.step == self.total:
+                    self._log_training(terms, lr)
+                if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total:
+                    metrics = self.evaluate()
+                    if self.info.is_main:
+                        self.bar.write(f"step {self.step}: {self.key_metric} {100 * metrics[self.key_metric]:.2f}")
+                if self.step % t.ckpt_every == 0 or self.step == self.total:
+                    self.checkpoint()
+            self.bar.close()
+            metrics = self.evaluate()
+            if self.info.is_main:
+                self.run.save_final(_unwrap(self.model))
+        except KeyboardInterrupt:
+            interrupted = True
+            self.bar.close()
+            self._checkpoint_after_interrupt()
+        finally:
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
+            self.log.close()
+        return {"run_dir": self.run.path, "step": self.step, "total": self.total, "metrics": metrics, "best": self.best,
+                "interrupted": interrupted, "classes": self.classes,
+                "table": format_table(metrics, self.classes) if metrics else ""}
+
+    def _epoch_batches(self) -> Iterator:
+        """The batches of the current epoch from the current step on."""
+        epoch, skip = divmod(self.step, self.iters_per_epoch)
+        self.sampler.set_epoch(epoch)
+        self.sampler.start = skip * self.micro_batch * self.accum
+        self.train_set.set_epoch(epoch)
+        return iter(self.loader)
+
+    def train_step(self, batches: Iterator) -> tuple[dict[str, Tensor], float]:
+        """One optimizer step over ``accum_steps`` micro-batches; returns the last micro-batch's loss
+        terms and the learning rate the step used."""
+        t = self.cfg.train
+        torch.manual_seed((self.seed * 1_000_003 + self.info.rank) * 10_000_019 + self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        for a in range(self.accum):
+            image, target = next(batches)
+            image, target = image.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+            last = a == self.accum - 1
+            with self.model.no_sync() if self.info.enabled and not last else contextlib.nullcontext():
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    outputs = self.model(image)
+                loss, terms = weighted_loss(outputs, target, self.loss_weights, t.ohem, t.ohem_thresh,
+                                            t.ohem_min_kept, t.label_smoothing)
+                self.scaler.scale(loss / self.accum).backward()
+            self._losses.append(loss.detach())
+        lr = self.optimizer.param_groups[0]["lr"]
+        with _defer_interrupt():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+        return terms, lr
+
+    def _log_training(self, terms: dict[str, Tensor], lr: float) -> None:
+        """Mean loss since the last log line, the last terms, the learning rate and the time per step."""
+        mean_loss = float(torch.stack(self._losses).mean())
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"loss is {mean_loss} at step {self.step}; lower train.lr or disable AMP")
+        self.log.write({"step": self.step, "epoch": self.step / self.iters_per_epoch, "lr": lr, "loss": mean_loss,
+                        **{f"loss_{k}": float(v) for k, v in terms.items()},
+                        "sec_per_step": (time.perf_counter() - self._since) / len(self._losses) * self.accum}, "train")
+        self.bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
+        self._losses, self._since = [], time.perf_counter()
+
+    def evaluate(self) -> dict:
+        """Metrics on the validation set (shared out over the processes); logged, and the best weights kept."""
+        metrics = evaluate_model(_unwrap(self.model), self.val_loader, len(self.classes), self.cfg.task, self.device,
+                                 self.amp, **self.segment_options)
+        if self.info.is_main:
+            self.log.write({"step": self.step, **{k: v for k, v in metrics.items() if k != "per_class_iou"}}, "val")
+            if metrics[self.key_metric] > self.best:
+                self.best = metrics[self.key_metric]
+                self.run.save_best(_unwrap(self.model), {"step": self.step, **metrics})
+        return metrics
+
+    # -- checkpoints
+
+    def training_state(self, gather: bool = True) -> dict:
+        """Everything but the weights that the next step depends on. ``gather``: every process's RNG
+        state (a collective: all processes call it), else this process's alone."""
+        rng = [torch.get_rng_state()]
+        if gather and self.info.enabled:
+            rng = [None] * self.info.world_size
+            dist.all_gather_object(rng, torch.get_rng_state())
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "best": self.best, "seed": self.seed,
+                "rng": {"torch": rng, "world_size": len(rng)}}
+
+    def checkpoint(self) -> None:
+        """Save the weights and the training state of the current step (every process calls it)."""
+        state = self.training_state()
+        if self.info.is_main:
+            self.run.save_checkpoint(self.step, _unwrap(self.model), state, self.cfg.train.keep_ckpts)
+
+    def _checkpoint_after_interrupt(self) -> None:
+        if not self.info.is_main:
+            return
+        # no collectives here: the other processes may already be gone
+        self.run.save_checkpoint(self.step, _unwrap(self.model), self.training_state(gather=False),
+                                 self.cfg.train.keep_ckpts)
+        print(f"\ninterrupted at step {self.step}/{self.total}; checkpoint saved. Continue with:\n"
+              f"  visattn train --resume {self.run}", flush=True)
+
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard, written by rank 0 only. A resumed run (``resume_step``) first drops
+    what was logged after its checkpoint."""
+
+    def __init__(self, run: RunDir, enabled: bool, resume_step: int | None) -> None:
+        self.enabled, self.path, self.writer = enabled, run.metrics, None
+        if not enabled:
+            return
+        if resume_step is not None:
+            run.truncate_metrics(resume_step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run.tensorboard), purge_step=resume_step)
+
+    def write(self, record: dict, prefix: str) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class _ShardSampler(DistributedSampler):
@@ -88,43 +317,6 @@ class _ShardSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.length - self.start
-
-
-def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
-    """The model of config section ``cfg`` (``model``): a registered name or ``"module:builder"``."""
-    name, kwargs = cfg["name"], dict(cfg.get("kwargs") or {})
-    if ":" in name:
-        module, fn = name.split(":", 1)
-        return getattr(importlib.import_module(module), fn)(num_classes=num_classes, **kwargs)
-    from ..models import create_model
-
-    return create_model(name, num_classes=num_classes, pretrained=cfg.get("pretrained", False), **kwargs)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """Path prefix (without suffix) of the newest complete checkpoint of ``run_dir``."""
-    pointer = run_dir / "checkpoints" / "latest"
-    return run_dir / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
-
-
-def load_checkpoint(prefix: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Weights and training state of a checkpoint (both read without unpickling code)."""
-    weights = read_state_dict(prefix.with_name(prefix.name + ".safetensors"))
-    state = torch.load(prefix.with_name(prefix.name + ".state.pt"), map_location="cpu", weights_only=True)
-    return weights, state
-
-
-def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict, keep: int) -> Path:
-    ckpt = run_dir / "checkpoints"
-    name = f"step_{step:07d}"
-    save_state_dict(model.state_dict(), ckpt / f"{name}.safetensors")
-    atomic_write(ckpt / f"{name}.state.pt", lambda tmp: torch.save(state, tmp))
-    atomic_write(ckpt / "latest", lambda tmp: Path(tmp).write_text(name))  # the pair is complete
-    old = sorted(p for p in ckpt.glob("step_*.safetensors") if p.name != f"{name}.safetensors")
-    for path in old[: max(0, len(old) - (keep - 1))]:
-        path.unlink(missing_ok=True)
-        path.with_name(path.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
-    return ckpt / name
 
 
 @contextlib.contextmanager
@@ -149,259 +341,3 @@ def _raise_interrupt(*_):
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _run_dir(cfg: dict, info: DistInfo, resume: Path | None) -> Path:
-    if resume is not None:
-        return resume
-    run = cfg["run"]
-    if run["dir"]:
-        path = Path(run["dir"])
-    else:
-        name = run["name"] or f"{cfg['model']['name'].split(':')[-1]}-{cfg['data']['dataset']}"
-        path = Path(run["root"]) / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if info.enabled:  # every process must write to rank 0's directory
-        box = [str(path)]
-        dist.broadcast_object_list(box, src=0)
-        path = Path(box[0])
-    if latest_checkpoint(path) is not None:
-        raise FileExistsError(f"run directory {path} already holds checkpoints; continue it with "
-                              f"`visattn train --resume {path}` or choose another run.dir")
-    return path
-
-
-class _Log:
-    """metrics.jsonl + TensorBoard on rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None) -> None:
-        self.enabled, self.path, self.writer = enabled, run_dir / "metrics.jsonl", None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.is_file():  # drop lines written after the checkpoint
-            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(ln + "\n" for ln in lines)))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
-
-    def write(self, record: dict, prefix: str) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _optimizer(model: nn.Module, t: Mapping[str, Any]) -> torch.optim.Optimizer:
-    mult = t["head_lr_mult"]
-    if mult == 1:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    else:
-        if not hasattr(model, "encoder"):
-            raise ValueError("train.head_lr_mult needs a model with an `encoder` submodule")
-        enc = {id(p) for p in model.encoder.parameters()}
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if id(p) in enc]},
-                  {"params": [p for p in params if id(p) not in enc], "lr": t["lr"] * mult}]
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
-                               nesterov=t["nesterov"])
-    if t["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), weight_decay=t["weight_decay"])
-    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {t['optimizer']!r}")
-
-
-def train(cfg: dict, resume: str | Path | None = None, quiet: bool = False) -> dict:
-    """Train from a resolved config (see :mod:`visattn.engine.config`); ``resume``: a run directory.
-
-    Returns ``{"run_dir", "step", "metrics", "best", "interrupted"}``. Launched by ``torchrun``
-    (``WORLD_SIZE > 1``) it runs DDP; every process calls ``train`` with the same config.
-    """
-    t, task = cfg["train"], cfg["task"]
-    device = resolve_device(t["device"], int(os.environ.get("LOCAL_RANK", "0")))
-    if t["amp"] not in AMP_DTYPES:
-        raise ValueError(f"train.amp must be null, bf16 or fp16, got {t['amp']!r}")
-    amp = AMP_DTYPES[t["amp"]]
-    if amp is torch.float16 and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
-    if (cfg["data"]["dataset"] in CLASSIFICATION_DATASETS) != (task == "classification"):
-        raise ValueError(f"task {task!r} does not match dataset {cfg['data']['dataset']!r}")
-    info = init_distributed(device)
-    log = None
-    try:
-        if t["deterministic"]:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        resume = Path(resume) if resume is not None else None
-        run_dir = _run_dir(cfg, info, resume)
-        seed = int(t["seed"])
-
-        train_ds = build_dataset(cfg["data"], cfg["data"]["train_split"], train=True, seed=seed)
-        val_ds = build_dataset(cfg["data"], cfg["data"]["val_split"], train=False, seed=seed)
-        classes, _ = dataset_info(train_ds)
-        num_classes = len(classes)
-        global_batch, accum = int(t["batch_size"]), int(t["accum_steps"])
-        if global_batch % (info.world_size * accum):
-            raise ValueError(f"train.batch_size={global_batch} must be divisible by processes x accum_steps "
-                             f"= {info.world_size} x {accum}")
-        micro = global_batch // (info.world_size * accum)
-        iters_per_epoch = len(train_ds) // global_batch
-        if iters_per_epoch == 0:
-            raise ValueError(f"the training set ({len(train_ds)} items) is smaller than one batch ({global_batch})")
-        total = int(t["epochs"]) * iters_per_epoch if t["epochs"] else int(t["iters"])
-
-        torch.manual_seed(seed)  # identical initial weights in every process
-        model = build_model(cfg["model"], num_classes).to(device)
-        weights = dict(t["loss_weights"] or getattr(model, "loss_weights", None) or {"out": 1.0})
-        optimizer = _optimizer(model, t)
-        if t["schedule"] not in ("poly", "step"):
-            raise ValueError(f"train.schedule must be 'poly' or 'step', got {t['schedule']!r}")
-        # step milestones count epochs in epoch-based runs, else steps
-        milestones = [int(m) * (iters_per_epoch if t["epochs"] else 1) for m in t["lr_steps"]] \
-            if t["schedule"] == "step" else None
-        schedule = LRSchedule(total, t["power"], t["warmup_iters"], t["warmup_factor"], t["min_lr"] / t["lr"],
-                              milestones, t["lr_gamma"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-        step, best = 0, -math.inf
-        if resume is not None:
-            prefix = latest_checkpoint(run_dir)
-            if prefix is None:
-                raise FileNotFoundError(f"no checkpoint to resume in {run_dir}/checkpoints")
-            state_dict, state = load_checkpoint(prefix)
-            model.load_state_dict(state_dict)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            step, best = int(state["step"]), float(state["best"])
-            if state["rng"]["world_size"] == info.world_size:
-                torch.set_rng_state(state["rng"]["torch"][info.rank])
-
-        if info.enabled:
-            if device.type == "cuda" and t["sync_bn"]:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            resolved = dict(cfg, run=dict(cfg["run"], dir=str(run_dir)))
-            atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(dump_config(resolved)))
-        log = _Log(run_dir, info.is_main, step if resume is not None else None)
-
-        sampler = _ShardSampler(train_ds, info, seed, iters_per_epoch * micro * accum)
-        loader = DataLoader(train_ds, batch_size=micro, sampler=sampler, num_workers=cfg["data"]["workers"],
-                            drop_last=True, pin_memory=device.type == "cuda", generator=torch.Generator())
-        val_loader = DataLoader(Subset(val_ds, range(info.rank, len(val_ds), info.world_size)),
-                                batch_size=cfg["eval"]["batch_size"], num_workers=cfg["data"]["workers"])
-        e = cfg["eval"]
-        seg_kwargs = {} if task != "segmentation" else dict(
-            scales=e["scales"], flip=e["flip"], mode=e["mode"],
-            crop=e["crop_size"] or cfg["data"]["crop_size"], stride=e["stride"])
-        key_metric = "mIoU" if task == "segmentation" else "top1"
-
-        def checkpoint_state() -> dict:
-            rng = [torch.get_rng_state()]
-            if info.enabled:
-                rng = [None] * info.world_size
-                dist.all_gather_object(rng, torch.get_rng_state())
-            return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "best": best, "seed": seed,
-                    "rng": {"torch": rng, "world_size": info.world_size}}
-
-        def run_eval() -> dict:
-            nonlocal best
-            metrics = evaluate(_unwrap(model), val_loader, num_classes, task, device, amp, **seg_kwargs)
-            if info.is_main:
-                log.write({"step": step, **{k: v for k, v in metrics.items() if k != "per_class_iou"}}, "val")
-                if metrics[key_metric] > best:
-                    best = metrics[key_metric]
-                    save_state_dict(_unwrap(model).state_dict(), run_dir / "best.safetensors")
-                    atomic_write(run_dir / "best.json",
-                                 lambda tmp: Path(tmp).write_text(json.dumps({"step": step, **metrics}, indent=1)))
-            return metrics
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=step, desc="train", disable=quiet or not info.is_main, dynamic_ncols=True)
-        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
-        metrics: dict = {}
-        interrupted = False
-        model.train()
-        data_iter, running, t0 = None, [], time.perf_counter()
-        try:
-            while step < total:
-                if data_iter is None:
-                    epoch, skip = divmod(step, iters_per_epoch)
-                    sampler.set_epoch(epoch)
-                    sampler.start = skip * micro * accum
-                    train_ds.set_epoch(epoch)
-                    data_iter = iter(loader)
-                torch.manual_seed((seed * 1_000_003 + info.rank) * 10_000_019 + step)
-                optimizer.zero_grad(set_to_none=True)
-                for a in range(accum):
-                    image, target = next(data_iter)
-                    image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
-                    sync = model.no_sync() if info.enabled and a < accum - 1 else contextlib.nullcontext()
-                    with sync:
-                        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                            outputs = model(image)
-                        loss, terms = weighted_loss(outputs, target, weights, t["ohem"], t["ohem_thresh"],
-                                                    t["ohem_min_kept"], t["label_smoothing"])
-                        scaler.scale(loss / accum).backward()
-                    running.append(loss.detach())
-                lr = optimizer.param_groups[0]["lr"]
-                with _defer_interrupt():
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                if step % iters_per_epoch == 0:
-                    data_iter = None
-                bar.update(1)
-                if step % t["log_every"] == 0 or step == total:
-                    mean_loss = float(torch.stack(running).mean())
-                    if not math.isfinite(mean_loss):
-                        raise FloatingPointError(f"loss is {mean_loss} at step {step}; lower train.lr or disable AMP")
-                    record = {"step": step, "epoch": step / iters_per_epoch, "lr": lr, "loss": mean_loss,
-                              **{f"loss_{k}": float(v) for k, v in terms.items()},
-                              "sec_per_step": (time.perf_counter() - t0) / len(running) * accum}
-                    log.write(record, "train")
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
-                    running, t0 = [], time.perf_counter()
-                if t["eval_every"] and step % t["eval_every"] == 0 and step < total:
-                    metrics = run_eval()
-                    if info.is_main:
-                        bar.write(f"step {step}: {key_metric} {100 * metrics[key_metric]:.2f}")
-                if step % t["ckpt_every"] == 0 or step == total:
-                    state = checkpoint_state()
-                    if info.is_main:
-                        _save_checkpoint(run_dir, step, _unwrap(model), state, t["keep_ckpts"])
-            bar.close()
-            metrics = run_eval()
-            if info.is_main:
-                save_state_dict(_unwrap(model).state_dict(), run_dir / "model.safetensors")
-        except KeyboardInterrupt:
-            interrupted = True
-            bar.close()
-            if info.is_main:  # no collectives here: other processes may already be gone
-                state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict(), "best": best, "seed": seed,
-                         "rng": {"torch": [torch.get_rng_state()], "world_size": 1}}
-                _save_checkpoint(run_dir, step, _unwrap(model), state, t["keep_ckpts"])
-                print(f"\ninterrupted at step {step}/{total}; checkpoint saved. Continue with:\n"
-                      f"  visattn train --resume {run_dir}", flush=True)
-        finally:
-            if previous_term is not None:
-                signal.signal(signal.SIGTERM, previous_term)
-        return {"run_dir": run_dir, "step": step, "total": total, "metrics": metrics, "best": best,
-                "interrupted": interrupted, "classes": classes, "table": format_table(metrics, classes) if metrics else ""}
-    finally:
-        if log is not None:
-            log.close()
-        cleanup_distributed(info)

@@ -1,4 +1,5 @@
-"""CLI: train with --set on a tiny config, config errors, eval JSON, predict PNGs, models list."""
+"""CLI: train with --set on a tiny config, config errors, eval JSON, predict PNGs, models list.
+Every command that reads a run takes --run RUN_DIR; every command that writes files takes --output."""
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def _sets(items):
 
 def test_train_eval_predict(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--quiet", *_sets(TINY), "--set", f"run.dir={run}"]) == 0
+    assert main(["train", "--quiet", *_sets(TINY), "--output", str(run)]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and "after 3 steps" in out and str(run) in out
     assert (run / "model.safetensors").is_file() and (run / "config.yaml").is_file()
@@ -53,6 +54,8 @@ def test_train_rejects_unknown_key_and_keeps_runs(tmp_path, capsys):
     before = (run / "model.safetensors").read_bytes()
     assert main(["train", "--quiet", *_sets(TINY), "--set", f"run.dir={run}"]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--output", str(tmp_path / "elsewhere")]) == 2
+    assert "--resume continues RUN_DIR" in capsys.readouterr().err
     assert (run / "model.safetensors").read_bytes() == before
     assert main(["train", "--quiet", "--set", "data.dataset=cityscapes", "--set", f"data.root={tmp_path / 'no'}",
                  "--set", f"run.dir={tmp_path / 'cs'}"]) == 2

@@ -1,0 +1,32 @@
+"""Options shared by the commands that read a trained run (``eval``, ``predict``, ``explain``)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--run RUN_DIR`` (or ``--config`` + ``--weights``), ``--set`` and ``--device``."""
+    parser.add_argument("--run", metavar="RUN_DIR", help="a training run directory (its config.yaml and best weights)")
+    parser.add_argument("--config", help="YAML recipe (with --weights, instead of --run)")
+    parser.add_argument("--weights", help="weights file (.safetensors or torch.save); default: the run's best")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable)")
+    parser.add_argument("--device", default="auto")
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Test-time options of :func:`visattn.engine.inference.segment`; unset ones come from the config."""
+    parser.add_argument("--scales", type=float, nargs="+", help="test scales, e.g. 0.75 1 1.25 1.5 (default eval.scales)")
+    parser.add_argument("--flip", action="store_true", help="average with horizontally flipped predictions")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding window (default eval.mode)")
+    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride")
+
+
+def segment_kwargs(cfg, args: argparse.Namespace) -> dict:
+    """:func:`visattn.engine.inference.segment_options` of ``cfg`` with the command line's on top."""
+    from visattn.engine.inference import segment_options
+
+    given = {"scales": args.scales, "flip": args.flip or None, "mode": args.mode, "crop": args.crop_size,
+             "stride": args.stride}
+    return {**segment_options(cfg), **{k: v for k, v in given.items() if v is not None}}

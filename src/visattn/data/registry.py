@@ -1,0 +1,162 @@
+"""The dataset table: every dataset a config can name, with what the engine needs to know about it
+before reading it (task, class names, palette, augmentation defaults), and :func:`build_dataset`.
+
+Adding a dataset: its class in its own module, one :class:`DatasetSpec` line in :data:`DATASETS`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import Dataset
+
+from .digits import DigitClassification, DigitScenes
+from .palettes import (ADE20K_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, DIGIT_CLASSES, VOC_CLASSES,
+                       voc_palette)
+from .segmentation import ADE20K, Cityscapes, MaskFolder, PascalVOC, read_image
+from .transforms import classification_transforms, segmentation_transforms
+
+if TYPE_CHECKING:
+    from ..engine.config import DataConfig
+
+__all__ = ["DatasetSpec", "DATASETS", "dataset_spec", "SeededTransform", "build_dataset", "classes_and_palette", "dataset_info"]
+
+Palette = tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset as a config names it.
+
+    Args:
+        task: ``"segmentation"`` or ``"classification"``.
+        build: ``(data config section, split) -> dataset`` of untransformed ``(image, target)`` items.
+        classes: class names; ``None``: from the config's ``data.classes`` / ``data.num_classes``.
+        palette: an RGB colour per class; ``None``: the VOC colour map.
+        crop_size, scale_range, flip: the training augmentation a config gets when it names this
+            dataset but not these keys (``data.crop_size``, ``data.scale_range``, ``data.flip``).
+    """
+
+    task: str
+    build: Callable[[DataConfig, str], Dataset]
+    classes: tuple[str, ...] | None
+    palette: Palette | None
+    crop_size: tuple[int, int]
+    scale_range: tuple[float, float]
+    flip: bool
+
+
+def _root(cfg: DataConfig) -> str:
+    if cfg.root is None:
+        raise ValueError(f"dataset {cfg.dataset!r} needs data.root (the dataset directory)")
+    return cfg.root
+
+
+def _digit_scenes(cfg: DataConfig, split: str) -> Dataset:
+    d = cfg.digits
+    return DigitScenes(split, length=d.train_length if split == "train" else d.val_length, size=d.size,
+                       digits_per_image=tuple(d.digits_per_image), digit_size=tuple(d.digit_size), seed=d.seed)
+
+
+def _digit_classification(cfg: DataConfig, split: str) -> Dataset:
+    d = cfg.digits
+    return DigitClassification(split, size=d.size, digit_size=tuple(d.digit_size), seed=d.seed)
+
+
+def _mask_folder(cfg: DataConfig, split: str) -> Dataset:
+    return MaskFolder(_root(cfg), split, num_classes=cfg.num_classes, classes=cfg.classes)
+
+
+def _image_folder(cfg: DataConfig, split: str) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    path = Path(_root(cfg)) / split
+    if not path.is_dir():
+        raise FileNotFoundError(f"ImageFolder: directory not found: {path} (expected <root>/<split>/<class>/*.jpg)")
+    return ImageFolder(str(path), loader=read_image)
+
+
+# Real datasets: the papers' crop, zoom 0.5-2 and flip. The digit scenes: no zoom (the scenes already
+# vary the digits' size, and from scratch extra zoom slows learning within the default run's steps)
+# and no flip (mirrored digits are not digits).
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec("segmentation", _digit_scenes, DIGIT_CLASSES, voc_palette(11), (64, 64), (1.0, 1.0), False),
+    "cityscapes": DatasetSpec("segmentation", lambda cfg, split: Cityscapes(_root(cfg), split), CITYSCAPES_CLASSES,
+                              CITYSCAPES_PALETTE, (769, 769), (0.5, 2.0), True),
+    "ade20k": DatasetSpec("segmentation", lambda cfg, split: ADE20K(_root(cfg), split), ADE20K_CLASSES,
+                          voc_palette(151)[1:], (512, 512), (0.5, 2.0), True),
+    "voc": DatasetSpec("segmentation", lambda cfg, split: PascalVOC(_root(cfg), split), VOC_CLASSES, voc_palette(21),
+                       (512, 512), (0.5, 2.0), True),
+    "folder": DatasetSpec("segmentation", _mask_folder, None, None, (512, 512), (0.5, 2.0), True),
+    "digits_cls": DatasetSpec("classification", _digit_classification, DIGIT_CLASSES[1:], voc_palette(10), (64, 64),
+                              (1.0, 1.0), False),
+    # RandomResizedCrop zooms on its own
+    "imagefolder": DatasetSpec("classification", _image_folder, None, None, (224, 224), (1.0, 1.0), True),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The :data:`DATASETS` entry of ``name``; an unknown name is a ``ValueError`` listing the known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+class SeededTransform(Dataset):
+    """Apply ``transform`` to ``dataset[i]`` with the global RNG seeded from ``(seed, epoch, i)``.
+
+    Augmentation then depends only on the sample and the epoch — not on the worker, the process
+    or where a run was resumed — which is what makes ``--resume`` and DDP runs reproduce exactly.
+    The caller's RNG state is left untouched.
+    """
+
+    def __init__(self, dataset: Dataset, transform, seed: int = 0) -> None:
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.transform(*sample)
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool, seed: int = 0) -> SeededTransform:
+    """The dataset of config section ``cfg`` (``data``) for ``split`` with train or eval transforms."""
+    spec = dataset_spec(cfg.dataset)
+    base = spec.build(cfg, split)
+    if spec.task == "classification":
+        crop = cfg.crop_size[0] if isinstance(cfg.crop_size, (list, tuple)) else cfg.crop_size
+        transform = classification_transforms(train, crop_size=crop, flip=cfg.flip, color_jitter=cfg.color_jitter,
+                                              mean=cfg.mean, std=cfg.std)
+    else:
+        transform = segmentation_transforms(train, crop_size=cfg.crop_size, scale_range=cfg.scale_range,
+                                            flip=cfg.flip, color_jitter=cfg.color_jitter, mean=cfg.mean, std=cfg.std)
+    return SeededTransform(base, transform, seed)
+
+
+def classes_and_palette(cfg: DataConfig) -> tuple[tuple[str, ...], Palette]:
+    """Class names and palette of config section ``cfg`` (``data``) without reading the dataset
+    (folder-based datasets take them from ``classes``/``num_classes``)."""
+    spec = dataset_spec(cfg.dataset)
+    classes = spec.classes or cfg.classes or (tuple(f"class{i}" for i in range(cfg.num_classes))
+                                              if cfg.num_classes else None)
+    if classes is None:
+        raise ValueError(f"dataset {cfg.dataset!r}: set data.classes or data.num_classes")
+    return tuple(classes), spec.palette or voc_palette(len(classes))
+
+
+def dataset_info(dataset: Dataset) -> tuple[tuple[str, ...], Palette]:
+    """Class names and palette of a (possibly wrapped) dataset."""
+    base = dataset.dataset if isinstance(dataset, SeededTransform) else dataset
+    classes = tuple(getattr(base, "classes"))
+    palette = tuple(getattr(base, "palette", None) or voc_palette(len(classes)))
+    return classes, palette

@@ -1,0 +1,79 @@
+"""Model, optimizer and learning-rate schedule of a run, from its config sections."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from .config import ModelConfig, TrainConfig
+
+__all__ = ["build_model", "build_optimizer", "build_scheduler", "LRSchedule"]
+
+
+def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
+    """The model of config section ``cfg`` (``model``): a registered name or ``"module:builder"``.
+    ``pretrained`` overrides ``cfg.pretrained`` (trained weights replace them anyway)."""
+    pretrained = cfg.pretrained if pretrained is None else pretrained
+    if ":" in cfg.name:
+        module, fn = cfg.name.split(":", 1)
+        return getattr(importlib.import_module(module), fn)(num_classes=num_classes, **cfg.kwargs)
+    from ..models import create_model
+
+    return create_model(cfg.name, num_classes=num_classes, pretrained=pretrained, **cfg.kwargs)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; with ``head_lr_mult != 1`` everything but
+    ``model.encoder`` learns at ``lr * head_lr_mult`` (the DANet/CCNet recipes)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.head_lr_mult == 1:
+        groups = [{"params": params}]
+    else:
+        if not hasattr(model, "encoder"):
+            raise ValueError("train.head_lr_mult needs a model with an `encoder` submodule")
+        encoder = {id(p) for p in model.encoder.parameters()}
+        groups = [{"params": [p for p in params if id(p) in encoder]},
+                  {"params": [p for p in params if id(p) not in encoder], "lr": cfg.lr * cfg.head_lr_mult}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+
+
+class LRSchedule:
+    """LR factor at step ``t``: ``(1 - t / total) ** power`` (poly, the segmentation papers'), or
+    ``gamma ** (number of milestones <= t)`` (step, the ImageNet papers'); never below
+    ``min_factor``; times a linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters`` steps."""
+
+    def __init__(self, total: int, power: float = 0.9, warmup_iters: int = 0, warmup_factor: float = 0.1,
+                 min_factor: float = 0.0, milestones: list[int] | None = None, gamma: float = 0.1) -> None:
+        self.total, self.power, self.warmup_iters = total, power, warmup_iters
+        self.warmup_factor, self.min_factor = warmup_factor, min_factor
+        self.milestones, self.gamma = sorted(milestones) if milestones else None, gamma
+
+    def __call__(self, step: int) -> float:
+        if self.milestones is not None:
+            factor = self.gamma ** sum(step >= m for m in self.milestones)
+        else:
+            factor = (1 - min(step, self.total) / self.total) ** self.power
+        factor = max(factor, self.min_factor)
+        if step < self.warmup_iters:
+            factor *= self.warmup_factor + (1 - self.warmup_factor) * step / self.warmup_iters
+        return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int,
+                    iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The :class:`LRSchedule` of ``cfg`` over ``total`` steps, stepped once per optimizer step.
+    Step milestones (``lr_steps``) count epochs in epoch-based runs, else steps."""
+    if cfg.schedule not in ("poly", "step"):
+        raise ValueError(f"train.schedule must be 'poly' or 'step', got {cfg.schedule!r}")
+    milestones = None
+    if cfg.schedule == "step":
+        milestones = [int(m) * (iters_per_epoch if cfg.epochs else 1) for m in cfg.lr_steps]
+    schedule = LRSchedule(total, cfg.power, cfg.warmup_iters, cfg.warmup_factor, cfg.min_lr / cfg.lr, milestones,
+                          cfg.lr_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -1,0 +1,71 @@
+"""Config: every recipe in configs/ resolves to the values pinned in resolved_configs.json (same
+keys, values and value types), unknown keys are named with the closest valid one, and a recipe's
+dataset brings its own augmentation defaults."""
+import json
+from pathlib import Path
+
+import pytest
+
+from visattn.engine.config import ConfigError, load_config
+
+HERE = Path(__file__).parent
+RESOLVED = json.loads((HERE / "resolved_configs.json").read_text())
+RECIPES = sorted((HERE.parents[1] / "configs").glob("*.yaml"))
+
+
+def _same(a, b, path="cfg"):
+    """Equal values of the same types (1 and 1.0, or a tuple and a list, differ)."""
+    assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, dict):
+        assert list(a) == list(b), path
+        for key in a:
+            _same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_every_recipe_is_pinned():
+    assert sorted(RESOLVED) == sorted(["(defaults)", *(p.name for p in RECIPES)])
+    for a, b in (({"x": 1}, {"x": 1.0}), ({"x": [1]}, {"x": (1,)}), ({"x": 1, "y": 2}, {"y": 2, "x": 1})):
+        with pytest.raises(AssertionError):
+            _same(a, b)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipes_resolve_as_pinned(recipe):
+    _same(load_config(recipe).to_dict(), RESOLVED[recipe.name])
+
+
+def test_defaults_resolve_as_pinned():
+    _same(load_config().to_dict(), RESOLVED["(defaults)"])
+
+
+def test_values_follow_the_field_types():
+    cfg = load_config(None, ["train.iters=1e3", "train.lr=1e-3", "train.epochs=2e1", "model.kwargs=null"])
+    assert (cfg.train.iters, cfg.train.lr, cfg.train.epochs, cfg.model.kwargs) == (1000, 0.001, 20, {})
+    assert type(cfg.train.iters) is int and type(cfg.train.lr) is float
+    with pytest.raises(ConfigError, match=r"'train\.lr' in --set train\.lr=fast must be a number, got 'fast'"):
+        load_config(None, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"'train' in --set train=1 must be a mapping"):
+        load_config(None, ["train=1"])
+    with pytest.raises(ConfigError, match=r"'model\.kwarg'.*did you mean 'model\.kwargs'"):
+        load_config(None, ["model.kwarg.x=1"])
+
+
+def test_free_form_model_kwargs():
+    cfg = load_config(None, ["model.kwargs={aux: true}"])  # the whole section
+    assert cfg.model.kwargs == {"aux": True}
+    cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.block={depth: 2}"])  # one key each
+    assert cfg.model.kwargs == {"encoder": "resnet18", "output_stride": 8, "aux": True, "block": {"depth": 2}}
+
+
+def test_dumped_config_loads_back_equal(tmp_path):
+    from visattn.engine.config import dump_config
+
+    cfg = load_config(RECIPES[0], ["model.kwargs.extra=1"])
+    (tmp_path / "c.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "c.yaml") == cfg
