@@ -12,8 +12,10 @@ visattn only on square maps.
 Changes: both ``bam.py`` and ``cbam.py`` define ``ChannelGate`` and ``SpatialGate``; here bam.py's
 are ``BAMChannelGate`` and ``BAMSpatialGate`` (the attribute names, hence the state-dict keys, are
 the published ones). The deprecated ``F.sigmoid`` and ``init.kaiming_normal`` are
-``torch.sigmoid`` and ``init.kaiming_normal_``. The ``BasicBlock`` variants (ResNet-18/34) and
-CBAM's ``lp`` and ``lse`` pool types are left out.
+``torch.sigmoid`` and ``init.kaiming_normal_``; list default arguments are tuples. Left out: the
+``BasicBlock`` variants (ResNet-18/34), CBAM's ``lp`` and ``lse`` pool types, and the line
+``self.gate_activation = gate_activation`` of one revision of bam.py's ``ChannelGate`` (an
+undefined name there).
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@
 Paper: Zhang et al., "EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional
 Neural Network", ACCV 2022, https://arxiv.org/abs/2105.14447.
 
-As published (no device-specific code to change). ``PSAModule`` concatenates the weighted
-branches in reverse order (its loop prepends each branch): branch 4 first, branch 1 last.
+``PSAModule`` concatenates the weighted branches in reverse order (its loop prepends each branch):
+branch 4 first, branch 1 last. As published (there is no device-specific code to change), except
+that the list default arguments are tuples.
 """
 from __future__ import annotations
 

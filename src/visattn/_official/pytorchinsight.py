@@ -143,11 +143,11 @@ class ResNet(nn.Module):
         return x
 
 
-def sge_resnet50(**kwargs):
+def sge_resnet50(pretrained=False, **kwargs):
     return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
 
 
-def sge_resnet101(**kwargs):
+def sge_resnet101(pretrained=False, **kwargs):
     return ResNet(Bottleneck, [3, 4, 23, 3], **kwargs)
 
 
