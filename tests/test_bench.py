@@ -1,8 +1,7 @@
 """The benchmark baseline and ``visattn bench``.
 
-The naive formulations (the official code transcribed, :mod:`visattn.attention.reference`) must
-compute what the visattn modules compute, with the same weights: that is what makes the
-benchmark's ratios meaningful. No timing assertions here.
+The naive formulations are the authors' code (:mod:`visattn._official`, whose equality with the
+visattn modules ``tests/_official/test_counterparts.py`` checks). No timing assertions here.
 """
 from __future__ import annotations
 
@@ -10,11 +9,11 @@ import json
 
 import pytest
 import torch
-from helpers import randomize_, rel_err
+from helpers import rel_err
 
-from visattn.attention import create_attention
 from visattn import benchmark
-from visattn.attention.reference import NAIVE
+from visattn._official import counterparts
+from visattn.attention import get_attention_class
 from visattn.benchmark import Case, _measure_memory, format_table, run_cases
 from visattn.benchmark import matmul_peak as _matmul_peak
 from visattn.cli import main
@@ -28,33 +27,43 @@ def _small_matmul_peak(monkeypatch):
     monkeypatch.setattr(benchmark, "matmul_peak", lambda: _matmul_peak(256, 2))
 
 
-def _pair(name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
-    kwargs = {"combine": "product"} if name == "bam" else {"groups": 8} if name == "sge" else {}
-    opt = randomize_(create_attention(name, C, **kwargs), seed).eval()
-    naive = NAIVE[name](C, **({"groups": 8} if name == "sge" else {})).eval()
-    naive.load_state_dict(opt.state_dict())  # official parameter names on both sides
-    return naive, opt
+def _pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The naive and the visattn module as the benchmark builds them (same seed: same weights)."""
+    pair = []
+    for naive in (True, False):
+        torch.manual_seed(0)
+        pair.append(benchmark._build_attention(name, C, naive=naive).eval())
+    return pair[0], pair[1]
 
 
-# FLA's official repeat mixes batch items (visattn fixes it): equal only for B = 1.
-# BAM's official channel gate pools an H x H window: equal for square maps.
-_SHAPES = {"fla": (1, C, 9, 13), "bam": (2, C, 12, 12)}
+def test_modules_are_the_official_counterparts():
+    assert benchmark.MODULES == tuple(counterparts())
 
 
-@pytest.mark.parametrize("name", sorted(NAIVE))
-def test_naive_equals_visattn(name):
+@pytest.mark.parametrize("name", benchmark.MODULES)
+def test_benchmarked_pair_computes_the_same_and_is_not_trivial(name):
     naive, opt = _pair(name)
-    shape = _SHAPES.get(name, (2, C, 9, 13))
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    y_opt = opt(x)
-    g = torch.randn_like(y_opt)
-    (gx_opt,) = torch.autograd.grad(y_opt, x, g)
-    y_naive = naive(x)
-    (gx_naive,) = torch.autograd.grad(y_naive, x, g)
+    assert type(opt) is get_attention_class(name) and type(naive).__module__.startswith("visattn._official.")
+    cp = counterparts()[name]
+    x = torch.randn(1 if not cp.batch_independent else 2, C, 12, 12 if cp.square_only else 13,
+                    generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y_opt, y_naive = opt(x), naive(x)
     assert rel_err(y_opt, y_naive) < 1e-4
-    assert rel_err(gx_opt, gx_naive) < 1e-4
-    if name in ("pam", "cam", "cca", "fla"):  # residual attention: the attention path matters
-        assert rel_err(y_opt, x) > 1e-2
+    assert rel_err(y_opt, x) > 1e-2  # zero-initialised scales were set: the module is not the identity
+    if name == "sge":  # ... nor a constant gate
+        assert opt.weight.abs().min() > 0
+
+
+def test_network_swap_replaces_every_attention_module_with_its_counterpart():
+    with torch.device("meta"):  # no memory: large allocations here would hide the next tests' peaks
+        naive = benchmark._build_network("danet_r50_d8", naive=True)
+        opt = benchmark._build_network("danet_r50_d8", naive=False)
+    official = tuple(get_attention_class(n) for n in counterparts())
+    assert not any(isinstance(m, official) for m in naive.modules())
+    swapped = {type(m).__name__ for m in naive.modules() if type(m).__module__.startswith("visattn._official.")}
+    assert swapped == {"PAM_Module", "CAM_Module"}
+    assert naive.state_dict().keys() == opt.state_dict().keys()
 
 
 def test_naive_pam_builds_the_map_and_visattn_does_not():

@@ -17,8 +17,9 @@ One implementation behind both ``visattn bench`` and ``benchmarks/run.py``:
   GFLOP/s and the fraction of this machine's fp32 matmul peak (best of several 2048^3
   ``torch.mm``), measured in the same run, at its start and its end.
 
-Naive baselines come from :mod:`visattn.attention.reference`; network cases (``danet_r50_d8``,
-``ccnet_r50_d8``) swap the head's attention modules for the naive ones (inference only).
+Naive baselines are the authors' code (:func:`visattn._official.counterparts`, one per attention
+name); network cases (``danet_r50_d8``, ``ccnet_r50_d8``) swap every attention module that has an
+official counterpart for it (inference only).
 """
 from __future__ import annotations
 
@@ -38,11 +39,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from visattn.attention.reference import NAIVE
+from visattn._official import counterparts
 
 __all__ = ["Case", "NETWORKS", "MODULES", "matmul_peak", "run_cases", "format_table", "machine_info"]
 
-MODULES = tuple(NAIVE)
+MODULES = tuple(counterparts())
 NETWORKS = ("danet_r50_d8", "ccnet_r50_d8")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -76,39 +77,37 @@ class Case:
 
 
 def _build_attention(name: str, channels: int, naive: bool) -> nn.Module:
-    """visattn module with deterministic weights (gammas non-zero), or the naive one with the same."""
+    """visattn module with deterministic weights (not trivial), or the naive one with the same."""
     from visattn.attention.factory import create_attention
 
-    opt = create_attention(name, channels, **({"combine": "product"} if name == "bam" else {}))
+    counterpart = counterparts()[name]
+    opt = _non_trivial_(create_attention(name, channels, **counterpart.visattn_kwargs))
+    return counterpart.build(opt) if naive else opt
+
+
+def _non_trivial_(module: nn.Module) -> nn.Module:
+    """Zero-initialised scales (residual gammas, SGE's ``weight``) set to 0.5: at 0 the module is the
+    identity (or a constant gate). Meta tensors have no values to test."""
     with torch.no_grad():
-        for pname, p in opt.named_parameters():
-            if pname.split(".")[-1] == "gamma" or (name == "sge" and pname == "weight"):
-                p.fill_(0.5)  # at 0 the module is the identity (or a constant gate)
-    if not naive:
-        return opt
-    ref = NAIVE[name](channels)
-    ref.load_state_dict(opt.state_dict())
-    return ref
+        for pname, p in module.named_parameters():
+            if pname.split(".")[-1] in ("gamma", "weight") and not p.is_meta and not p.any():
+                p.fill_(0.5)
+    return module
 
 
 def _build_network(name: str, naive: bool) -> nn.Module:
+    from visattn.attention.factory import get_attention_class
     from visattn.models import create_model
 
     model = create_model(name, num_classes=19)
     if naive:
-        head = model.head
-        if name.startswith("danet"):
-            head.sa = _swap(head.sa, NAIVE["pam"](head.sa.channels, head.sa.reduction))
-            head.sc = _swap(head.sc, NAIVE["cam"](head.sc.channels))
-        else:
-            cca = head.rcca.cca
-            head.rcca.cca = _swap(cca, NAIVE["cca"](cca.channels, cca.reduction))
+        official = {get_attention_class(n): cp for n, cp in counterparts().items()}
+        swaps = [(parent, child_name, official[type(child)].build(child))
+                 for parent in model.modules() for child_name, child in parent.named_children()
+                 if type(child) in official]
+        for parent, child_name, new in swaps:
+            setattr(parent, child_name, new)
     return model
-
-
-def _swap(old: nn.Module, new: nn.Module) -> nn.Module:
-    new.load_state_dict(old.state_dict())
-    return new
 
 
 def _build(

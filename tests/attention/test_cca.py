@@ -1,52 +1,17 @@
-"""CCA / RCCA against the official CCNet code (transcribed) and a dense N x N formulation."""
+"""CCA / RCCA against the official CCNet code (:mod:`visattn._official.ccnet`) and a dense N x N
+formulation."""
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import visattn
 from helpers import randomize_, rel_err
+from visattn._official import ccnet
 from visattn.attention.cca import CrissCrossAttention, RecurrentCrissCrossAttention
 
 C = 32  # official reduction 8 -> 4 query/key channels
 SIZES = [(1, 1), (2, 2), (7, 13), (33, 47)]
-
-
-class OfficialCCA(nn.Module):
-    """speedinghzl/CCNet ``CrissCrossAttention``, transcribed (``INF`` on ``x.device``)."""
-
-    def __init__(self, in_dim):
-        super().__init__()
-        self.query_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
-        self.key_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
-        self.value_conv = nn.Conv2d(in_dim, in_dim, 1)
-        self.softmax = nn.Softmax(dim=3)
-        self.gamma = nn.Parameter(torch.zeros(1))
-
-    @staticmethod
-    def INF(B, H, W, x):
-        return -torch.diag(torch.tensor(float("inf"), dtype=x.dtype, device=x.device).repeat(H), 0).unsqueeze(0).repeat(B * W, 1, 1)
-
-    def forward(self, x):
-        m_batchsize, _, height, width = x.size()
-        proj_query = self.query_conv(x)
-        proj_query_H = proj_query.permute(0, 3, 1, 2).contiguous().view(m_batchsize * width, -1, height).permute(0, 2, 1)
-        proj_query_W = proj_query.permute(0, 2, 1, 3).contiguous().view(m_batchsize * height, -1, width).permute(0, 2, 1)
-        proj_key = self.key_conv(x)
-        proj_key_H = proj_key.permute(0, 3, 1, 2).contiguous().view(m_batchsize * width, -1, height)
-        proj_key_W = proj_key.permute(0, 2, 1, 3).contiguous().view(m_batchsize * height, -1, width)
-        proj_value = self.value_conv(x)
-        proj_value_H = proj_value.permute(0, 3, 1, 2).contiguous().view(m_batchsize * width, -1, height)
-        proj_value_W = proj_value.permute(0, 2, 1, 3).contiguous().view(m_batchsize * height, -1, width)
-        energy_H = (torch.bmm(proj_query_H, proj_key_H) + self.INF(m_batchsize, height, width, x)).view(m_batchsize, width, height, height).permute(0, 2, 1, 3)
-        energy_W = torch.bmm(proj_query_W, proj_key_W).view(m_batchsize, height, width, width)
-        concate = self.softmax(torch.cat([energy_H, energy_W], 3))
-        att_H = concate[:, :, :, 0:height].permute(0, 2, 1, 3).contiguous().view(m_batchsize * width, height, height)
-        att_W = concate[:, :, :, height:height + width].contiguous().view(m_batchsize * height, width, width)
-        out_H = torch.bmm(proj_value_H, att_H.permute(0, 2, 1)).view(m_batchsize, width, -1, height).permute(0, 2, 3, 1)
-        out_W = torch.bmm(proj_value_W, att_W.permute(0, 2, 1)).view(m_batchsize, height, -1, width).permute(0, 2, 1, 3)
-        return self.gamma * (out_H + out_W) + x
 
 
 def dense_cca(m: CrissCrossAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,9 +32,9 @@ def dense_cca(m: CrissCrossAttention, x: torch.Tensor) -> tuple[torch.Tensor, to
     return m.gamma * out + x, att
 
 
-def build(seed: int = 0, dtype=torch.float32) -> tuple[CrissCrossAttention, OfficialCCA]:
+def build(seed: int = 0, dtype=torch.float32) -> tuple[CrissCrossAttention, ccnet.CrissCrossAttention]:
     ours = randomize_(CrissCrossAttention(C), seed).to(dtype)
-    official = OfficialCCA(C).to(dtype)
+    official = ccnet.CrissCrossAttention(C).to(dtype)
     official.load_state_dict(ours.state_dict())
     return ours, official
 
@@ -193,14 +158,14 @@ def test_identity_at_init():
 
 
 def official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    official = randomize_(OfficialCCA(C), seed)
+    official = randomize_(ccnet.CrissCrossAttention(C), seed)
     return {k: v.clone() for k, v in official.state_dict().items()}
 
 
 def test_load_official_gives_official_output():
     sd = official_state_dict(6)
     assert set(sd) == {f"{m}.{p}" for m in ("query_conv", "key_conv", "value_conv") for p in ("weight", "bias")} | {"gamma"}
-    official = OfficialCCA(C)
+    official = ccnet.CrissCrossAttention(C)
     official.load_state_dict(sd)
     ours = visattn.load_official(CrissCrossAttention(C), sd)
     x = torch.randn(2, C, 7, 13)
@@ -212,7 +177,7 @@ def test_load_official_gives_official_output():
 @pytest.mark.parametrize("recurrence", [1, 2, 3])
 def test_rcca_applies_the_shared_module(recurrence):
     sd = official_state_dict(7)
-    official = OfficialCCA(C)
+    official = ccnet.CrissCrossAttention(C)
     official.load_state_dict(sd)
     rcca = visattn.load_official(RecurrentCrissCrossAttention(C, recurrence=recurrence), {f"cca.{k}": v for k, v in sd.items()})
     assert sorted(rcca.state_dict()) == sorted(f"cca.{k}" for k in sd)
