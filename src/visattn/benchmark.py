@@ -86,12 +86,19 @@ def _build_attention(name: str, channels: int, naive: bool) -> nn.Module:
 
 
 def _non_trivial_(module: nn.Module) -> nn.Module:
-    """Zero-initialised scales (residual gammas, SGE's ``weight``) set to 0.5: at 0 the module is the
-    identity (or a constant gate). Meta tensors have no values to test."""
+    """Zero-initialised parameters made non-zero: scales (residual gammas, SGE's ``weight``) set to
+    0.5, weight tensors (Non-local's ``conv_out``) drawn with std ``1 / sqrt(fan_in)``. At 0 the
+    module is the identity (or a constant gate). Meta tensors have no values to test."""
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for pname, p in module.named_parameters():
-            if pname.split(".")[-1] in ("gamma", "weight") and not p.is_meta and not p.any():
+        for p in module.parameters():
+            if p.is_meta or p.any():
+                continue
+            if p.dim() <= 1 or p.shape[0] == 1:  # a scale: gamma (1,), SGE weight (1, G, 1, 1)
                 p.fill_(0.5)
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) * fan_in**-0.5)
     return module
 
 
