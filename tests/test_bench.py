@@ -30,9 +30,9 @@ def _small_matmul_peak(monkeypatch):
 def _pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The naive and the visattn module as the benchmark builds them (same seed: same weights)."""
     pair = []
-    for naive in (True, False):
+    for impl in ("naive", "visattn"):
         torch.manual_seed(0)
-        pair.append(benchmark._build_attention(name, C, naive=naive).eval())
+        pair.append(benchmark._build_attention(name, C, impl).eval())
     return pair[0], pair[1]
 
 
@@ -81,7 +81,7 @@ def test_naive_pam_builds_the_map_and_visattn_does_not():
 def test_bench_command_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--modules", "pam", "cca", "--size", "6", "8", "--channels", "16", "--reps", "1",
-            "--threads", "1", "--no-memory", "--output", str(out)]
+            "--threads", "1", "--no-memory", "--no-compile", "--output", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| case |" in printed and "pam 1x16x6x8 fwd float32" in printed
@@ -96,6 +96,15 @@ def test_bench_command_prints_table_and_writes_json(tmp_path, capsys):
         assert (r["height"], r["width"], r["channels"], r["train"], r["dtype"]) == (6, 8, 16, False, "float32")
 
 
+def test_pam_row_compares_compiled_naive_and_sdpa():
+    report = run_cases([Case("pam", 6, 8, channels=16, memory=False, reps=2)], threads=1, log=lambda *_: None)
+    (row,) = report["results"]
+    for key in ("naive_ms", "compiled_ms", "sdpa_ms", "visattn_ms", "speedup", "speedup_vs_compiled", "speedup_vs_sdpa"):
+        assert row[key] > 0, key
+    assert benchmark.implementations(Case("cam", 6, 8)) == ["visattn", "naive", "compiled"]
+    assert benchmark.implementations(Case("pam", 6, 8, compiled=False)) == ["visattn", "naive", "sdpa"]
+
+
 def test_bench_train_bf16_visattn_only():
     report = run_cases([Case("cam", 4, 4, channels=8, train=True, dtype="bfloat16", naive=False, memory=False, reps=1)],
                        log=lambda *_: None)
@@ -107,15 +116,15 @@ def test_bench_train_bf16_visattn_only():
 def test_memory_measurement_sees_the_naive_map():
     # In-process here (the benchmark runs it in a fresh subprocess, where nothing freed earlier can
     # be reused): at least one of the naive PAM's 16 MiB N x N buffers (N = 2048) must show.
-    mem = _measure_memory(Case("pam", 32, 64, channels=16), naive=True)
+    mem = _measure_memory(Case("pam", 32, 64, channels=16), "naive")
     assert mem["peak_mb"] > 12
 
 
 def test_memory_subprocess_sees_live_memory():
     # Fresh processes with glibc's mmap threshold fixed: the naive PAM's 16 MiB N x N map (and its
     # softmax's copy) shows; the chunked PAM holds two 8 MiB chunk buffers instead (N = 2048).
-    naive = benchmark.memory_case(Case("pam", 32, 64, channels=16), naive=True, threads=1)
-    ours = benchmark.memory_case(Case("pam", 32, 64, channels=16), naive=False, threads=1)
+    naive = benchmark.memory_case(Case("pam", 32, 64, channels=16), "naive", threads=1)
+    ours = benchmark.memory_case(Case("pam", 32, 64, channels=16), "visattn", threads=1)
     assert naive["peak_mb"] > 30 and 15 < ours["peak_mb"] < 24
 
 

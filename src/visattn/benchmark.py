@@ -46,6 +46,9 @@ __all__ = ["Case", "NETWORKS", "MODULES", "matmul_peak", "run_cases", "format_ta
 MODULES = tuple(counterparts())
 NETWORKS = ("danet_r50_d8", "ccnet_r50_d8")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# what a row compares: visattn, the naive published code, torch.compile of it, the same
+# computation through F.scaled_dot_product_attention (PAM, Non-local)
+IMPLS = ("visattn", "naive", "compiled", "sdpa")
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Case:
     train: bool = False
     dtype: str = "float32"
     naive: bool = True
+    compiled: bool = True
     memory: bool = True
     reps: int = 5
 
@@ -76,13 +80,18 @@ class Case:
         return f"{self.module} {self.batch}x{channels}x{self.height}x{self.width} {mode} {self.dtype}"
 
 
-def _build_attention(name: str, channels: int, naive: bool) -> nn.Module:
-    """visattn module with deterministic weights (not trivial), or the naive one with the same."""
+def _build_attention(name: str, channels: int, impl: str) -> nn.Module:
+    """The ``impl`` (:data:`IMPLS`) of attention ``name``, all with the same deterministic weights."""
     from visattn.attention.factory import create_attention
 
     counterpart = counterparts()[name]
     opt = _non_trivial_(create_attention(name, channels, **counterpart.visattn_kwargs))
-    return counterpart.build(opt) if naive else opt
+    if impl == "visattn":
+        return opt
+    if impl == "sdpa":
+        return counterpart.sdpa(opt)
+    naive = counterpart.build(opt)
+    return torch.compile(naive) if impl == "compiled" else naive
 
 
 def _non_trivial_(module: nn.Module) -> nn.Module:
@@ -118,17 +127,19 @@ def _build_network(name: str, naive: bool) -> nn.Module:
 
 
 def _build(
-    case: Case, naive: bool, height: int | None = None, width: int | None = None, meta: bool = False
+    case: Case, impl: str, height: int | None = None, width: int | None = None, meta: bool = False
 ) -> tuple[nn.Module, Tensor]:
     dtype = _DTYPES[case.dtype]
     h, w = height or case.height, width or case.width
     if not meta:
         torch.manual_seed(0)
     if case.module in NETWORKS:
-        model = _build_network(case.module, naive)
+        model = _build_network(case.module, impl != "visattn")
+        if impl == "compiled":
+            model = torch.compile(model)
         x = torch.randn(case.batch, 3, h, w)
     else:
-        model = _build_attention(case.module, case.channels, naive)
+        model = _build_attention(case.module, case.channels, impl)
         x = torch.randn(case.batch, case.channels, h, w)
     model = model.to(dtype).train(case.train)
     x = x.to(dtype).requires_grad_(case.train)
@@ -183,16 +194,29 @@ def model_gflop(case: Case) -> float:
     (torch's counter gives that for dense layers but counts a grouped convolution's backward
     ``groups`` times over, which put PSA above 100% of the matmul peak.)"""
     with torch.device("meta"):
-        model, x = _build(dataclasses.replace(case, train=False), naive=True, meta=True)
+        model, x = _build(dataclasses.replace(case, train=False), "naive", meta=True)
     return (3 if case.train else 1) * _count_flops(model, x) / 1e9
 
 
-def time_case(case: Case) -> dict:
-    """Median milliseconds of naive and visattn calls, alternated after two warm-up calls each, and
-    ``speedup``: the median over reps of the paired ratio naive / visattn."""
-    impls = {"visattn": _build(case, naive=False)}
+def implementations(case: Case) -> list[str]:
+    """The implementations a case compares (:data:`IMPLS`): visattn, and unless ``naive=False`` the
+    naive published code, ``torch.compile`` of it (``compiled``) and, where the mechanism has one,
+    the same computation through ``F.scaled_dot_product_attention`` (``sdpa``)."""
+    impls = ["visattn"]
     if case.naive:
-        impls["naive"] = _build(case, naive=True)
+        impls.append("naive")
+        if case.compiled:
+            impls.append("compiled")
+        if case.module not in NETWORKS and counterparts()[case.module].sdpa is not None:
+            impls.append("sdpa")
+    return impls
+
+
+def time_case(case: Case) -> dict:
+    """Median milliseconds of each implementation, called in rotating order after two warm-up calls
+    each (the first call of ``compiled`` compiles), and ``speedup`` (naive / visattn),
+    ``speedup_vs_compiled``, ``speedup_vs_sdpa``: the median over reps of the paired ratio."""
+    impls = {key: _build(case, key) for key in implementations(case)}
     out: dict = {}
     for _ in range(2):
         for model, x in impls.values():
@@ -200,15 +224,16 @@ def time_case(case: Case) -> dict:
     times: dict[str, list[float]] = {key: [] for key in impls}
     order = list(impls)
     for rep in range(case.reps):
-        for key in order if rep % 2 == 0 else order[::-1]:
+        for key in order[rep % len(order):] + order[:rep % len(order)]:
             model, x = impls[key]
             times[key].append(_timed(lambda: _call(model, x, case.train)))
     for key, ts in times.items():
         out[f"{key}_ms"] = 1e3 * statistics.median(ts)
-    if case.naive and case.reps:
-        # Each rep's two calls run back to back, so their ratio sees one load level; the median
-        # of these ratios is steadier under a varying load than the ratio of the two medians.
-        out["speedup"] = statistics.median(n / v for n, v in zip(times["naive"], times["visattn"]))
+    # Each rep's calls run back to back, so their ratio sees one load level; the median of these
+    # ratios is steadier under a varying load than the ratio of the two medians.
+    for key, label in (("naive", "speedup"), ("compiled", "speedup_vs_compiled"), ("sdpa", "speedup_vs_sdpa")):
+        if key in times and case.reps:
+            out[label] = statistics.median(o / v for o, v in zip(times[key], times["visattn"]))
     return out
 
 
@@ -220,10 +245,10 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def _measure_memory(case: Case, naive: bool) -> dict:
+def _measure_memory(case: Case, impl: str) -> dict:
     """Peak extra resident memory of one call (run in a fresh process)."""
-    model, x = _build(case, naive)
-    tiny_model, tiny_x = _build(case, naive, 16, 16)  # initialise libraries outside the measurement
+    model, x = _build(case, impl)
+    tiny_model, tiny_x = _build(case, impl, 16, 16)  # initialise libraries outside the measurement
     _call(tiny_model, tiny_x, case.train)
     del tiny_model, tiny_x
     gc.collect()
@@ -251,9 +276,9 @@ def _measure_memory(case: Case, naive: bool) -> dict:
 _MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def memory_case(case: Case, naive: bool, threads: int) -> dict:
+def memory_case(case: Case, impl: str, threads: int) -> dict:
     """:func:`_measure_memory` in a subprocess; ``{"error": ...}`` if it fails (e.g. out of memory)."""
-    cmd = [sys.executable, "-m", "visattn.benchmark", json.dumps(dataclasses.asdict(case)), str(int(naive)), str(threads)]
+    cmd = [sys.executable, "-m", "visattn.benchmark", json.dumps(dataclasses.asdict(case)), impl, str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_MEMORY_ENV | dict(os.environ))
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
@@ -272,13 +297,14 @@ def run_case(case: Case, threads: int, log=print) -> dict:
     row = dataclasses.asdict(case)
     row["label"] = case.label
     log(f"  {case.label} ...")
-    impls = ["visattn"] + (["naive"] if case.naive else [])
+    # torch.compile's memory is not measured: a compile per subprocess costs more than the whole case
+    impls = [key for key in implementations(case) if key != "compiled"]
     row["gflop"] = model_gflop(case)
     if case.reps:
         row.update(time_case(case))
     if case.memory:
         for key in impls:
-            mem = memory_case(case, key == "naive", threads)
+            mem = memory_case(case, key, threads)
             row[f"{key}_memory"] = mem
             if "peak_mb" in mem:
                 row[f"{key}_peak_mb"] = mem["peak_mb"]
@@ -337,7 +363,7 @@ def add_throughput(report: dict) -> dict:
     peak = max(report.get("matmul_peak_gflops_runs") or [float("nan")])
     report["matmul_peak_gflops"] = peak
     for row in report["results"]:
-        for key in ("visattn", "naive"):
+        for key in IMPLS:
             if row.get(f"{key}_ms") and row.get("gflop"):
                 row[f"{key}_gflops"] = row["gflop"] / (row[f"{key}_ms"] / 1e3)
                 row[f"{key}_pct_peak"] = 100 * row[f"{key}_gflops"] / peak
@@ -356,28 +382,31 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_table(report: dict) -> str:
-    """Markdown table of a :func:`run_cases` report."""
+    """Markdown table of a :func:`run_cases` report: times, visattn's speed-up against each other
+    implementation (> 1: visattn is faster), peak memory, and visattn's fraction of the matmul peak."""
     head = (
-        "| case | GFLOP | naive ms | visattn ms | speed-up | naive peak MB | visattn peak MB | memory ratio "
-        "| naive % peak | visattn % peak |"
+        "| case | GFLOP | naive ms | compiled ms | SDPA ms | visattn ms | vs naive | vs compiled | vs SDPA "
+        "| naive MB | SDPA MB | visattn MB | memory ratio | visattn % peak |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 14]
     for r in report["results"]:
         naive_mb = r.get("naive_peak_mb")
         naive_mb_s = _fmt(naive_mb, ".0f")
         if naive_mb is None and "naive_map_mb_theoretical" in r:
-            naive_mb_s = f"not run (N×N map alone: {r['naive_map_mb_theoretical']:.0f})"
+            naive_mb_s = f"not run (N×N map: {r['naive_map_mb_theoretical']:.0f})"
         lines.append(
-            f"| {r['label']} | {_fmt(r.get('gflop'), '.1f')} | {_fmt(r.get('naive_ms'), '.1f')} | {r['visattn_ms']:.1f} "
-            f"| {_fmt(r.get('speedup'), '.2f')}× | {naive_mb_s} | {_fmt(r.get('visattn_peak_mb'), '.0f')} "
-            f"| {_fmt(r.get('memory_ratio'), '.1f')}× | {_fmt(r.get('naive_pct_peak'), '.0f')}% "
+            f"| {r['label']} | {_fmt(r.get('gflop'), '.1f')} | {_fmt(r.get('naive_ms'), '.1f')} "
+            f"| {_fmt(r.get('compiled_ms'), '.1f')} | {_fmt(r.get('sdpa_ms'), '.1f')} | {r['visattn_ms']:.1f} "
+            f"| {_fmt(r.get('speedup'), '.2f')}× | {_fmt(r.get('speedup_vs_compiled'), '.2f')}× "
+            f"| {_fmt(r.get('speedup_vs_sdpa'), '.2f')}× | {naive_mb_s} | {_fmt(r.get('sdpa_peak_mb'), '.0f')} "
+            f"| {_fmt(r.get('visattn_peak_mb'), '.0f')} | {_fmt(r.get('memory_ratio'), '.1f')}× "
             f"| {_fmt(r.get('visattn_pct_peak'), '.0f')}% |"
         )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":  # subprocess entry of memory_case
-    spec, naive_flag, n_threads = sys.argv[1:4]
+    spec, impl, n_threads = sys.argv[1:4]
     torch.set_num_threads(int(n_threads))
-    result = _measure_memory(Case(**json.loads(spec)), bool(int(naive_flag)))
+    result = _measure_memory(Case(**json.loads(spec)), impl)
     print(json.dumps(result))

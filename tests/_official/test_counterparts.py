@@ -22,18 +22,18 @@ def test_counterparts_are_registered_attentions():
     assert set(COUNTERPARTS) <= set(visattn.list_attentions())
 
 
-@pytest.mark.parametrize("name", sorted(COUNTERPARTS))
-def test_official_equals_visattn(name, device):
+def _compare(name: str, build_other, device) -> None:
+    """The visattn module and ``build_other(it)``: outputs and input gradients in float64."""
     cp = COUNTERPARTS[name]
     ours = randomize_(visattn.create_attention(name, C, **cp.visattn_kwargs), seed=1).double().eval().to(device)
-    official = cp.build(ours)
-    assert type(official).__module__.startswith("visattn._official.")
+    other = build_other(ours)
+    assert type(other).__module__.startswith("visattn._official.")
     batch = 2 if cp.batch_independent else 1
     size = (12, 12) if cp.square_only else (9, 13)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(batch, C, *size, generator=gen, dtype=torch.float64).to(device)
     outs, grads = [], []
-    for module in (ours, official):
+    for module in (ours, other):
         xi = x.clone().requires_grad_()
         y = module(xi)
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
@@ -44,6 +44,16 @@ def test_official_equals_visattn(name, device):
     assert rel_err(outs[0], outs[1]) < 1e-6
     assert rel_err(grads[0], grads[1]) < 1e-6
     assert rel_err(outs[0], x) > 1e-2  # not the identity: the attention path is compared too
+
+
+@pytest.mark.parametrize("name", sorted(COUNTERPARTS))
+def test_official_equals_visattn(name, device):
+    _compare(name, COUNTERPARTS[name].build, device)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cp in COUNTERPARTS.items() if cp.sdpa is not None))
+def test_sdpa_baseline_equals_visattn(name, device):
+    _compare(name, COUNTERPARTS[name].sdpa, device)
 
 
 @pytest.mark.parametrize("name", sorted(COUNTERPARTS))

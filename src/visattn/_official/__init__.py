@@ -35,12 +35,16 @@ class Counterpart:
         batch_independent: ``False`` when the official code agrees only at batch size 1 (FLA's
             ``repeat`` mixes batch items).
         square_only: ``True`` when the official code needs ``H == W`` (BAM's ``H x H`` pooling).
+        sdpa: the same computation through ``F.scaled_dot_product_attention`` with the official
+            projections, for ``m``'s weights: what a user would write with PyTorch's fused
+            attention instead (not the authors' code; a baseline of ``visattn bench``).
     """
 
     build: Callable[[nn.Module], nn.Module]
     visattn_kwargs: Mapping[str, Any] = field(default_factory=dict)
     batch_independent: bool = True
     square_only: bool = False
+    sdpa: Callable[[nn.Module], nn.Module] | None = None
 
 
 def counterparts() -> dict[str, Counterpart]:

@@ -18,7 +18,7 @@ from torch import nn
 from . import Counterpart, load_from, require
 from ._dilated_resnet import DilatedResNet
 
-__all__ = ["PAM_Module", "CAM_Module", "DANetHead", "DANet", "COUNTERPARTS"]
+__all__ = ["PAM_Module", "PAMWithSDPA", "CAM_Module", "DANetHead", "DANet", "COUNTERPARTS"]
 
 
 class PAM_Module(nn.Module):
@@ -121,12 +121,27 @@ class DANet(nn.Module):
         return tuple(x)
 
 
-def _pam(m: nn.Module) -> nn.Module:
+class PAMWithSDPA(PAM_Module):
+    """Not the authors' code: ``PAM_Module`` with its energy, softmax and weighted sum done by
+    ``F.scaled_dot_product_attention`` (``scale=1``: PAM does not scale), i.e. what one writes with
+    PyTorch's fused attention. Same parameters and values. With ``d = C/8`` for queries and keys
+    and ``C`` for values, CPU kernels take the math path, which builds the N x N map."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q = self.query_conv(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, N, C/8)
+        k = self.key_conv(x).flatten(2).transpose(1, 2)[:, None]
+        v = self.value_conv(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, N, C)
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0]
+        return self.gamma * out.transpose(1, 2).reshape(b, c, h, w) + x
+
+
+def _pam(m: nn.Module, cls: type[PAM_Module] = PAM_Module) -> nn.Module:
     require(m, "PAM_Module", reduction=8)
-    return load_from(PAM_Module(m.channels), m)
+    return load_from(cls(m.channels), m)
 
 
 COUNTERPARTS = {
-    "pam": Counterpart(build=_pam),
+    "pam": Counterpart(build=_pam, sdpa=lambda m: _pam(m, PAMWithSDPA)),
     "cam": Counterpart(build=lambda m: load_from(CAM_Module(m.channels), m)),
 }

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from . import Counterpart
 
-__all__ = ["ConvModule", "NonLocal2d", "COUNTERPARTS"]
+__all__ = ["ConvModule", "NonLocal2d", "NonLocal2dWithSDPA", "COUNTERPARTS"]
 
 
 def constant_init(module, val, bias=0):
@@ -171,9 +171,25 @@ class NonLocal2d(_NonLocalNd):
             self.phi = nn.Sequential(self.phi, max_pool_layer)
 
 
-def _non_local(m: nn.Module) -> nn.Module:
+class NonLocal2dWithSDPA(NonLocal2d):
+    """Not mmcv's code: ``NonLocal2d`` with ``pairwise_weight`` and its weighted sum done by
+    ``F.scaled_dot_product_attention`` (scale ``1/sqrt(C')``), i.e. what one writes with PyTorch's
+    fused attention. Same parameters and values."""
+
+    def forward(self, x):
+        n = x.size(0)
+        g_x = self.g(x).flatten(2).transpose(1, 2)[:, None]  # (N, 1, M, C')
+        theta_x = self.theta(x).flatten(2).transpose(1, 2)[:, None]
+        phi_x = self.phi(x).flatten(2).transpose(1, 2)[:, None]
+        scale = theta_x.shape[-1] ** -0.5 if self.use_scale else 1.0
+        y = torch.nn.functional.scaled_dot_product_attention(theta_x, phi_x, g_x, scale=scale)[:, 0]
+        y = y.transpose(1, 2).reshape(n, self.inter_channels, *x.size()[2:])
+        return x + self.conv_out(y)
+
+
+def _non_local(m: nn.Module, cls: type[NonLocal2d] = NonLocal2d) -> nn.Module:
     norm_cfg = None if m.norm_layer is None else dict(type="BN")
-    official = NonLocal2d(
+    official = cls(
         m.channels, sub_sample=m.sub_sample, reduction=m.reduction, use_scale=m.use_scale, norm_cfg=norm_cfg
     )
     weight = next(m.parameters())
@@ -181,4 +197,4 @@ def _non_local(m: nn.Module) -> nn.Module:
     return official.train(m.training)
 
 
-COUNTERPARTS = {"nonlocal": Counterpart(_non_local)}
+COUNTERPARTS = {"nonlocal": Counterpart(_non_local, sdpa=lambda m: _non_local(m, NonLocal2dWithSDPA))}

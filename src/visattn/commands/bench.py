@@ -1,4 +1,5 @@
-"""``visattn bench``: time and peak memory of attention modules, naive published code vs visattn.
+"""``visattn bench``: time and peak memory of attention modules: visattn against the naive published
+code, ``torch.compile`` of it, and (PAM, Non-local) ``F.scaled_dot_product_attention``.
 
 Runs :mod:`visattn.benchmark` (the code behind ``benchmarks/run.py`` and docs/benchmarks.md) for
 the chosen modules at one size and prints the same table; ``--output`` writes the full report as JSON.
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=int, default=5, help="timed naive/visattn pairs (median; default 5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--no-naive", action="store_true", help="measure visattn only")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the naive code")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case subprocess memory measurement")
     parser.add_argument("--output", type=Path, metavar="FILE", help="write the report as JSON")
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cases = [
         Case(name, *args.size, channels=args.channels, batch=args.batch, train=args.train, dtype=args.dtype,
-             naive=not args.no_naive, memory=not args.no_memory, reps=args.reps)
+             naive=not args.no_naive, compiled=not args.no_compile, memory=not args.no_memory, reps=args.reps)
         for name in args.modules
     ]
     report = run_cases(cases, threads=args.threads)
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         ["--modules", *args.modules, "--size", *map(str, args.size), "--channels", str(args.channels),
          "--batch", str(args.batch), "--dtype", args.dtype, "--reps", str(args.reps)]
         + (["--train"] if args.train else []) + (["--no-naive"] if args.no_naive else [])
-        + (["--no-memory"] if args.no_memory else [])
+        + (["--no-compile"] if args.no_compile else []) + (["--no-memory"] if args.no_memory else [])
     )
     print(format_table(report))
     print(f"load average: start {report['load_avg_start']}, end {report['load_avg_end']}")
