@@ -79,7 +79,7 @@ def built():
 
     def get(name: str) -> nn.Module:
         if name not in cache:
-            cache[name] = randomize_(build(name), seed=len(cache)).eval()
+            cache[name] = randomize_(build(name), seed=MODELS.index(name)).eval()
         return copy.deepcopy(cache[name])
 
     return get
@@ -109,9 +109,9 @@ def test_eval_output_at_odd_input_size(name, built, device):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_train_outputs_match_loss_weights_and_reach_every_parameter(name, built):
-    model = built(name).train()
-    outs = model(torch.randn(2, 3, *ODD_SIZE, generator=torch.Generator().manual_seed(1)))
+def test_train_outputs_match_loss_weights_and_reach_every_parameter(name, built, device):
+    model = built(name).to(device).train()
+    outs = model(torch.randn(2, 3, *ODD_SIZE, generator=torch.Generator().manual_seed(1)).to(device))
     if is_segmentor(name):
         assert isinstance(outs, dict) and set(outs) == set(model.loss_weights)
         assert next(iter(outs)) == "out"

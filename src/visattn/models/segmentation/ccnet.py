@@ -3,10 +3,9 @@
 Paper: Huang et al., "CCNet: Criss-Cross Attention for Semantic Segmentation", ICCV 2019,
 https://arxiv.org/abs/1811.11721; official code: speedinghzl/CCNet (``networks/ccnet.py``).
 
-The authors' backbone, in timm terms: deep stem (3x3 convs 3->64 s2, 64->64, 64->128), which is
-timm's ``resnet50s``/``resnet101s``, the *first* block of stages 3 and 4 dilated at the stage's
-full rate (``full_first_dilation=True``) and the stem max-pool in ``ceil_mode``
-(``ceil_maxpool=True``), plus the auxiliary ``dsn`` head on stage 3 with loss weight 0.4.
+Variants: the authors' backbone is timm's deep-stem ``resnet50s``/``resnet101s`` with
+``full_first_dilation=True`` and ``ceil_maxpool=True`` (see ``encoders.py``); the auxiliary ``dsn``
+head sits on stage 3 with loss weight 0.4.
 
 Differences from the official code: every BN there is InPlace-ABN (BN + LeakyReLU(0.01), scale
 ``|weight| + 1e-5``); here a BatchNorm (+ LeakyReLU where the official applies one), and the

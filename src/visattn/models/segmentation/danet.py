@@ -3,10 +3,9 @@
 Paper: Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019,
 https://arxiv.org/abs/1809.02983; official code: junfu1115/DANet.
 
-Variants: ``danet_r101_d8`` is the released DANet101 (run with ``--backbone resnet101
---multi-grid --multi-dilation 4 8 16 --no-deepstem``): torchvision-layout ``resnet101`` with
-stage-4 blocks dilated 4, 8, 16; ``danet_r50_d8`` is a plain dilated ``resnet50`` (the paper's
-ResNet-50 ablations, no multi-grid).
+Variants: ``danet_r101_d8`` is the released DANet101, ``resnet101`` with ``multi_grid=(4, 8, 16)``
+(see ``encoders.py``); ``danet_r50_d8`` is a plain dilated ``resnet50`` (the paper's ResNet-50
+ablations, no multi-grid).
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 Paper: Song et al., "Fully Attentional Network for Semantic Segmentation", AAAI 2022,
 https://arxiv.org/abs/2112.04108; official code: maggiesong7/FullyAttentional.
 
-The authors' backbone, in timm terms: deep stem (timm's ``resnet50s``/``resnet101s``) and the
-*first* block of stages 3 and 4 dilated at the stage's full rate (``full_first_dilation=True``).
-The repository releases no training code or weights.
+Variants: the authors' backbone is timm's deep-stem ``resnet50s``/``resnet101s`` with
+``full_first_dilation=True`` (see ``encoders.py``). The repository releases no training code or
+weights.
 """
 from __future__ import annotations
 
