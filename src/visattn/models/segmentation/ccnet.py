@@ -118,7 +118,7 @@ def _ccnet_aux(in_channels: int, num_classes: int) -> FCNHead:
 
 
 @register_model
-def ccnet(num_classes: int = 19, pretrained: bool = False, aux: bool = True, **kwargs) -> Segmentor:
+def ccnet(num_classes: int = 19, pretrained: bool = False, *, aux: bool = True, **kwargs) -> Segmentor:
     """CCNet: ``CCNetHead`` (``recurrence=2``) and CCNet's auxiliary head on stage 3 (weight 0.4).
 
     Head arguments: ``recurrence``, ``channels``, ``reduction``, ``dropout`` (:class:`CCNetHead`);
