@@ -23,7 +23,6 @@ official counterpart for it (inference only).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 import json

@@ -1,9 +1,9 @@
 """Reading, writing and importing weights without unpickling code.
 
-``load_official`` imports the authors' released checkpoints (their key names, see
-``shared/SPEC.md`` "Official weights") into visattn modules and networks. A module or network whose
-parameter names differ from the official layout defines ``convert_official_state_dict(state_dict)``
-returning the state dict in its own naming; everything else loads as it is.
+``load_official`` imports the authors' released checkpoints, with their key names, into visattn
+modules and networks. A module or network whose parameter names differ from the official layout
+defines ``convert_official_state_dict(state_dict)`` returning the state dict in its own naming;
+everything else loads as it is.
 """
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers import randomize_, rel_err
 from visattn._official.mmcv import COUNTERPARTS, NonLocal2d

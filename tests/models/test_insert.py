@@ -19,17 +19,10 @@ from visattn import create_attention, get_attention_class
 from visattn.models import create_model
 from visattn.models.insert import insert_attention, timm_attn_layer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
+
 torch.manual_seed(0)
 X = torch.randn(2, 3, 32, 32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread beats two on the shared 2-core machine (no OpenMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def n_params(m: nn.Module) -> int:

@@ -1,7 +1,7 @@
 """EPSANet: ResNet with the bottleneck's 3×3 conv replaced by pyramid squeeze attention (PSA).
 
 Paper: Zhang et al., "EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional
-Neural Network", 2021, https://arxiv.org/abs/2105.14447 ; official code: murufeng/EPSANet
+Neural Network", ACCV 2022, https://arxiv.org/abs/2105.14447; official code: murufeng/EPSANet
 ``models/epsanet.py``.
 
 The layout, parameter names and initialisation are the official code's: a torchvision ResNet with

@@ -14,8 +14,17 @@ from torch import nn
 __all__ = ["register_model", "create_model", "list_models", "is_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
-# modules whose import registers builders; imported on first use of the registry
-_BUILDER_MODULES = ("visattn.models.resnet", "visattn.models.epsanet", "visattn.models.segmentors")
+# One line per network file: importing it registers its builders. Imported on first use of the
+# registry, so ``import visattn`` stays light and a misspelt or broken file fails loudly.
+_BUILDER_MODULES = (
+    "visattn.models.resnet",
+    "visattn.models.epsanet",
+    "visattn.models.segmentation.fcn",
+    "visattn.models.segmentation.danet",
+    "visattn.models.segmentation.ccnet",
+    "visattn.models.segmentation.flanet",
+    "visattn.models.segmentation.attnet",
+)
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -28,11 +37,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def _load_builders() -> None:
     for module in _BUILDER_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # a real missing dependency, not an absent builder module
-                raise
+        importlib.import_module(module)
 
 
 def list_models(pattern: str = "") -> list[str]:

@@ -1,0 +1,30 @@
+"""Segmentors = dilated timm encoder + head (+ auxiliary FCN head) + bilinear upsampling to the input size.
+
+One file per network, each with its head, the import of its authors' checkpoints, its generic
+builder (any timm encoder through ``encoder=``) and its paper variants on the authors' backbone
+layouts:
+
+==============  =================  ============================================================
+``fcn.py``      ``fcn``            ``fcn_r50_d8``, ``fcn_r101_d8``: the dilated-FCN baseline
+``danet.py``    ``danet``          ``danet_r50_d8``, ``danet_r101_d8`` (the released DANet101)
+``ccnet.py``    ``ccnet``          ``ccnet_r50_d8``, ``ccnet_r101_d8`` (CCNet's deep-stem ResNets)
+``flanet.py``   ``flanet``         ``flanet_r50_d8``, ``flanet_r101_d8`` (FLANet's deep-stem ResNets)
+``attnet.py``   ``attnet``         any registered attention module as the head
+==============  =================  ============================================================
+
+``base.py`` holds :class:`Segmentor`, :func:`build_segmentor` (the arguments every builder
+takes) and the blocks several heads use; ``encoders.py`` the dilated encoders. A network file
+registers its builders with ``@register_model`` and is listed once in ``models/registry.py``.
+
+``pretrained=True`` loads ImageNet weights into the encoder through timm (or ``pretrained_file=``
+a local file); the authors' segmentation checkpoints load with ``visattn.load_official``.
+
+Forward contract: eval mode returns the main logits ``(B, K, H, W)`` at the input size; training
+mode returns ``{"out": ..., <auxiliary names>: ...}``, all at the input size, and
+``model.loss_weights`` has one weight per key (DANet: out/pam/cam 1; CCNet: out 1, aux 0.4;
+FLANet: out/aux2/aux3 1).
+"""
+from .base import FCNHead, Segmentor, build_segmentor, build_variant
+from .encoders import create_encoder
+
+__all__ = ["FCNHead", "Segmentor", "build_segmentor", "build_variant", "create_encoder"]
