@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from helpers import randomize_, rel_err
 from visattn._official.mmcv import COUNTERPARTS
-from visattn.models.nlnet import NLHead, convert_mmseg_state_dict, nlnet, nlnet_r50_d8
+import visattn
+from visattn.models.segmentation.nlnet import NLHead, nlnet, nlnet_r50_d8
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -95,7 +96,7 @@ def test_mmseg_checkpoint_keys_convert_to_the_network():
         + [f"decode_head.{k}" for k in nl_head_keys()]
         + [f"auxiliary_head.{k}" for k in aux]
     )
-    converted = convert_mmseg_state_dict({k: torch.zeros(()) for k in mmseg_keys})
+    converted = model.convert_official_state_dict({k: torch.zeros(()) for k in mmseg_keys})
     own = model.state_dict()
     assert sorted(converted) == sorted(own)
     spots = {
@@ -106,5 +107,5 @@ def test_mmseg_checkpoint_keys_convert_to_the_network():
         "auxiliary_head.conv_seg.bias": "aux.3.bias",
     }
     for mmseg_key, key in spots.items():
-        assert list(convert_mmseg_state_dict({mmseg_key: torch.zeros(())})) == [key]
+        assert list(model.convert_official_state_dict({mmseg_key: torch.zeros(())})) == [key]
     model.load_state_dict({k: torch.full_like(own[k], 0.5) for k in converted})

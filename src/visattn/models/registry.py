@@ -24,6 +24,7 @@ _BUILDER_MODULES = (
     "visattn.models.segmentation.ccnet",
     "visattn.models.segmentation.flanet",
     "visattn.models.segmentation.attnet",
+    "visattn.models.segmentation.nlnet",
 )
 
 

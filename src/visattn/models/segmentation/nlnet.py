@@ -19,7 +19,8 @@ timm's ``resnet50c`` / ``resnet101c`` at output stride 8 have that layout.
 
 Module names are mmseg's (``convs.0.conv``, ``convs.0.bn``, ``nl_block.g.conv``, ``conv_cat``,
 ``conv_seg``, ...), so a checkpoint's ``decode_head.*`` loads into the head as it is;
-:func:`convert_mmseg_state_dict` renames a whole ``nonlocal_r*-d8`` checkpoint.
+:meth:`NLHead.convert_official_state_dict` renames a whole ``nonlocal_r*-d8`` checkpoint (what
+``visattn.load_official`` calls).
 
 Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d`` (convert the model with
 ``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training); the ImageNet weights of
@@ -29,16 +30,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from ..attention.non_local import NonLocal2d
-from .heads import FCNHead
-from .segmentors import Segmentor, _build
+from ...attention.non_local import NonLocal2d
+from ..registry import register_model
+from .base import FCNHead, Segmentor, build_segmentor, build_variant
 
-__all__ = ["NLHead", "convert_mmseg_state_dict", "nlnet", "nlnet_r50_d8", "nlnet_r101_d8"]
+__all__ = ["NLHead", "nlnet", "nlnet_r50_d8", "nlnet_r101_d8"]
 
 
 def conv_module(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
@@ -46,6 +47,20 @@ def conv_module(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # ConvModule's init
     return nn.Sequential(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels), activate=nn.ReLU(inplace=True)))
+
+
+# mmseg's auxiliary FCNHead (one ConvModule, no concat) -> heads.FCNHead's Sequential indices
+_AUX_KEYS = {"convs.0.conv.": "0.", "convs.0.bn.": "1.", "conv_seg.": "3."}
+# mmseg's ResNetV1c deep stem -> timm's resnet*c (``stem.2/.5/.8`` are ReLUs)
+_STEM_KEYS = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
+              "stem.6.": "conv1.6.", "stem.7.": "bn1."}
+
+
+def _rename(key: str, table: Mapping[str, str]) -> str:
+    for old, new in table.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 class NLHead(nn.Module):
@@ -89,72 +104,52 @@ class NLHead(nn.Module):
         out = self.conv_cat(torch.cat([x, out], 1))
         return self.conv_seg(self.dropout(out))
 
+    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor], segmentor: nn.Module) -> dict[str, Tensor]:
+        """Rename an mmseg ``nonlocal_r*-d8`` checkpoint to the keys of :func:`nlnet_r50_d8` / ``_r101_d8``.
 
-# mmseg's auxiliary FCNHead (one ConvModule, no concat) -> heads.FCNHead's Sequential indices
-_AUX_KEYS = {"convs.0.conv.": "0.", "convs.0.bn.": "1.", "conv_seg.": "3."}
-# mmseg's ResNetV1c deep stem -> timm's resnet*c (``stem.2/.5/.8`` are ReLUs)
-_STEM_KEYS = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
-              "stem.6.": "conv1.6.", "stem.7.": "bn1."}
-
-
-def _rename(key: str, table: Mapping[str, str]) -> str:
-    for old, new in table.items():
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
-
-
-def convert_mmseg_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename an mmseg ``nonlocal_r*-d8`` checkpoint to the keys of :func:`nlnet_r50_d8` / ``_r101_d8``.
-
-    ``decode_head.*`` -> ``head.*`` (same names); ``auxiliary_head.convs.0.conv/.bn`` and
-    ``.conv_seg`` -> ``aux.0`` / ``aux.1`` / ``aux.3``; ``backbone.stem.{0,1,3,4,6}`` ->
-    ``encoder.conv1.{0,1,3,4,6}``, ``backbone.stem.7`` -> ``encoder.bn1``, ``backbone.layerN.*`` ->
-    ``encoder.layerN.*``. Other keys are kept, so a strict load reports them.
-    """
-    out = {}
-    for key, value in state_dict.items():
-        first, _, rest = key.partition(".")
-        if first == "decode_head":
-            key = f"head.{rest}"
-        elif first == "auxiliary_head":
-            key = f"aux.{_rename(rest, _AUX_KEYS)}"
-        elif first == "backbone":
-            key = f"encoder.{_rename(rest, _STEM_KEYS)}"
-        out[key] = value
-    return out
+        ``decode_head.*`` -> ``head.*`` (same names); ``auxiliary_head.convs.0.conv/.bn`` and
+        ``.conv_seg`` -> ``aux.0`` / ``aux.1`` / ``aux.3``; ``backbone.stem.{0,1,3,4,6}`` ->
+        ``encoder.conv1.{0,1,3,4,6}``, ``backbone.stem.7`` -> ``encoder.bn1``, ``backbone.layerN.*`` ->
+        ``encoder.layerN.*``. Other keys are kept, so a strict load reports them.
+        """
+        out = {}
+        for key, value in state_dict.items():
+            first, _, rest = key.partition(".")
+            if first == "decode_head":
+                key = f"head.{rest}"
+            elif first == "auxiliary_head":
+                key = f"aux.{_rename(rest, _AUX_KEYS)}"
+            elif first == "backbone":
+                key = f"encoder.{_rename(rest, _STEM_KEYS)}"
+            out[key] = value
+        return out
 
 
-def nlnet(
-    num_classes: int = 19,
-    pretrained: bool = False,
-    encoder: str = "resnet50c",
-    output_stride: int = 8,
-    aux: bool = True,
-    aux_weight: float = 0.4,
-    pretrained_file: str | Path | None = None,
-    encoder_kwargs: Mapping | None = None,
-    **head_kwargs,
-) -> Segmentor:
+@register_model
+def nlnet(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
     """Non-local network: ``NLHead`` and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4).
 
-    Logits are upsampled with ``align_corners=False`` as mmseg. ``**head_kwargs``: ``NLHead``
-    (``channels``, ``reduction``, ``use_scale``, ``dropout``).
+    Logits are upsampled with ``align_corners=False`` as mmseg. Head arguments: ``channels``,
+    ``reduction``, ``use_scale``, ``dropout`` (:class:`NLHead`); the others are
+    :func:`build_segmentor`'s (``encoder="resnet50c"``, ``output_stride=8``, ``aux=True``, ...).
     """
-    model = _build(
-        lambda c, k: NLHead(c[-1], k, **head_kwargs),
-        num_classes, pretrained, encoder, output_stride, aux, aux_weight, pretrained_file, encoder_kwargs,
-        aux_head=lambda c, k: FCNHead(c, k, channels=256, in_index=-2),
+    kwargs.setdefault("encoder", "resnet50c")
+    kwargs.setdefault("aux", True)
+    model = build_segmentor(
+        lambda widths, k, **head_kwargs: NLHead(widths[-1], k, **head_kwargs),
+        num_classes=num_classes, pretrained=pretrained, aux_head=partial(FCNHead, channels=256, in_index=-2), **kwargs,
     )
     model.align_corners = False
     return model
 
 
+@register_model
 def nlnet_r50_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
     """Non-local network, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
-    return nlnet(num_classes, pretrained, **{"encoder": "resnet50c", **kwargs})
+    return build_variant(nlnet, "resnet50c", {}, num_classes=num_classes, pretrained=pretrained, **kwargs)
 
 
+@register_model
 def nlnet_r101_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
     """Non-local network, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
-    return nlnet(num_classes, pretrained, **{"encoder": "resnet101c", **kwargs})
+    return build_variant(nlnet, "resnet101c", {}, num_classes=num_classes, pretrained=pretrained, **kwargs)
