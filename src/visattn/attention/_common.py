@@ -58,7 +58,7 @@ def check_input(module: str, x: Tensor, channels: int) -> None:
 
 def no_autocast(device_type: str):
     """Disable autocast (only if it is on): softmaxes and the matmuls around them must stay fp32."""
-    if torch.is_autocast_enabled(device_type):
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):  # meta: shapes only, no autocast
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
