@@ -1,34 +1,37 @@
 """Run the benchmark table of docs/benchmarks.md and write it as JSON.
 
-    python benchmarks/run.py [--quick] [--out benchmarks/results/cpu.json]
+    python benchmarks/run.py [--quick] [--output benchmarks/results/cpu.json]
     python benchmarks/run.py --show benchmarks/results/cpu.json   # the table of a saved run
 
 A thin script over :mod:`visattn.benchmark` (the code behind ``visattn bench``) with the cases of
-issue 5: C = 512, 2 torch threads, naive published formulation vs visattn, time (median of 5
-interleaved pairs after warm-up) and peak memory (one subprocess per case and implementation).
+docs/benchmarks.md: C = 512, 2 torch threads; visattn against the naive published code,
+``torch.compile`` of it and (PAM, Non-local) ``F.scaled_dot_product_attention``; time (median of 5
+rotated rounds after warm-up) and peak memory (one subprocess per case and implementation).
 ``--quick`` runs a small subset at small sizes to check the script.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 
-from visattn.benchmark import Case, add_throughput, format_table, model_gflop, run_cases
+from visattn.benchmark import Case, add_throughput, format_table, run_cases
 
 
 def cases(network_size: tuple[int, int]) -> list[Case]:
     out = [
         Case("pam", 64, 128),
         Case("pam", 64, 128, train=True),
+        Case("nonlocal", 64, 128),
+        Case("nonlocal", 64, 128, train=True),
         Case("cca", 97, 97),
         Case("cca", 97, 97, train=True),
     ]
     for name in ("cam", "fla", "bam", "psa", "sge"):
         batch = 2 if name == "bam" else 1  # BAM's BatchNorm1d cannot train on one item
         out += [Case(name, 64, 64, batch=batch), Case(name, 64, 64, batch=batch, train=True)]
-    out += [Case(net, *network_size) for net in ("danet_r50_d8", "ccnet_r50_d8")]
+    # compiling a whole network costs minutes on a small machine: eager only
+    out += [Case(net, *network_size, compiled=False) for net in ("danet_r50_d8", "ccnet_r50_d8")]
     # Naive needs the 4 GiB N x N map (and ~17 GB to train): visattn only, memory and the time
     # of that single call (a training step here is ~1.2 TFLOP forward, too slow to repeat).
     out += [Case("pam", 128, 256, naive=False, reps=0), Case("pam", 128, 256, train=True, naive=False, reps=0)]
@@ -37,7 +40,7 @@ def cases(network_size: tuple[int, int]) -> list[Case]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cpu.json")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "cpu.json")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--network-size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
@@ -45,24 +48,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.show:
         report = json.loads(args.show.read_text())
-        for row in report["results"]:  # reports saved before FLOPs were recorded per row
-            row.setdefault("gflop", model_gflop(Case(**{f.name: row[f.name] for f in fields(Case)})))
         print(format_table(add_throughput(report)))
         return
     selected = cases(tuple(args.network_size))
     if args.quick:
-        selected = [Case(c.module, 16, 16, channels=64, batch=c.batch, train=c.train, naive=c.naive, reps=c.reps)
+        selected = [Case(c.module, 16, 16, channels=64, batch=c.batch, train=c.train, naive=c.naive, compiled=False,
+                         reps=c.reps)
                     for c in selected if c.module not in ("danet_r50_d8", "ccnet_r50_d8")]
     command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
 
     def save(report: dict) -> None:  # after every case: partial results survive an interruption
-        args.out.write_text(json.dumps(dict(report, command=command), indent=1))
+        args.output.write_text(json.dumps(dict(report, command=command), indent=1))
 
     report = run_cases(selected, threads=args.threads, on_row=save)
     save(report)
     print(format_table(report))
-    print(f"load average: start {report['load_avg_start']}, end {report['load_avg_end']}; written to {args.out}")
+    print(f"load average: start {report['load_avg_start']}, end {report['load_avg_end']}; written to {args.output}")
 
 
 if __name__ == "__main__":
