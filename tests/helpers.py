@@ -1,8 +1,12 @@
 """Test utilities shared across the suite."""
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 # Channels of the attention tests: every registered mechanism runs at it with its default arguments.
 CHANNELS = 64
@@ -43,3 +47,20 @@ def check_png(path, size: tuple[int, int], min_std: float = 0.0, min_colours: in
     assert (pixels.shape[1], pixels.shape[0]) == size, path
     assert pixels.std() > min_std, path
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > min_colours, path
+
+
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest storage any op produces, and how often each op runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_bytes = 0
+        self.calls = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls[func.overloadpacket.__name__] += 1
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.max_bytes = max(self.max_bytes, t.untyped_storage().nbytes())
+        return out

@@ -1,17 +1,15 @@
 """NonLocal2d against an explicit einsum/softmax formulation and mmcv's NonLocal2d (transcribed)."""
 from __future__ import annotations
 
-from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import visattn
-from helpers import randomize_, rel_err
+from helpers import LargestAllocation, randomize_, rel_err
 from visattn._official.mmcv import COUNTERPARTS
 from visattn.attention import _functional
 from visattn.attention.non_local import NonLocal2d
@@ -121,30 +119,13 @@ def test_matches_mmcv(kwargs, training, device):
         torch.testing.assert_close(m.state_dict()[key], value, rtol=1e-12, atol=0)
 
 
-class _LargestAllocation(TorchDispatchMode):
-    """Records the largest storage any op produces, and how often each op runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_bytes = 0
-        self.calls = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.calls[func.overloadpacket.__name__] += 1
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.max_bytes = max(self.max_bytes, t.untyped_storage().nbytes())
-        return out
-
-
 @pytest.mark.parametrize("sub_sample", [False, True])
 def test_never_allocates_the_n_by_n_map(monkeypatch, sub_sample):
     monkeypatch.setattr(_functional, "CHUNK_BYTES", 2**20)  # the automatic chunk size must respect it
     m = randomize_(NonLocal2d(C, sub_sample=sub_sample, norm_layer=nn.BatchNorm2d))
     x = torch.randn(1, C, 64, 64, requires_grad=True)
     n = 64 * 64  # the N x N map would take 64 MiB, the N x N/4 map of sub_sample 16 MiB
-    with _LargestAllocation() as mode:
+    with LargestAllocation() as mode:
         m(x).sum().backward()
     assert mode.max_bytes <= 2**20
     keys = n // 4 if sub_sample else n
@@ -157,7 +138,7 @@ def test_never_allocates_the_n_by_n_map(monkeypatch, sub_sample):
 def test_allocation_probe_sees_the_naive_map():
     m = randomize_(NonLocal2d(C))
     x = torch.randn(1, C, 24, 24)
-    with torch.no_grad(), _LargestAllocation() as mode:
+    with torch.no_grad(), LargestAllocation() as mode:
         COUNTERPARTS["nonlocal"].build(m)(x)
     assert mode.max_bytes >= (24 * 24) ** 2 * 4
 

@@ -1,15 +1,12 @@
 """PositionAttention (DANet PAM) against an explicit einsum/softmax formulation."""
 from __future__ import annotations
 
-from collections import Counter
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import visattn
-from helpers import randomize_, rel_err
+from helpers import LargestAllocation, randomize_, rel_err
 from visattn.attention import _functional
 from visattn.attention._functional import softmax_attention
 from visattn.attention.pam import PositionAttention
@@ -76,29 +73,12 @@ def test_gradients_match_reference(chunk_size, dtype):
             assert rel_err(got[name], want[name]) < tol, name
 
 
-class _LargestAllocation(TorchDispatchMode):
-    """Records the largest storage any op produces, and how often each op runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_bytes = 0
-        self.calls = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.calls[func.overloadpacket.__name__] += 1
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.max_bytes = max(self.max_bytes, t.untyped_storage().nbytes())
-        return out
-
-
 def test_never_allocates_the_n_by_n_map(monkeypatch):
     monkeypatch.setattr(_functional, "CHUNK_BYTES", 2**20)  # the automatic chunk size must respect it
     m = build()
     x = torch.randn(1, C, 64, 64, requires_grad=True)
     n = 64 * 64  # the N x N map would take 64 MiB
-    with _LargestAllocation() as mode:
+    with LargestAllocation() as mode:
         m(x).sum().backward()
     assert mode.max_bytes <= 2**20 == n * n * 4 / 64
     chunks = -(-n // (2**20 // (4 * n)))
@@ -110,7 +90,7 @@ def test_never_allocates_the_n_by_n_map(monkeypatch):
 def test_allocation_probe_sees_the_naive_map():
     m = build()
     x = torch.randn(1, C, 24, 24)
-    with torch.no_grad(), _LargestAllocation() as mode:
+    with torch.no_grad(), LargestAllocation() as mode:
         reference(params(m), x)
     assert mode.max_bytes >= (24 * 24) ** 2 * 4
 
