@@ -16,6 +16,13 @@ the published ones). The deprecated ``F.sigmoid`` and ``init.kaiming_normal`` ar
 ``BasicBlock`` variants (ResNet-18/34), CBAM's ``lp`` and ``lse`` pool types, and the line
 ``self.gate_activation = gate_activation`` of one revision of bam.py's ``ChannelGate`` (an
 undefined name there).
+
+Shared: the torchvision-style ResNet skeleton of model_resnet.py (stem, ``_make_layer``, forward,
+and the bottleneck's conv1/bn1 .. conv3/bn3 and residual) is the one of the other classification
+repositories, :mod:`._imagenet_resnet`: ``Bottleneck`` is its bottleneck with ``cbam`` applied
+after ``bn3``, ``ResNet`` its ResNet with the CIFAR stem, ``AvgPool2d(7)``, the ``bam1`` .. ``bam3``
+stage modules and this repository's initialisation. The computation, the parameter names and the
+initialisation are the upstream ones.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ from torch import nn
 from torch.nn import init
 
 from . import Counterpart, load_from, require
+from ._imagenet_resnet import Bottleneck as _Bottleneck
+from ._imagenet_resnet import ResNet as _ResNet
 
 __all__ = [
     "BAM", "BAMChannelGate", "BAMSpatialGate", "CBAM", "ChannelGate", "SpatialGate", "Bottleneck", "ResNet",
@@ -170,73 +179,33 @@ class CBAM(nn.Module):
 
 
 # ---------------------------------------------------------------- MODELS/model_resnet.py
-class Bottleneck(nn.Module):
+class Bottleneck(_Bottleneck):
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, use_cbam=False):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
+        super().__init__(inplanes, planes, stride, downsample)
         if use_cbam:
             self.cbam = CBAM(planes * 4, 16)
         else:
             self.cbam = None
 
-    def forward(self, x):
-        residual = x
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out = self.relu(out)
-        out = self.conv3(out)
-        out = self.bn3(out)
-        if self.downsample is not None:
-            residual = self.downsample(x)
+    def attend(self, out):
         if self.cbam is not None:
             out = self.cbam(out)
-        out += residual
-        out = self.relu(out)
         return out
 
 
-class ResNet(nn.Module):
+class ResNet(_ResNet):
     def __init__(self, block, layers, network_type, num_classes, att_type=None):
-        self.inplanes = 64
-        super().__init__()
-        self.network_type = network_type
         # different model config between ImageNet and CIFAR
-        if network_type == "ImageNet":
-            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            self.avgpool = nn.AvgPool2d(7)
-        else:
-            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-
-        if att_type == "BAM":
-            self.bam1 = BAM(64 * block.expansion)
-            self.bam2 = BAM(128 * block.expansion)
-            self.bam3 = BAM(256 * block.expansion)
-        else:
-            self.bam1, self.bam2, self.bam3 = None, None, None
-
-        self.layer1 = self._make_layer(block, 64, layers[0], att_type=att_type)
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2, att_type=att_type)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2, att_type=att_type)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2, att_type=att_type)
-
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        super().__init__(
+            block, layers, num_classes,
+            stem="imagenet" if network_type == "ImageNet" else "cifar",
+            avgpool=nn.AvgPool2d(7),
+            stage_attention=BAM if att_type == "BAM" else None,
+            use_cbam=att_type == "CBAM",
+        )
+        self.network_type = network_type
 
         init.kaiming_normal_(self.fc.weight)
         for key in self.state_dict():
@@ -250,44 +219,6 @@ class ResNet(nn.Module):
                         self.state_dict()[key][...] = 1
             elif key.split(".")[-1] == "bias":
                 self.state_dict()[key][...] = 0
-
-    def _make_layer(self, block, planes, blocks, stride=1, att_type=None):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = []
-        layers.append(block(self.inplanes, planes, stride, downsample, use_cbam=att_type == "CBAM"))
-        self.inplanes = planes * block.expansion
-        for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, use_cbam=att_type == "CBAM"))
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.relu(x)
-        if self.network_type == "ImageNet":
-            x = self.maxpool(x)
-        x = self.layer1(x)
-        if self.bam1 is not None:
-            x = self.bam1(x)
-        x = self.layer2(x)
-        if self.bam2 is not None:
-            x = self.bam2(x)
-        x = self.layer3(x)
-        if self.bam3 is not None:
-            x = self.bam3(x)
-        x = self.layer4(x)
-        if self.network_type == "ImageNet":
-            x = self.avgpool(x)
-        else:
-            x = F.avg_pool2d(x, 4)
-        x = x.view(x.size(0), -1)
-        x = self.fc(x)
-        return x
 
 
 def ResidualNet(network_type, depth, num_classes, att_type):

@@ -6,7 +6,11 @@ Neural Network", ACCV 2022, https://arxiv.org/abs/2105.14447.
 
 ``PSAModule`` concatenates the weighted branches in reverse order (its loop prepends each branch):
 branch 4 first, branch 1 last. As published (there is no device-specific code to change), except
-that the list default arguments are tuples.
+that the list default arguments are tuples and that the torchvision-style ResNet skeleton (stem,
+``_make_layers``, forward, and the bottleneck's conv1/bn1 .. conv3/bn3 and residual) is the one
+shared with the other classification repositories, :mod:`._imagenet_resnet`: ``EPSABlock`` is its
+bottleneck with ``PSAModule`` as ``conv2``, ``EPSANet`` its ResNet with EPSANet's initialisation.
+The computation, the parameter names and the initialisation are the upstream ones.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from . import Counterpart, load_from, require
+from ._imagenet_resnet import Bottleneck, ResNet
 
 __all__ = ["SEWeightModule", "PSAModule", "EPSABlock", "EPSANet", "epsanet50", "epsanet101", "COUNTERPARTS"]
 
@@ -42,11 +47,6 @@ def conv(in_planes, out_planes, kernel_size=3, stride=1, padding=1, dilation=1, 
     """standard convolution with padding"""
     return nn.Conv2d(in_planes, out_planes, kernel_size=kernel_size, stride=stride,
                      padding=padding, dilation=dilation, groups=groups, bias=False)
-
-
-def conv1x1(in_planes, out_planes, stride=1):
-    """1x1 convolution"""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
 class PSAModule(nn.Module):
@@ -92,56 +92,23 @@ class PSAModule(nn.Module):
         return out
 
 
-class EPSABlock(nn.Module):
+class EPSABlock(Bottleneck):
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, norm_layer=None, conv_kernels=(3, 5, 7, 9),
                  conv_groups=(1, 4, 8, 16)):
-        super().__init__()
         if norm_layer is None:
             norm_layer = nn.BatchNorm2d
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = norm_layer(planes)
-        self.conv2 = PSAModule(planes, planes, stride=stride, conv_kernels=conv_kernels, conv_groups=conv_groups)
-        self.bn2 = norm_layer(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
-        self.bn3 = norm_layer(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
 
-    def forward(self, x):
-        identity = x
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out = self.relu(out)
-        out = self.conv3(out)
-        out = self.bn3(out)
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        out = self.relu(out)
-        return out
+        def psa(planes, stride):
+            return PSAModule(planes, planes, stride=stride, conv_kernels=conv_kernels, conv_groups=conv_groups)
+
+        super().__init__(inplanes, planes, stride, downsample, conv2=psa, norm_layer=norm_layer)
 
 
-class EPSANet(nn.Module):
+class EPSANet(ResNet):
     def __init__(self, block, layers, num_classes=1000):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layers(block, 64, layers[0], stride=1)
-        self.layer2 = self._make_layers(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layers(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layers(block, 512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
-
+        super().__init__(block, layers, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -149,34 +116,6 @@ class EPSANet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 m.weight.data.fill_(1)
                 m.bias.data.zero_()
-
-    def _make_layers(self, block, planes, num_blocks, stride=1):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = []
-        layers.append(block(self.inplanes, planes, stride, downsample))
-        self.inplanes = planes * block.expansion
-        for _ in range(1, num_blocks):
-            layers.append(block(self.inplanes, planes))
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.relu(x)
-        x = self.maxpool(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-        x = self.avgpool(x)
-        x = x.view(x.size(0), -1)
-        x = self.fc(x)
-        return x
 
 
 def epsanet50():

@@ -5,7 +5,11 @@ Paper: Li, Hu, Yang, "Spatial Group-wise Enhance: Improving Semantic Feature Lea
 Convolutional Networks", 2019, https://arxiv.org/abs/1905.09646.
 
 As published (no device-specific code to change); the ``BasicBlock`` variants (SGE-ResNet-18/34)
-are left out.
+are left out. The torchvision-style ResNet skeleton (stem, ``_make_layer``, forward, and the
+bottleneck's conv1/bn1 .. conv3/bn3 and residual) is the one shared with the other classification
+repositories, :mod:`._imagenet_resnet`: ``Bottleneck`` is its bottleneck with ``sge`` applied
+after ``bn3``, ``ResNet`` its ResNet with this repository's initialisation. The computation, the
+parameter names and the initialisation are the upstream ones.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from torch import nn
 from torch.nn import Parameter
 
 from . import Counterpart, load_from
+from ._imagenet_resnet import Bottleneck as _Bottleneck
+from ._imagenet_resnet import ResNet as _ResNet
 
 __all__ = ["SpatialGroupEnhance", "Bottleneck", "ResNet", "sge_resnet50", "sge_resnet101", "COUNTERPARTS"]
 
@@ -44,65 +50,20 @@ class SpatialGroupEnhance(nn.Module):
         return x
 
 
-def conv3x3(in_planes, out_planes, stride=1):
-    """3x3 convolution with padding"""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-def conv1x1(in_planes, out_planes, stride=1):
-    """1x1 convolution"""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
-
-
-class Bottleneck(nn.Module):
+class Bottleneck(_Bottleneck):
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
+        super().__init__(inplanes, planes, stride, downsample)
         self.sge = SpatialGroupEnhance(64)
 
-    def forward(self, x):
-        identity = x
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out = self.relu(out)
-        out = self.conv3(out)
-        out = self.bn3(out)
-        out = self.sge(out)
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        out = self.relu(out)
-        return out
+    def attend(self, out):
+        return self.sge(out)
 
 
-class ResNet(nn.Module):
+class ResNet(_ResNet):
     def __init__(self, block, layers, num_classes=1000, zero_init_residual=False):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
-
+        super().__init__(block, layers, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -113,34 +74,6 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, Bottleneck):
                     nn.init.constant_(m.bn3.weight, 0)
-
-    def _make_layer(self, block, planes, blocks, stride=1):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * block.expansion, stride),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = []
-        layers.append(block(self.inplanes, planes, stride, downsample))
-        self.inplanes = planes * block.expansion
-        for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes))
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.relu(x)
-        x = self.maxpool(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-        x = self.avgpool(x)
-        x = x.view(x.size(0), -1)
-        x = self.fc(x)
-        return x
 
 
 def sge_resnet50(pretrained=False, **kwargs):
