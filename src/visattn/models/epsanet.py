@@ -17,66 +17,20 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..attention.psa import PyramidSqueezeAttention
 from .registry import register_model
-from .resnet import Pretrained, ResNet, load_pretrained
+from .resnet import Bottleneck, Pretrained, ResNet, load_pretrained
 
-__all__ = ["EPSABlock", "EPSANet", "epsanet50", "epsanet101"]
+__all__ = ["EPSANet", "epsanet50", "epsanet101"]
 
 _SOURCE = "https://github.com/murufeng/EPSANet"
 
 
-class EPSABlock(nn.Module):
-    """EPSA block: ResNet bottleneck whose 3×3 conv is PSA (which carries the stride).
-
-    ``(B, inplanes, H, W) -> (B, 4 * planes, H / stride, W / stride)``.
-
-    Args:
-        inplanes: input channels.
-        planes: PSA width (four branches of ``planes // 4``); the block outputs ``4 * planes``.
-        stride: stride of the PSA convs (and of ``downsample``).
-        downsample: projection of the identity when shape changes (``None``: identity).
-        kernel_sizes: PSA branch kernels.
-        conv_groups: PSA branch conv groups.
-        reduction: SE reduction inside PSA.
-    """
-
-    expansion = 4
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        kernel_sizes: Sequence[int] = (3, 5, 7, 9),
-        conv_groups: Sequence[int] = (1, 4, 8, 16),
-        reduction: int = 16,
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = PyramidSqueezeAttention(
-            planes, planes, stride=stride, kernel_sizes=kernel_sizes, conv_groups=conv_groups, reduction=reduction
-        )
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
 class EPSANet(ResNet):
-    """EPSANet: :class:`~visattn.models.resnet.ResNet` built from :class:`EPSABlock`.
+    """EPSANet: :class:`~visattn.models.resnet.ResNet` of EPSA blocks, each a
+    :class:`~visattn.models.resnet.Bottleneck` whose 3×3 ``conv2`` is PSA (which carries the stride).
 
     ``(B, 3, H, W) -> (B, num_classes)``.
 
@@ -100,15 +54,14 @@ class EPSANet(ResNet):
         reduction: int = 16,
         zero_init_residual: bool = False,
     ) -> None:
-        super().__init__(
-            layers,
-            num_classes,
-            block=EPSABlock,
-            block_kwargs={
-                "kernel_sizes": tuple(kernel_sizes), "conv_groups": tuple(conv_groups), "reduction": reduction
-            },
-            zero_init_residual=zero_init_residual,
-        )
+        kernel_sizes, conv_groups = tuple(kernel_sizes), tuple(conv_groups)
+
+        def psa(planes: int, stride: int) -> PyramidSqueezeAttention:
+            return PyramidSqueezeAttention(
+                planes, planes, stride=stride, kernel_sizes=kernel_sizes, conv_groups=conv_groups, reduction=reduction
+            )
+
+        super().__init__(layers, num_classes, block_kwargs={"conv2": psa}, zero_init_residual=zero_init_residual)
 
     @torch.no_grad()
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -121,7 +74,7 @@ class EPSANet(ResNet):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, EPSABlock):
+                if isinstance(m, Bottleneck):
                     nn.init.zeros_(m.bn3.weight)
 
 

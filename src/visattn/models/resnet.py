@@ -24,7 +24,7 @@ Differences from the official code:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +89,7 @@ class Bottleneck(nn.Module):
             to the residual branch after ``bn3``, before the addition; stored under that name
             (``se``, ``cbam``, ``sge``, ...). ``None``: plain ResNet block.
         attn_kwargs: keyword arguments for the attention module.
+        conv2: builds the middle conv from ``(planes, stride)`` (``None``: the 3×3 conv).
     """
 
     expansion = 4
@@ -101,12 +102,16 @@ class Bottleneck(nn.Module):
         downsample: nn.Module | None = None,
         attn: str | None = None,
         attn_kwargs: dict | None = None,
+        conv2: Callable[[int, int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         width = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        if conv2 is None:
+            self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        else:
+            self.conv2 = conv2(planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, width, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(width)
@@ -137,7 +142,7 @@ class ResNet(nn.Module):
         block: the residual block class, called as
             ``block(inplanes, planes, stride, downsample, **block_kwargs)``, with ``expansion``.
         block_kwargs: extra arguments of every block (for :class:`Bottleneck`: ``attn``,
-            ``attn_kwargs``).
+            ``attn_kwargs``, ``conv2``).
         stage_attn: name of a registered attention module applied after stages 1, 2 and 3, stored
             as ``{stage_attn}1..3`` (``bam1``, ``bam2``, ``bam3`` as in BAM-ResNet).
         stage_attn_kwargs: keyword arguments for the stage attention modules.
