@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -37,6 +38,33 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
+def gradients(
+    f: Callable[[Tensor], Tensor],
+    params: nn.Module,
+    x: Tensor,
+    upstream: Tensor | None = None,
+    input_grad: bool = True,
+    autocast: torch.dtype | None = None,
+) -> dict[str, Tensor | None]:
+    """Gradients of ``(f(x) * upstream).sum()`` (``f(x).sum()`` when ``upstream`` is ``None``):
+    ``{"input": dL/dx, **{name: dL/dp for each parameter p of params}}``, ``"input"`` ``None`` when
+    ``input_grad`` is ``False`` (``x`` then needs no gradient). ``autocast``: the forward runs
+    under autocast to that dtype (the backward outside it, as in training)."""
+    params.zero_grad(set_to_none=True)
+    xi = x.detach().clone().requires_grad_(input_grad)
+    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        y = f(xi)
+    (y if upstream is None else y * upstream).sum().backward()
+    return {"input": xi.grad, **{name: p.grad for name, p in params.named_parameters()}}
+
+
+def assert_gradients_close(got: dict[str, Tensor | None], want: dict[str, Tensor | None], **tolerances) -> None:
+    """Two :func:`gradients` results agree entry by entry (``torch.testing.assert_close`` tolerances)."""
+    assert got.keys() == want.keys()
+    for name, g in got.items():
+        torch.testing.assert_close(g, want[name], msg=name, **tolerances)
+
+
 def check_png(path, size: tuple[int, int], min_std: float = 0.0, min_colours: int = 10) -> None:
     """``path`` is a PNG of ``size`` = ``(width, height)`` pixels that is not blank: pixel std above
     ``min_std`` and more than ``min_colours`` distinct colours (more than a flat background)."""
@@ -64,3 +92,16 @@ class LargestAllocation(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.max_bytes = max(self.max_bytes, t.untyped_storage().nbytes())
         return out
+
+
+class SoftmaxDtypes(TorchDispatchMode):
+    """Records the dtype of every softmax op (forward and backward) run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ("_softmax", "softmax", "_softmax_backward_data"):
+            self.dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))

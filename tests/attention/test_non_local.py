@@ -1,15 +1,13 @@
 """NonLocal2d against an explicit einsum/softmax formulation and mmcv's NonLocal2d (transcribed)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn
-from helpers import LargestAllocation, randomize_, rel_err
+from helpers import LargestAllocation, SoftmaxDtypes, assert_gradients_close, gradients, randomize_, rel_err
 from visattn._official.mmcv import COUNTERPARTS
 from visattn.attention import _functional
 from visattn.attention.non_local import NonLocal2d
@@ -77,22 +75,14 @@ def test_forward_matches_reference(kwargs, chunk_size, device):
 @pytest.mark.parametrize("kwargs", CONFIGS)
 def test_gradients_match_reference(kwargs):
     m = build(seed=1, chunk_size=5, **kwargs)
-    x = torch.randn(2, C, H, W, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, C, H, W, dtype=torch.float64)
     weight = torch.randn(2, C, H, W, dtype=torch.float64)  # a generic upstream gradient
-    names = ["x", *dict(m.named_parameters())]
-
-    def grads(f):
-        x.grad = None
-        m.zero_grad()
-        (f(x) * weight).sum().backward()
-        return dict(zip(names, [x.grad, *(p.grad for p in m.parameters())]))
-
-    got, want = grads(m), grads(lambda x: reference(m, x))
+    got, want = gradients(m, m, x, weight), gradients(lambda x: reference(m, x), m, x, weight)
     # phi's bias adds theta_i . b_phi to every score of row i (max-pooling commutes with it):
     # softmax ignores it, its gradient is 0.
     phi_bias = "phi.0.conv.bias" if m.sub_sample else "phi.conv.bias"
     assert got[phi_bias].abs().max() < 1e-10 * want[phi_bias.replace("bias", "weight")].abs().max()
-    for name in names:
+    for name in got:
         if name != phi_bias:
             assert rel_err(got[name], want[name]) < 1e-10, name
 
@@ -102,19 +92,13 @@ def test_gradients_match_reference(kwargs):
 def test_matches_mmcv(kwargs, training, device):
     m = build(seed=2, **kwargs).to(device).train(training)
     official = COUNTERPARTS["nonlocal"].build(m)
-    x = torch.randn(2, C, H, W, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(2, C, H, W, dtype=torch.float64, device=device)
     weight = torch.randn(2, C, H, W, dtype=torch.float64, device=device)
-    (m(x) * weight).sum().backward()
-    got = {"x": x.grad.clone(), **{n: p.grad for n, p in m.named_parameters()}}
-    x.grad = None
-    (official(x) * weight).sum().backward()
-    want = {"x": x.grad, **{n: p.grad for n, p in official.named_parameters()}}
-    assert got.keys() == want.keys()
+    got, want = gradients(m, m, x, weight), gradients(official, official, x, weight)
     # Some gradients are 0 up to rounding (phi's bias; g's bias under training-mode BatchNorm,
     # which removes the constant it adds): an absolute floor at the scale of the largest one.
     floor = 1e-12 * max(g.abs().max() for g in want.values())
-    for name, g in got.items():
-        torch.testing.assert_close(g, want[name], rtol=1e-9, atol=floor, msg=name)
+    assert_gradients_close(got, want, rtol=1e-9, atol=floor)
     for key, value in official.state_dict().items():  # the BatchNorm statistics moved alike
         torch.testing.assert_close(m.state_dict()[key], value, rtol=1e-12, atol=0)
 
@@ -143,17 +127,6 @@ def test_allocation_probe_sees_the_naive_map():
     assert mode.max_bytes >= (24 * 24) ** 2 * 4
 
 
-class _SoftmaxDtypes(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.dtypes = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in ("_softmax", "softmax"):
-            self.dtypes.add(args[0].dtype)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("sub_sample", [False, True])
 def test_softmax_is_fp32_under_bf16_autocast(sub_sample):
     m = build(dtype=torch.float32, sub_sample=sub_sample, chunk_size=7).train()
@@ -162,7 +135,7 @@ def test_softmax_is_fp32_under_bf16_autocast(sub_sample):
     want_y.sum().backward()
     want = x.grad.clone()
     x.grad = None
-    with _SoftmaxDtypes() as mode:
+    with SoftmaxDtypes() as mode:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = m(x)
             weights = m.attention_weights(x, [(1, 2)])["position"]
@@ -240,25 +213,15 @@ def test_keys_are_mmcv_convmodule_names():
 
 def test_load_official_takes_mmseg_nl_block_weights():
     # the ``decode_head.nl_block.*`` part of an mmseg NLHead checkpoint (norm: SyncBN, named ``bn``)
-    gen = torch.Generator().manual_seed(3)
-    d = C // 2
-    shapes = {
-        "g.conv.weight": (d, C, 1, 1), "g.conv.bias": (d,),
-        "theta.conv.weight": (d, C, 1, 1), "theta.conv.bias": (d,),
-        "phi.conv.weight": (d, C, 1, 1), "phi.conv.bias": (d,),
-        "conv_out.conv.weight": (C, d, 1, 1),
-        "conv_out.bn.weight": (C,), "conv_out.bn.bias": (C,),
-        "conv_out.bn.running_mean": (C,), "conv_out.bn.running_var": (C,),
-    }
-    sd = {key: torch.randn(shape, generator=gen) * 0.5 for key, shape in shapes.items()}
-    sd["conv_out.bn.running_var"] = sd["conv_out.bn.running_var"].abs() + 0.5
-    sd["conv_out.bn.num_batches_tracked"] = torch.tensor(100)
+    official = randomize_(COUNTERPARTS["nonlocal"].build(NonLocal2d(C, norm_layer=nn.BatchNorm2d)), seed=3).eval()
+    sd = official.state_dict()
+    assert {"conv_out.bn.weight", "conv_out.bn.running_var"} <= set(sd) and "conv_out.conv.bias" not in sd
     m = visattn.load_official(NonLocal2d(C, norm_layer=nn.BatchNorm2d), sd).eval()
     for key, value in sd.items():
         assert torch.equal(m.state_dict()[key], value), key
     x = torch.randn(2, C, 6, 7)
     with torch.no_grad():
-        assert rel_err(m(x), reference(m, x)) < 1e-5
+        assert rel_err(m(x), official(x)) < 1e-5 and rel_err(m(x), reference(m, x)) < 1e-5
 
 
 @pytest.mark.parametrize("norm_layer", [None, nn.BatchNorm2d])
