@@ -99,13 +99,15 @@ def softmax_attention(
     chunk_size: int | None = None,
     gamma: Tensor | None = None,
     residual: Tensor | None = None,
+    chunk_bytes: int | None = None,
 ) -> Tensor:
     """Exact ``softmax_j(q_i . k_j)``-weighted sum of ``v`` without materialising N x N.
 
     Args:
         q: ``(B, N, d)`` queries, k: ``(B, M, d)`` keys (no scaling is applied).
         v: ``(B, C, M)`` values (channel-major).
-        chunk_size: query positions per chunk; ``None`` picks it from :data:`CHUNK_BYTES`.
+        chunk_size: query positions per chunk; ``None`` picks it so that one chunk's probabilities
+            take at most ``chunk_bytes`` (default :data:`CHUNK_BYTES`) per batch item.
         gamma, residual: if given (both), returns ``residual + gamma * out`` computed in one pass,
             ``residual`` being ``(B, C, N)``; its backward then needs no N x C temporaries.
 
@@ -115,7 +117,7 @@ def softmax_attention(
     if (gamma is None) != (residual is None):
         raise ValueError("softmax_attention: gamma and residual go together (give both or neither)")
     n = q.shape[1]
-    chunk = chunk_size if chunk_size is not None else max(1, CHUNK_BYTES // (4 * k.shape[1]))
+    chunk = chunk_size if chunk_size is not None else max(1, (chunk_bytes or CHUNK_BYTES) // (4 * k.shape[1]))
     chunk = min(chunk, n)
     dtype = torch.promote_types(v.dtype, torch.float32)
     out_dtype = v.dtype
