@@ -111,5 +111,6 @@ def test_load_weights_names_the_file_and_the_keys(tmp_path):
     assert "missing keys (1): fc2.weight" in message and "unexpected keys (1): fc3.weight" in message
     assert "\n" not in message
     _, wider = official_se_state(channels=64)
-    with pytest.raises(WeightsError, match=r"shape mismatches \(4\): fc1.weight: checkpoint \(4, 64, 1, 1\) vs model \(2, 32, 1, 1\); "):
+    expected = r"shape mismatches \(4\): fc1.weight: checkpoint \(4, 64, 1, 1\) vs model \(2, 32, 1, 1\); "
+    with pytest.raises(WeightsError, match=expected):
         load_weights(visattn.create_attention("se", 32), wider)

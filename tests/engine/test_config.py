@@ -59,7 +59,8 @@ def test_values_follow_the_field_types():
 def test_free_form_model_kwargs():
     cfg = load_config(None, ["model.kwargs={aux: true}"])  # the whole section
     assert cfg.model.kwargs == {"aux": True}
-    cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.encoder_kwargs={ceil_maxpool: true}"])  # one key each
+    # one key each
+    cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.encoder_kwargs={ceil_maxpool: true}"])
     assert cfg.model.kwargs == {"encoder": "resnet18", "output_stride": 8, "aux": True,
                                 "encoder_kwargs": {"ceil_maxpool": True}}
 

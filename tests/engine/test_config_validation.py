@@ -62,7 +62,8 @@ INVALID = [
     ("eval.crop_size=[64]", "eval.crop_size", "null or [height, width], integers > 0", "[64]"),
     ("eval.stride=[0, 8]", "eval.stride", "null or [height, width], integers > 0", "[0, 8]"),
     ("model.pretrained=yes please", "model.pretrained", "true or false", "'yes please'"),
-    ("model.name=danett", "model.name", "a registered model or 'package.module:builder' (did you mean danet", "'danett'"),
+    ("model.name=danett", "model.name", "a registered model or 'package.module:builder' (did you mean danet",
+     "'danett'"),
     ("model.name=nowhere:build", "model.name", "a registered model or an importable 'package.module:builder'",
      "'nowhere:build'"),
     # relations between keys
@@ -122,7 +123,8 @@ def test_unknown_model_kwargs_are_named():
     with pytest.raises(ConfigError, match=r"'model\.kwargs\.depth' is not an argument of model 'tinyseg:build'"):
         load_config(None, ["model.name=tinyseg:build", "model.kwargs={depth: 3}"])
     # arguments the builder passes on to the encoder and the head are accepted
-    cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.reduction=4", "model.kwargs.encoder_kwargs={ceil_maxpool: true}"])
+    cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.reduction=4",
+                             "model.kwargs.encoder_kwargs={ceil_maxpool: true}"])
     assert cfg.model.kwargs["reduction"] == 4
 
 
@@ -207,6 +209,7 @@ def test_cli_eval_with_invalid_override_exits_2(tmp_path, capsys):
 def test_cli_eval_with_weights_that_are_no_state_dict_exits_2(tmp_path, capsys, content, kind):
     weights = tmp_path / "odd.pth"
     torch.save(content, weights)
-    assert main(["eval", "--weights", str(weights), "--set", "model.name=tinyseg:build", "--set", "model.kwargs={}"]) == 2
+    tiny = ["--set", "model.name=tinyseg:build", "--set", "model.kwargs={}"]
+    assert main(["eval", "--weights", str(weights), *tiny]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"visattn eval: error: checkpoint {weights} holds a {kind}, not a mapping of parameter names to tensors"]

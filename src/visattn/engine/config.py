@@ -454,13 +454,14 @@ def validate_config(cfg: Config) -> Config:
         if value is None and nullable:
             continue
         if not _matches(annotation, value) or (rule is not None and not rule.test(value)):
-            allowed = _type_words(annotation) if rule is None else f"null or {rule.allowed}" if nullable else rule.allowed
+            allowed = _type_words(annotation) if rule is None else rule.allowed
+            allowed = f"null or {allowed}" if nullable and rule is not None else allowed
             raise _invalid(key, allowed, value)
     t, digits = cfg.train, cfg.data.digits
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if t.batch_size % (t.accum_steps * processes):
-        raise _invalid("train.batch_size", f"a multiple of train.accum_steps x processes = {t.accum_steps} x {processes}",
-                       t.batch_size)
+        raise _invalid("train.batch_size",
+                       f"a multiple of train.accum_steps x processes = {t.accum_steps} x {processes}", t.batch_size)
     if t.min_lr > t.lr:
         raise _invalid("train.min_lr", f"a number in [0, train.lr] = [0, {t.lr}]", t.min_lr)
     if t.optimizer == "sgd" and t.nesterov and t.momentum == 0:
