@@ -345,7 +345,6 @@ def _is_device_name(name: str) -> bool:
 _POSITIVE_INT = _above(0, "an integer")
 _COUNT = _at_least(0, "an integer")
 _SIZE = Rule(lambda v: len(v) == 2 and min(v) > 0, "[height, width], integers > 0")
-_DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 # Range of every constrained key (a field absent here only has to have its type). A field that may
 # be null is allowed null as well.
@@ -390,7 +389,7 @@ RULES: dict[str, Rule] = {
     "train.label_smoothing": _within(0, 1, high_open=True),
     "train.amp": _one_of("bf16", "fp16"),
     "train.seed": _COUNT,
-    "train.device": Rule(_is_device_name, _DEVICES),  # and present on this machine
+    "train.device": Rule(_is_device_name, "auto, cpu, cuda, cuda:N or mps"),  # and present on this machine
     "train.log_every": _POSITIVE_INT,
     "train.eval_every": _POSITIVE_INT,
     "train.ckpt_every": _POSITIVE_INT,
@@ -481,8 +480,8 @@ def _check_device(name: str) -> None:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if (device.index or 0) >= count:
-            present = f"cuda, cuda:0..cuda:{count - 1}" if count else "(no CUDA device on this machine)"
-            raise _invalid("train.device", f"auto, cpu or a CUDA device present {present}", name)
+            present = f"auto, cpu, cuda or cuda:0..cuda:{count - 1}" if count else "auto or cpu (no CUDA device here)"
+            raise _invalid("train.device", present, name)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise _invalid("train.device", "auto or cpu (MPS is not available on this machine)", name)
 
