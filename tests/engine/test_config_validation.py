@@ -113,6 +113,12 @@ def test_integral_floats_become_integers_and_others_are_refused():
         load_config(None, ["data.crop_size=[32.5, 48]"])
 
 
+def test_pretrained_file_is_not_read_while_resolving(tmp_path):
+    weights = tmp_path / "encoder.pth"
+    weights.write_bytes(b"not read before the model is built")
+    assert load_config(None, [f"model.kwargs.pretrained_file={weights}"]).model.kwargs["pretrained_file"] == str(weights)
+
+
 def test_unknown_model_kwargs_are_named():
     with pytest.raises(ConfigError, match=r"^config key 'model\.kwargs\.depth' is not an argument of model 'danet' "
                                           r"\(.*unexpected keyword argument 'depth'\)$"):
@@ -122,6 +128,9 @@ def test_unknown_model_kwargs_are_named():
         load_config(None, ["model.kwargs.output_stride=4"])
     with pytest.raises(ConfigError, match=r"'model\.kwargs\.depth' is not an argument of model 'tinyseg:build'"):
         load_config(None, ["model.name=tinyseg:build", "model.kwargs={depth: 3}"])
+    with pytest.raises(ConfigError, match=r"^config key 'model\.kwargs\.pretrained_file' must be null or an existing "
+                                          r"file, got 'no/such\.pth'$"):
+        load_config(None, ["model.kwargs.pretrained_file=no/such.pth"])
     # arguments the builder passes on to the encoder and the head are accepted
     cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.reduction=4",
                              "model.kwargs.encoder_kwargs={ceil_maxpool: true}"])

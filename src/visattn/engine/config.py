@@ -491,8 +491,8 @@ def _check_model(model: ModelConfig) -> None:
 
     Builders pass their ``**kwargs`` on to encoders and heads, so their signatures do not tell which
     arguments they accept: the model is built on the meta device (no memory, no weights read, no
-    data), with ``pretrained`` off and ``pretrained_file`` left out, and a ``TypeError`` or
-    ``ValueError`` it raises is the config's error.
+    data), for two classes, with ``pretrained`` off and ``pretrained_file`` left out (it only has to
+    exist), and a ``TypeError`` or ``ValueError`` it raises is the config's error.
     """
     if ":" in model.name:
         module, _, name = model.name.partition(":")
@@ -511,7 +511,10 @@ def _check_model(model: ModelConfig) -> None:
             hint = f"did you mean {', '.join(close)}?" if close else "`visattn models` lists them"
             raise _invalid("model.name", f"a registered model or 'package.module:builder' ({hint})", model.name)
         build = functools.partial(create_model, model.name, num_classes=2, pretrained=False)
-    kwargs = {k: v for k, v in model.kwargs.items() if k != "pretrained_file"}
+    kwargs = dict(model.kwargs)
+    pretrained_file = kwargs.pop("pretrained_file", None)
+    if pretrained_file is not None and not Path(str(pretrained_file)).is_file():
+        raise _invalid("model.kwargs.pretrained_file", "null or an existing file", pretrained_file)
     try:
         with torch.device("meta"):
             build(**kwargs)
@@ -522,5 +525,5 @@ def _check_model(model: ModelConfig) -> None:
             raise ConfigError(f"config key 'model.kwargs.{unknown[1]}' is not an argument of model {model.name!r} "
                               f"({message})") from None
         raise ConfigError(f"config key 'model.kwargs' does not suit model {model.name!r}: {message}") from None
-    except Exception:  # a builder that cannot run on the meta device: building it for real reports its errors
+    except (RuntimeError, NotImplementedError):  # an operation the meta device lacks: the real build reports errors
         pass
