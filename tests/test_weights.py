@@ -1,4 +1,5 @@
-"""load_official / read_state_dict / save_state_dict: strictness, safety, atomic writes."""
+"""load_official / load_weights / read_state_dict / save_state_dict: strictness, safety, atomic
+writes, one-line errors naming the file."""
 from __future__ import annotations
 
 import pickle
@@ -8,7 +9,7 @@ import torch
 
 import visattn
 from helpers import randomize_
-from visattn.weights import read_state_dict, save_state_dict
+from visattn.weights import WeightsError, load_weights, read_state_dict, save_state_dict
 
 
 def official_se_state(channels=32, seed=1):
@@ -76,6 +77,40 @@ def test_pickled_code_is_refused(tmp_path, capsys):
     assert "code ran" not in capsys.readouterr().out
 
 
-def test_non_tensor_entries_are_refused():
-    with pytest.raises(ValueError, match="not tensors: epoch"):
+def test_non_tensor_entries_are_refused(tmp_path):
+    with pytest.raises(WeightsError, match="not tensors: epoch"):
         read_state_dict({"w": torch.ones(1), "epoch": 3})
+    path = tmp_path / "with_epoch.pth"
+    torch.save({"w": torch.ones(1), "epoch": 3}, path)
+    with pytest.raises(WeightsError, match=r"checkpoint .*with_epoch\.pth: entries are not tensors: epoch"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("content, kind", [([torch.ones(2)], "list"), (torch.ones(2), "Tensor"), (3, "int")])
+def test_a_file_without_a_state_dict_is_named(tmp_path, content, kind):
+    path = tmp_path / "odd.pth"
+    torch.save(content, path)
+    with pytest.raises(WeightsError, match=rf"checkpoint .*odd\.pth holds a {kind}, not a mapping") as err:
+        read_state_dict(path)
+    assert "\n" not in str(err.value)
+
+
+def test_load_weights_names_the_file_and_the_keys(tmp_path):
+    src, state = official_se_state()
+    path = save_state_dict(state, tmp_path / "se.safetensors")
+    dst = load_weights(visattn.create_attention("se", 32), path)
+    x = torch.randn(2, 32, 3, 3)
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+    state["fc3.weight"] = state.pop("fc2.weight")
+    path = save_state_dict(state, tmp_path / "renamed.pth")
+    with pytest.raises(WeightsError) as err:
+        load_weights(visattn.create_attention("se", 32), path)
+    message = str(err.value)
+    assert message.startswith(f"cannot load weights {path} into SqueezeExcite: ")
+    assert "missing keys (1): fc2.weight" in message and "unexpected keys (1): fc3.weight" in message
+    assert "\n" not in message
+    _, wider = official_se_state(channels=64)
+    expected = r"shape mismatches \(4\): fc1.weight: checkpoint \(4, 64, 1, 1\) vs model \(2, 32, 1, 1\); "
+    with pytest.raises(WeightsError, match=expected):
+        load_weights(visattn.create_attention("se", 32), wider)

@@ -2,6 +2,10 @@
 
 Each subcommand lives in ``visattn.commands.<name>`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; it is imported only when used, so ``visattn --help`` stays fast.
+
+A configuration or weights error (:class:`~visattn.engine.config.ConfigError`,
+:class:`~visattn.weights.WeightsError`) is one line on stderr and exit code 2; any other exception
+keeps its traceback.
 """
 from __future__ import annotations
 
@@ -39,7 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _parser(None).print_help()
         return 2
-    return importlib.import_module(f"visattn.commands.{args.command}").run(args) or 0
+    try:
+        return importlib.import_module(f"visattn.commands.{args.command}").run(args) or 0
+    except ValueError as err:
+        if not isinstance(err, _user_errors()):
+            raise
+        print(f"visattn {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[ValueError], ...]:
+    """The errors whose message is all the user needs (imported only when one is raised: they bring torch)."""
+    from visattn.engine.config import ConfigError
+    from visattn.weights import WeightsError
+
+    return ConfigError, WeightsError
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 ``load_official`` imports the authors' released checkpoints, with their key names, into visattn
 modules and networks. A module or network whose parameter names differ from the official layout
 defines ``convert_official_state_dict(state_dict)`` returning the state dict in its own naming;
-everything else loads as it is.
+everything else loads as it is. ``load_weights`` loads visattn's own (trained) weights.
+
+A file that cannot be read, holds no state dict, or does not fit the model raises
+:class:`WeightsError`, a one-line message naming the file.
 """
 from __future__ import annotations
 
@@ -11,13 +14,18 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_official", "read_state_dict", "save_state_dict", "atomic_write"]
+__all__ = ["WeightsError", "load_official", "load_weights", "read_state_dict", "save_state_dict", "atomic_write"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "net")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be read, holds no state dict, or does not fit the model."""
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -51,12 +59,15 @@ def read_state_dict(source: Mapping[str, Tensor] | str | os.PathLike) -> dict[st
 
     Files saved by ``torch.save`` are read with ``weights_only=True`` (no code is unpickled).
     Training checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``) are
-    unwrapped; a leading ``module.`` (DataParallel/DDP) is stripped from every key.
+    unwrapped; a leading ``module.`` (DataParallel/DDP) is stripped from every key. Anything but a
+    mapping of names to tensors raises :class:`WeightsError`.
     """
+    origin = "state dict"
     if isinstance(source, Mapping):
-        state = dict(source)
+        state: Any = dict(source)
     else:
         path = Path(source)
+        origin = f"checkpoint {path}"
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
@@ -67,22 +78,64 @@ def read_state_dict(source: Mapping[str, Tensor] | str | os.PathLike) -> dict[st
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt, truncated, or pickles code
-            raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+            raise WeightsError(f"cannot read {origin}: {_one_line(err)}") from err
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{origin} holds a {type(state).__name__}, not a mapping of parameter names to tensors")
     for key in _WRAPPER_KEYS:
         if key in state and isinstance(state[key], Mapping):
             state = dict(state[key])
             break
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
-        raise ValueError(f"checkpoint entries are not tensors: {', '.join(map(str, bad[:10]))}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+        raise WeightsError(f"{origin}: entries are not tensors: {', '.join(map(str, bad[:10]))}")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _check_fit(obj: nn.Module, state: dict[str, Tensor], what: str) -> None:
+    """Raise :class:`WeightsError` listing the missing and unexpected keys of ``state`` for ``obj``,
+    and the keys whose shapes differ; ``what`` names the weights in the message."""
+    own = obj.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:20])}")
+        raise WeightsError(f"cannot load {what} into {type(obj).__name__}: {' | '.join(parts)}")
+
+
+def _describe(source: Mapping[str, Tensor] | str | os.PathLike, default: str) -> str:
+    return default if isinstance(source, Mapping) else f"{default} {source}"
+
+
+def load_weights(obj: nn.Module, state_dict_or_path: Mapping[str, Tensor] | str | os.PathLike) -> nn.Module:
+    """Load visattn weights (a training run's, :func:`save_state_dict`'s) into ``obj`` (strict) and
+    return ``obj``; a state dict that does not fit raises :class:`WeightsError` naming the file and
+    listing missing and unexpected keys and shape mismatches."""
+    state = read_state_dict(state_dict_or_path)
+    _check_fit(obj, state, _describe(state_dict_or_path, "weights"))
+    obj.load_state_dict(state, strict=True)
+    return obj
 
 
 def load_official(obj: nn.Module, state_dict_or_path: Mapping[str, Tensor] | str | os.PathLike) -> nn.Module:
     """Import an authors' released checkpoint into ``obj`` (strict) and return ``obj``.
 
     Accepts a state dict or a path (safetensors, or a ``torch.save`` file read with
-    ``weights_only=True``). Raises ``ValueError`` listing missing and unexpected keys, or keys
+    ``weights_only=True``). Raises :class:`WeightsError` listing missing and unexpected keys, or keys
     whose shapes differ, so a checkpoint for another model or configuration never loads silently.
     """
     state = read_state_dict(state_dict_or_path)
@@ -93,21 +146,6 @@ def load_official(obj: nn.Module, state_dict_or_path: Mapping[str, Tensor] | str
     for key in own:  # checkpoints older than PyTorch 0.4 have no BatchNorm step counter
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = own[key]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = [f"cannot load official weights into {type(obj).__name__}:"]
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:20])}")
-        raise ValueError("\n  ".join(parts))
+    _check_fit(obj, state, _describe(state_dict_or_path, "official weights"))
     obj.load_state_dict(state, strict=True)
     return obj

@@ -59,13 +59,15 @@ def test_values_follow_the_field_types():
 def test_free_form_model_kwargs():
     cfg = load_config(None, ["model.kwargs={aux: true}"])  # the whole section
     assert cfg.model.kwargs == {"aux": True}
-    cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.block={depth: 2}"])  # one key each
-    assert cfg.model.kwargs == {"encoder": "resnet18", "output_stride": 8, "aux": True, "block": {"depth": 2}}
+    # one key each
+    cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.encoder_kwargs={ceil_maxpool: true}"])
+    assert cfg.model.kwargs == {"encoder": "resnet18", "output_stride": 8, "aux": True,
+                                "encoder_kwargs": {"ceil_maxpool": True}}
 
 
 def test_dumped_config_loads_back_equal(tmp_path):
     from visattn.engine.config import dump_config
 
-    cfg = load_config(RECIPES[0], ["model.kwargs.extra=1"])
+    cfg = load_config(HERE.parents[1] / "configs" / "bam_resnet50_imagenet.yaml", ["model.kwargs.combine=sum"])
     (tmp_path / "c.yaml").write_text(dump_config(cfg))
     assert load_config(tmp_path / "c.yaml") == cfg

@@ -8,26 +8,37 @@ string is read as one (PyYAML reads ``1e-4``, without a dot, as a string).
 The defaults are the no-argument run: DANet (ResNet-18 encoder, output stride 8, random init) on
 64x64 digit scenes, AdamW, 800 steps of 8, a few minutes on a 2-core CPU. The recipes in configs/
 override them (the papers' recipes name SGD explicitly).
+
+A resolved config is validated (:func:`validate_config`) before anything is built from it: every
+value has its field's type (an integer field refuses ``2.5`` rather than truncating it) and lies in
+its allowed range (:data:`RULES`), the model name is registered and its keyword arguments are the
+builder's, and the device exists. A violation is a :class:`ConfigError` naming the key and what it
+allows.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import difflib
+import functools
+import importlib
+import math
 import os
+import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..data import DATASETS, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Config", "ModelConfig", "DataConfig", "DigitsConfig", "TrainConfig", "EvalConfig", "RunConfig",
-           "ConfigError", "load_config", "apply_overrides", "merge_config", "dump_config"]
+           "ConfigError", "RULES", "load_config", "validate_config", "apply_overrides", "merge_config", "dump_config"]
 
 _DEFAULT_DATASET = DATASETS["digits"]
 
@@ -139,7 +150,8 @@ class Config:
 
 
 class ConfigError(ValueError):
-    """A config key that does not exist, or a malformed override."""
+    """A config key that does not exist, a value outside its allowed range, a malformed override or
+    recipe."""
 
 
 def _unknown(path: str, options: Iterable[str], where: str) -> ConfigError:
@@ -150,10 +162,14 @@ def _unknown(path: str, options: Iterable[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {path!r}{where}{hint}")
 
 
+def _alternatives(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (``int | None``: ``(int, NoneType)``), else ``(annotation,)``."""
+    return typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+
+
 def _number_kinds(annotation: Any) -> tuple[type, ...]:
     """``(float,)``, ``(int,)`` or ``()``: the numeric types a field's annotation admits."""
-    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    return tuple(t for t in (float, int) if t in args)
+    return tuple(t for t in (float, int) if t in _alternatives(annotation))
 
 
 def merge_config(base: Any, update: Mapping, where: str = "", replace_free_form: bool = True,
@@ -188,14 +204,27 @@ def merge_config(base: Any, update: Mapping, where: str = "", replace_free_form:
 
 
 def _coerce(annotation: Any, value: Any, path: str, where: str) -> Any:
+    """``value`` as the field's type where that is lossless: a string holding a number for a numeric
+    field (or list element), an integral float for an integer field; anything else as it is (the
+    validation rejects it)."""
+    lists = [a for a in _alternatives(annotation) if typing.get_origin(a) is list]
+    if lists and isinstance(value, list):
+        (item,) = typing.get_args(lists[0])
+        return [_coerce(item, v, f"{path}[{i}]", where) for i, v in enumerate(value)]
     kinds = _number_kinds(annotation)
     if kinds and isinstance(value, str):
         try:
-            number = float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"config key {path!r}{where} must be a number, got {value!r}") from None
-        return int(number) if float not in kinds and number.is_integer() else number
+        return value if float in kinds else _integral(value)
+    if kinds == (int,) and isinstance(value, float):
+        return _integral(value)
     return copy.deepcopy(value)
+
+
+def _integral(number: float) -> int | float:
+    return int(number) if number.is_integer() else number
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
@@ -204,7 +233,10 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.02)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
         parts = key.strip().split(".")
         update: Any = value
         for part in reversed(parts):
@@ -212,6 +244,13 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         # model.kwargs={...} replaces the section, model.kwargs.x=1 sets one key in it
         cfg = merge_config(cfg, update, where=f" in --set {item}", replace_free_form=_is_free_form(cfg, parts))
     return cfg
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's complaint and where, on one line: ``line 3, column 7: mapping values are not allowed here``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _is_free_form(cfg: Config, parts: list[str]) -> bool:
@@ -235,13 +274,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
     Without ``base``, the defaults' data section follows the dataset the result names
     (:data:`visattn.data.DATASETS`): keys the file and the overrides leave unset take that
-    dataset's values."""
+    dataset's values. The result is validated (:func:`validate_config`)."""
     recipe: Mapping = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        recipe = yaml.safe_load(path.read_text()) or {}
+        try:
+            recipe = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
         if not isinstance(recipe, Mapping):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
     overrides = list(overrides)
@@ -250,10 +292,238 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         return apply_overrides(merge_config(start, recipe, where=f" in {path}"), overrides)
 
     if base is not None:
-        return build(base)
+        return validate_config(build(base))
     cfg = build(Config())
-    return build(merge_config(Config(), {"data": _dataset_defaults(cfg.data.dataset)}))
+    return validate_config(build(merge_config(Config(), {"data": _dataset_defaults(cfg.data.dataset)})))
 
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# -- validation
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a config value may be: ``test(value)``, asked only of values of the field's type, and
+    ``allowed``, the words completing "must be ..." in the error."""
+
+    test: Callable[[Any], bool]
+    allowed: str
+
+
+def _above(low: float, kind: str = "a number") -> Rule:
+    return Rule(lambda v: v > low, f"{kind} > {low}")
+
+
+def _at_least(low: float, kind: str = "a number") -> Rule:
+    return Rule(lambda v: v >= low, f"{kind} >= {low}")
+
+
+def _within(low: float, high: float, high_open: bool = False) -> Rule:
+    if high_open:
+        return Rule(lambda v: low <= v < high, f"a number in [{low}, {high})")
+    return Rule(lambda v: low <= v <= high, f"a number in [{low}, {high}]")
+
+
+def _one_of(*options: str) -> Rule:
+    return Rule(lambda v: v in options, f"one of {', '.join(options)}")
+
+
+def _low_high(low: float, kind: str) -> Rule:
+    return Rule(lambda v: len(v) == 2 and low <= v[0] <= v[1], f"[low, high], {kind} with {low} <= low <= high")
+
+
+def _is_device_name(name: str) -> bool:
+    try:
+        return name == "auto" or torch.device(name).type in ("cpu", "cuda", "mps")
+    except RuntimeError:
+        return False
+
+
+_POSITIVE_INT = _above(0, "an integer")
+_COUNT = _at_least(0, "an integer")
+_SIZE = Rule(lambda v: len(v) == 2 and min(v) > 0, "[height, width], integers > 0")
+
+# Range of every constrained key (a field absent here only has to have its type). A field that may
+# be null is allowed null as well.
+RULES: dict[str, Rule] = {
+    "task": _one_of("segmentation", "classification"),
+    "data.dataset": _one_of(*DATASETS),
+    "data.num_classes": _POSITIVE_INT,
+    "data.classes": Rule(bool, "a non-empty list of class names"),
+    "data.crop_size": Rule(lambda v: v > 0 if isinstance(v, int) else _SIZE.test(v),
+                           "an integer > 0 or [height, width], integers > 0"),
+    "data.scale_range": Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high], numbers with 0 < low <= high"),
+    "data.color_jitter": _at_least(0),
+    "data.mean": Rule(lambda v: len(v) == 3, "three numbers (R, G, B)"),
+    "data.std": Rule(lambda v: len(v) == 3 and min(v) > 0, "three numbers > 0 (R, G, B)"),
+    "data.workers": _COUNT,
+    "data.digits.train_length": _POSITIVE_INT,
+    "data.digits.val_length": _POSITIVE_INT,
+    "data.digits.size": _POSITIVE_INT,
+    "data.digits.digits_per_image": _low_high(0, "integers"),
+    "data.digits.digit_size": _low_high(1, "integers"),  # and high <= data.digits.size
+    "data.digits.seed": _COUNT,
+    "train.iters": _POSITIVE_INT,
+    "train.epochs": _POSITIVE_INT,
+    "train.batch_size": _POSITIVE_INT,  # and a multiple of accum_steps x processes
+    "train.accum_steps": _POSITIVE_INT,
+    "train.optimizer": _one_of("sgd", "adamw"),
+    "train.lr": _above(0),
+    "train.momentum": _within(0, 1, high_open=True),
+    "train.betas": Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "train.weight_decay": _at_least(0),
+    "train.schedule": _one_of("poly", "step"),
+    "train.power": _at_least(0),
+    "train.lr_steps": Rule(lambda v: all(m > 0 for m in v), "a list of integers > 0"),
+    "train.lr_gamma": _above(0),
+    "train.warmup_iters": _COUNT,
+    "train.warmup_factor": _within(0, 1),
+    "train.min_lr": _at_least(0),  # and <= lr
+    "train.head_lr_mult": _above(0),
+    "train.loss_weights": Rule(lambda v: all(w >= 0 for w in v.values()), "a mapping of output names to numbers >= 0"),
+    "train.ohem_thresh": _within(0, 1),
+    "train.ohem_min_kept": _COUNT,
+    "train.label_smoothing": _within(0, 1, high_open=True),
+    "train.amp": _one_of("bf16", "fp16"),
+    "train.seed": _COUNT,
+    "train.device": Rule(_is_device_name, "auto, cpu, cuda, cuda:N or mps"),  # and present on this machine
+    "train.log_every": _POSITIVE_INT,
+    "train.eval_every": _POSITIVE_INT,
+    "train.ckpt_every": _POSITIVE_INT,
+    "train.keep_ckpts": _POSITIVE_INT,
+    "eval.batch_size": _POSITIVE_INT,
+    "eval.scales": Rule(lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of numbers > 0"),
+    "eval.mode": _one_of("whole", "slide"),
+    "eval.crop_size": _SIZE,
+    "eval.stride": _SIZE,
+}
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _matches(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` has the type ``annotation`` names (a bool is no number, a float no integer)."""
+    if annotation is Any:
+        return True
+    if isinstance(annotation, types.UnionType):
+        return any(_matches(a, value) for a in typing.get_args(annotation))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(args[0], v) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(args[0], k) and _matches(args[1], v) for k, v in value.items())
+    if isinstance(value, bool):
+        return annotation is bool
+    if annotation is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, annotation)
+
+
+def _type_words(annotation: Any) -> str:
+    words = [_TYPE_WORDS.get(a) or ("a list" if typing.get_origin(a) is list else "a mapping")
+             for a in _alternatives(annotation)]
+    return " or ".join(sorted(words, key=lambda w: w != "null"))
+
+
+def _leaves(section: Any, prefix: str = "") -> Iterable[tuple[str, Any, Any]]:
+    """``(dotted key, annotation, value)`` of every non-section field of ``section``."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hints[f.name], value
+
+
+def _invalid(key: str, allowed: str, value: Any) -> ConfigError:
+    return ConfigError(f"config key {key!r} must be {allowed}, got {value!r}")
+
+
+def validate_config(cfg: Config) -> Config:
+    """``cfg`` when every value is allowed, else a :class:`ConfigError` naming the first key that is
+    not and its allowed range: types, :data:`RULES`, the relations between keys, the model (name and
+    keyword arguments) and the device."""
+    for key, annotation, value in _leaves(cfg):
+        rule = RULES.get(key)
+        nullable = _matches(annotation, None)
+        if value is None and nullable:
+            continue
+        if not _matches(annotation, value) or (rule is not None and not rule.test(value)):
+            allowed = _type_words(annotation) if rule is None else rule.allowed
+            allowed = f"null or {allowed}" if nullable and rule is not None else allowed
+            raise _invalid(key, allowed, value)
+    t, digits = cfg.train, cfg.data.digits
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if t.batch_size % (t.accum_steps * processes):
+        raise _invalid("train.batch_size",
+                       f"a multiple of train.accum_steps x processes = {t.accum_steps} x {processes}", t.batch_size)
+    if t.min_lr > t.lr:
+        raise _invalid("train.min_lr", f"a number in [0, train.lr] = [0, {t.lr}]", t.min_lr)
+    if t.optimizer == "sgd" and t.nesterov and t.momentum == 0:
+        raise _invalid("train.nesterov", "false when train.momentum is 0 (Nesterov needs momentum)", t.nesterov)
+    if digits.digit_size[1] > digits.size:
+        raise _invalid("data.digits.digit_size", f"[low, high], integers with 1 <= low <= high <= data.digits.size = "
+                                                 f"{digits.size}", digits.digit_size)
+    _check_device(t.device)
+    _check_model(cfg.model)
+    return cfg
+
+
+def _check_device(name: str) -> None:
+    if name == "auto":
+        return
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            present = f"auto, cpu, cuda or cuda:0..cuda:{count - 1}" if count else "auto or cpu (no CUDA device here)"
+            raise _invalid("train.device", present, name)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise _invalid("train.device", "auto or cpu (MPS is not available on this machine)", name)
+
+
+def _check_model(model: ModelConfig) -> None:
+    """``model.name`` names a builder, and the builder accepts ``model.kwargs``.
+
+    Builders pass their ``**kwargs`` on to encoders and heads, so their signatures do not tell which
+    arguments they accept: the model is built on the meta device (no memory, no weights read, no
+    data), for two classes, with ``pretrained`` off and ``pretrained_file`` left out (it only has to
+    exist), and a ``TypeError`` or ``ValueError`` it raises is the config's error.
+    """
+    if ":" in model.name:
+        module, _, name = model.name.partition(":")
+        try:
+            builder = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as err:
+            raise _invalid("model.name", f"a registered model or an importable 'package.module:builder' ({err})",
+                           model.name) from None
+        build = functools.partial(builder, num_classes=2)
+    else:
+        from ..models import create_model, list_models
+
+        names = list_models()
+        if model.name not in names:
+            close = difflib.get_close_matches(model.name, names, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else "`visattn models` lists them"
+            raise _invalid("model.name", f"a registered model or 'package.module:builder' ({hint})", model.name)
+        build = functools.partial(create_model, model.name, num_classes=2, pretrained=False)
+    kwargs = dict(model.kwargs)
+    pretrained_file = kwargs.pop("pretrained_file", None)
+    if pretrained_file is not None and not Path(str(pretrained_file)).is_file():
+        raise _invalid("model.kwargs.pretrained_file", "null or an existing file", pretrained_file)
+    try:
+        with torch.device("meta"):
+            build(**kwargs)
+    except (TypeError, ValueError) as err:
+        message = " ".join(str(err).split())
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
+        if unknown:
+            raise ConfigError(f"config key 'model.kwargs.{unknown[1]}' is not an argument of model {model.name!r} "
+                              f"({message})") from None
+        raise ConfigError(f"config key 'model.kwargs' does not suit model {model.name!r}: {message}") from None
+    except (RuntimeError, NotImplementedError):  # an operation the meta device lacks: the real build reports errors
+        pass

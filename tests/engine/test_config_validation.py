@@ -1,0 +1,225 @@
+"""Config validation: every invalid value is a one-line ConfigError naming the key and its allowed
+range, raised while the config is resolved; the CLI turns it into exit code 2 before any run
+directory, data or model exists."""
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from visattn.cli import main
+from visattn.engine.config import RULES, Config, ConfigError, load_config, validate_config
+
+# (override, key, allowed range, value as the message shows it)
+INVALID = [
+    ("train.lr=0", "train.lr", "a number > 0", "0"),
+    ("train.lr=-1e-3", "train.lr", "a number > 0", "-0.001"),
+    ("train.lr=.inf", "train.lr", "a number > 0", "inf"),
+    ("train.lr=true", "train.lr", "a number > 0", "True"),
+    ("train.batch_size=0", "train.batch_size", "an integer > 0", "0"),
+    ("train.batch_size=2.5", "train.batch_size", "an integer > 0", "2.5"),
+    ("train.batch_size='2.5'", "train.batch_size", "an integer > 0", "2.5"),
+    ("train.iters=0", "train.iters", "an integer > 0", "0"),
+    ("train.iters=-5", "train.iters", "an integer > 0", "-5"),
+    ("train.epochs=0", "train.epochs", "null or an integer > 0", "0"),
+    ("train.ckpt_every=0", "train.ckpt_every", "an integer > 0", "0"),
+    ("train.log_every=0", "train.log_every", "an integer > 0", "0"),
+    ("train.eval_every=0", "train.eval_every", "null or an integer > 0", "0"),
+    ("train.keep_ckpts=0", "train.keep_ckpts", "an integer > 0", "0"),
+    ("train.accum_steps=0", "train.accum_steps", "an integer > 0", "0"),
+    ("train.warmup_iters=-1", "train.warmup_iters", "an integer >= 0", "-1"),
+    ("train.betas=abc", "train.betas", "two numbers in [0, 1)", "'abc'"),
+    ("train.betas=[0.9, 1.0]", "train.betas", "two numbers in [0, 1)", "[0.9, 1.0]"),
+    ("train.betas=[0.9]", "train.betas", "two numbers in [0, 1)", "[0.9]"),
+    ("train.momentum=1", "train.momentum", "a number in [0, 1)", "1"),
+    ("train.weight_decay=-0.1", "train.weight_decay", "a number >= 0", "-0.1"),
+    ("train.warmup_factor=1.5", "train.warmup_factor", "a number in [0, 1]", "1.5"),
+    ("train.label_smoothing=1", "train.label_smoothing", "a number in [0, 1)", "1"),
+    ("train.ohem_thresh=2", "train.ohem_thresh", "a number in [0, 1]", "2"),
+    ("train.lr_steps=[30, 0]", "train.lr_steps", "a list of integers > 0", "[30, 0]"),
+    ("train.optimizer=adam", "train.optimizer", "one of sgd, adamw", "'adam'"),
+    ("train.schedule=cosine", "train.schedule", "one of poly, step", "'cosine'"),
+    ("train.amp=fp8", "train.amp", "null or one of bf16, fp16", "'fp8'"),
+    ("train.device=tpu", "train.device", "auto, cpu, cuda, cuda:N or mps", "'tpu'"),
+    ("train.seed=-1", "train.seed", "an integer >= 0", "-1"),
+    ("train.deterministic=3", "train.deterministic", "true or false", "3"),
+    ("train.loss_weights={out: -1}", "train.loss_weights", "null or a mapping of output names to numbers >= 0",
+     "{'out': -1}"),
+    ("task=detection", "task", "one of segmentation, classification", "'detection'"),
+    ("data.dataset=cifar", "data.dataset", "one of digits, cityscapes", "'cifar'"),
+    ("data.crop_size=[0, 64]", "data.crop_size", "an integer > 0 or [height, width], integers > 0", "[0, 64]"),
+    ("data.crop_size=[64]", "data.crop_size", "an integer > 0 or [height, width], integers > 0", "[64]"),
+    ("data.scale_range=[2, 1]", "data.scale_range", "[low, high], numbers with 0 < low <= high", "[2, 1]"),
+    ("data.std=[1, 0, 1]", "data.std", "three numbers > 0 (R, G, B)", "[1, 0, 1]"),
+    ("data.workers=-1", "data.workers", "an integer >= 0", "-1"),
+    ("data.num_classes=0", "data.num_classes", "null or an integer > 0", "0"),
+    ("data.root=3", "data.root", "null or a string", "3"),
+    ("data.digits.digit_size=[20, 10]", "data.digits.digit_size", "[low, high], integers with 1 <= low <= high",
+     "[20, 10]"),
+    ("eval.batch_size=0", "eval.batch_size", "an integer > 0", "0"),
+    ("eval.scales=[]", "eval.scales", "a non-empty list of numbers > 0", "[]"),
+    ("eval.mode=tiles", "eval.mode", "one of whole, slide", "'tiles'"),
+    ("eval.crop_size=[64]", "eval.crop_size", "null or [height, width], integers > 0", "[64]"),
+    ("eval.stride=[0, 8]", "eval.stride", "null or [height, width], integers > 0", "[0, 8]"),
+    ("model.pretrained=yes please", "model.pretrained", "true or false", "'yes please'"),
+    ("model.name=danett", "model.name", "a registered model or 'package.module:builder' (did you mean danet",
+     "'danett'"),
+    ("model.name=nowhere:build", "model.name", "a registered model or an importable 'package.module:builder'",
+     "'nowhere:build'"),
+    # relations between keys
+    ("train.min_lr=1", "train.min_lr", "a number in [0, train.lr] = [0, 0.002]", "1"),
+    ("train.accum_steps=3", "train.batch_size", "a multiple of train.accum_steps x processes = 3 x 1", "8"),
+    ("data.digits.digit_size=[8, 100]", "data.digits.digit_size",
+     "[low, high], integers with 1 <= low <= high <= data.digits.size = 64", "[8, 100]"),
+]
+
+
+@pytest.mark.parametrize("override, key, allowed, shown", INVALID, ids=[case[0] for case in INVALID])
+def test_invalid_value_names_key_and_range(override, key, allowed, shown):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert message.startswith(f"config key {key!r} must be {allowed}"), message
+    assert message.endswith(f", got {shown}") and "\n" not in message
+
+
+def test_relation_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"^config key 'train\.nesterov' must be false when train\.momentum is 0"):
+        load_config(None, ["train.optimizer=sgd", "train.nesterov=true", "train.momentum=0"])
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("train.momentum=0", "momentum", 0),
+    ("train.betas=[0, 0.999]", "betas", [0, 0.999]),
+    ("train.lr=1", "lr", 1),
+    ("train.iters=1e3", "iters", 1000),
+    ("train.iters=10.0", "iters", 10),
+    ("train.epochs=null", "epochs", None),
+    ("train.amp=bf16", "amp", "bf16"),
+    ("train.eval_every=null", "eval_every", None),
+    ("train.min_lr=0.002", "min_lr", 0.002),
+    ("train.device=cpu", "device", "cpu"),
+    ("train.lr_steps=['30', 60]", "lr_steps", [30, 60]),
+])
+def test_boundary_values_are_accepted(override, key, value):
+    got = getattr(load_config(None, [override]).train, key)
+    assert got == value and type(got) is type(value)
+
+
+def test_integral_floats_become_integers_and_others_are_refused():
+    assert load_config(None, ["data.crop_size=[32.0, 48]"]).data.crop_size == [32, 48]
+    assert type(load_config(None, ["data.crop_size=[32.0, 48]"]).data.crop_size[0]) is int
+    with pytest.raises(ConfigError, match=r"'data\.crop_size' must be .*, got \[32\.5, 48\]$"):
+        load_config(None, ["data.crop_size=[32.5, 48]"])
+
+
+def test_pretrained_file_is_not_read_while_resolving(tmp_path):
+    weights = tmp_path / "encoder.pth"
+    weights.write_bytes(b"not read before the model is built")
+    assert load_config(None, [f"model.kwargs.pretrained_file={weights}"]).model.kwargs["pretrained_file"] == str(weights)
+
+
+def test_unknown_model_kwargs_are_named():
+    with pytest.raises(ConfigError, match=r"^config key 'model\.kwargs\.depth' is not an argument of model 'danet' "
+                                          r"\(.*unexpected keyword argument 'depth'\)$"):
+        load_config(None, ["model.kwargs.depth=3"])
+    with pytest.raises(ConfigError, match=r"^config key 'model\.kwargs' does not suit model 'danet': output_stride "
+                                          r"must be 8 or 16, got 4$"):
+        load_config(None, ["model.kwargs.output_stride=4"])
+    with pytest.raises(ConfigError, match=r"'model\.kwargs\.depth' is not an argument of model 'tinyseg:build'"):
+        load_config(None, ["model.name=tinyseg:build", "model.kwargs={depth: 3}"])
+    with pytest.raises(ConfigError, match=r"^config key 'model\.kwargs\.pretrained_file' must be null or an existing "
+                                          r"file, got 'no/such\.pth'$"):
+        load_config(None, ["model.kwargs.pretrained_file=no/such.pth"])
+    # arguments the builder passes on to the encoder and the head are accepted
+    cfg = load_config(None, ["model.kwargs.aux=true", "model.kwargs.reduction=4",
+                             "model.kwargs.encoder_kwargs={ceil_maxpool: true}"])
+    assert cfg.model.kwargs["reduction"] == 4
+
+
+def test_model_kwargs_are_checked_on_the_meta_device(monkeypatch):
+    built = []
+    original = torch.nn.Conv2d.__init__
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self.weight.device.type)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "__init__", record)
+    load_config(None, ["model.name=tinyseg:build", "model.kwargs={}"])
+    assert built and set(built) == {"meta"}
+
+
+@pytest.mark.parametrize("count, device, allowed", [
+    (0, "cuda", "auto or cpu (no CUDA device here)"), (0, "cuda:0", "auto or cpu (no CUDA device here)"),
+    (1, "cuda", None), (2, "cuda:1", None), (2, "cuda:2", "auto, cpu, cuda or cuda:0..cuda:1"),
+])
+def test_a_cuda_device_must_be_present(monkeypatch, count, device, allowed):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if allowed is None:
+        assert load_config(None, [f"train.device={device}"]).train.device == device
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"train.device={device}"])
+    assert str(err.value) == f"config key 'train.device' must be {allowed}, got {device!r}"
+
+
+def test_broken_yaml_names_file_and_line(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("train:\n  lr: 0.1\n  iters: [1, 2\nmodel:\n  name: danet\n")
+    with pytest.raises(ConfigError, match=r"^config file .*broken\.yaml is not valid YAML: "
+                                          r"line 4, column 6: expected ',' or '\]', but got ':'$") as err:
+        load_config(recipe)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"^override 'train\.betas=\[0\.9': the value is not valid YAML \(line 1"):
+        load_config(None, ["train.betas=[0.9"])
+
+
+def test_rules_name_existing_keys():
+    keys = set()
+
+    def collect(section, prefix=""):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if dataclasses.is_dataclass(value):
+                collect(value, f"{prefix}{f.name}.")
+            keys.add(f"{prefix}{f.name}")
+
+    collect(Config())
+    assert set(RULES) <= keys, set(RULES) - keys
+
+
+def test_validate_config_accepts_the_defaults_and_refuses_a_bad_one():
+    assert validate_config(Config()) == Config()
+    bad = dataclasses.replace(Config(), train=dataclasses.replace(Config().train, batch_size=-8))
+    with pytest.raises(ConfigError, match=r"'train\.batch_size' must be an integer > 0, got -8"):
+        validate_config(bad)
+
+
+@pytest.mark.parametrize("override", ["train.lr=0", "train.iters=-5", "train.batch_size=2.5", "model.kwargs.depth=3",
+                                      "train.betas=abc"])
+def test_cli_train_exits_2_with_one_line_and_no_run_directory(tmp_path, capsys, override):
+    root = tmp_path / "runs"
+    assert main(["train", "--quiet", "--set", override, "--set", f"run.root={root}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and re.match(r"visattn train: error: config key '[\w.]+' ", lines[0]), captured.err
+    assert not root.exists()
+
+
+def test_cli_eval_with_invalid_override_exits_2(tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    assert main(["eval", "--weights", str(weights), "--set", "eval.batch_size=0"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["visattn eval: error: config key 'eval.batch_size' must be an integer > 0, got 0"]
+
+
+@pytest.mark.parametrize("content, kind", [([torch.ones(2)], "list"), (torch.ones(2), "Tensor")])
+def test_cli_eval_with_weights_that_are_no_state_dict_exits_2(tmp_path, capsys, content, kind):
+    weights = tmp_path / "odd.pth"
+    torch.save(content, weights)
+    tiny = ["--set", "model.name=tinyseg:build", "--set", "model.kwargs={}"]
+    assert main(["eval", "--weights", str(weights), *tiny]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"visattn eval: error: checkpoint {weights} holds a {kind}, not a mapping of parameter names to tensors"]
