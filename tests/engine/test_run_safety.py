@@ -40,8 +40,8 @@ def test_reading_a_run_never_imports_its_code(tmp_path, capsys):
     (folder / "hubconf.py").write_text(
         f"import pathlib\nimport torch\n\npathlib.Path({str(marker)!r}).write_text('ran')\n\n\n"
         "def x(num_classes):\n    return torch.nn.Conv2d(3, num_classes, 1)\n")
-    config = {"model": {"name": "torch.hub:load", "kwargs": {"repo_or_dir": str(folder), "model": "x", "source": "local"}},
-              "data": {"digits": {"val_length": 4}}}
+    hub = {"repo_or_dir": str(folder), "model": "x", "source": "local"}
+    config = {"model": {"name": "torch.hub:load", "kwargs": hub}, "data": {"digits": {"val_length": 4}}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     save_file({"weight": torch.zeros(11, 3, 1, 1), "bias": torch.zeros(11)}, folder / "best.safetensors")
     image = tmp_path / "a.png"

@@ -131,8 +131,8 @@ class RunDir:
     def _is_stale(self, holder: str | None) -> bool:
         """A lock naming a process of this host that is gone (or this process, not holding it)."""
         pid, _, host = (holder or "").partition(" ")
-        if not pid.isdigit() or host != socket.gethostname():
-            return False  # being written, or another host's: cannot tell
+        if not pid.isdigit() or host != socket.gethostname() or os.name == "nt":
+            return False  # being written, another host's, or Windows (where os.kill terminates): cannot tell
         if int(pid) == os.getpid():
             return self.path.resolve() not in _HELD
         try:

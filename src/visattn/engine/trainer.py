@@ -157,7 +157,8 @@ class Trainer:
                 self._held.enter_context(self.run.lock())
                 if not self.resumed:
                     self.run.ensure_empty()
-                self.run.write_config(dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, dir=str(self.run))))
+                ran = dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, dir=str(self.run)))
+                self.run.write_config(ran)
             except OSError as err:
                 self._held.close()
                 error = err
