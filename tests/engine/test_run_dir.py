@@ -77,7 +77,7 @@ def _pickled_call(fn, *args) -> bytes:
 
 def test_inference_weights_and_load_trained(tmp_path):
     run = RunDir(tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match="run directory does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"not a run directory: .*run does not exist"):
         load_trained(run.path)
     run.path.mkdir()
     with pytest.raises(FileNotFoundError, match="not a run directory"):

@@ -170,4 +170,4 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys):
 
 def test_resume_of_a_missing_directory_says_so(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
-    assert f"run directory does not exist: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    assert f"not a run directory: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err

@@ -164,7 +164,7 @@ class RunDir:
 
     def load_config(self, overrides: Iterable[str] = ()) -> Config:
         if not self.path.is_dir():
-            raise FileNotFoundError(f"run directory does not exist: {self.path}")
+            raise FileNotFoundError(f"not a run directory: {self.path} does not exist")
         if not self.config.is_file():
             raise FileNotFoundError(f"not a run directory (no {self.config.name}): {self.path}")
         return load_config(self.config, overrides)
