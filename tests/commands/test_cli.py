@@ -20,12 +20,12 @@ def _sets(items):
 
 def test_train_eval_predict(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--quiet", *_sets(TINY), "--output", str(run)]) == 0
+    assert main(["train", "--quiet", "--trust-code", *_sets(TINY), "--output", str(run)]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and "after 3 steps" in out and str(run) in out
     assert (run / "model.safetensors").is_file() and (run / "config.yaml").is_file()
 
-    assert main(["eval", "--run", str(run), "--flip", "--scales", "1", "1.5"]) == 0
+    assert main(["eval", "--run", str(run), "--trust-code", "--flip", "--scales", "1", "1.5"]) == 0
     result = json.loads((run / "eval_val.json").read_text())
     assert set(result["per_class_iou"]) == {"background", *map(str, range(10))} and result["flip"] is True
     assert 0 <= result["mIoU"] <= 1 and "mIoU" in capsys.readouterr().out
@@ -35,14 +35,14 @@ def test_train_eval_predict(tmp_path, capsys):
     for name, size in (("a.png", (40, 30)), ("b.jpg", (17, 23))):
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(images / name)
     out_dir = tmp_path / "pred"
-    assert main(["predict", str(images), "--run", str(run), "--output", str(out_dir), "--mode", "slide",
+    assert main(["predict", str(images), "--run", str(run), "--trust-code", "--output", str(out_dir), "--mode", "slide",
                  "--crop-size", "16", "16"]) == 0
     for stem, size in (("a", (40, 30)), ("b", (17, 23))):
         mask = Image.open(out_dir / f"{stem}_mask.png")
         overlay = Image.open(out_dir / f"{stem}_overlay.png")
         assert mask.size == size and mask.mode == "P" and overlay.size == size and overlay.mode == "RGB"
         assert np.asarray(mask).max() <= 10
-    assert main(["predict", str(tmp_path / "nothing*.png"), "--run", str(run)]) == 2
+    assert main(["predict", str(tmp_path / "nothing*.png"), "--run", str(run), "--trust-code"]) == 2
     assert "no image matches" in capsys.readouterr().err
 
 
@@ -50,9 +50,9 @@ def test_train_rejects_unknown_key_and_keeps_runs(tmp_path, capsys):
     assert main(["train", "--set", "train.lrr=0.1"]) == 2
     assert "unknown config key 'train.lrr'" in capsys.readouterr().err
     run = tmp_path / "run"
-    assert main(["train", "--quiet", *_sets(TINY), "--set", f"run.dir={run}"]) == 0
+    assert main(["train", "--quiet", "--trust-code", *_sets(TINY), "--set", f"run.dir={run}"]) == 0
     before = (run / "model.safetensors").read_bytes()
-    assert main(["train", "--quiet", *_sets(TINY), "--set", f"run.dir={run}"]) == 2
+    assert main(["train", "--quiet", "--trust-code", *_sets(TINY), "--set", f"run.dir={run}"]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--output", str(tmp_path / "elsewhere")]) == 2
     assert "--resume continues RUN_DIR" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def test_slide_flip_and_scales_agree_with_whole_for_a_pointwise_model():
 def test_short_run_writes_run_directory(tmp_path):
     cfg = load_config(None, TINY + [f"run.dir={tmp_path / 'run'}", "train.ckpt_every=2", "train.keep_ckpts=2",
                                     "train.eval_every=3"])
-    result = train(cfg, quiet=True)
+    result = train(cfg, quiet=True, trust_code=True)
     run = tmp_path / "run"
     assert result["step"] == 6 and not result["interrupted"] and 0 <= result["metrics"]["mIoU"] <= 1
     assert load_config(run / "config.yaml").run.dir == str(run)
@@ -150,20 +150,20 @@ def test_short_run_writes_run_directory(tmp_path):
     assert best["mIoU"] == max(r["mIoU"] for r in lines if "mIoU" in r)
     assert set(load_file(run / "model.safetensors")) == set(load_file(run / "best.safetensors"))
     with pytest.raises(FileExistsError, match="--resume"):  # never overwrite a run
-        train(cfg, quiet=True)
+        train(cfg, quiet=True, trust_code=True)
 
 
 def test_resume_after_ctrl_c_is_bit_identical(tmp_path):
     # dropout exercises the RNG; accumulation + interrupt in the middle of a step and of an epoch
     common = TINY + ["model.kwargs.dropout=0.3", "train.accum_steps=2", "train.ckpt_every=100", "data.flip=true",
                      "train.warmup_iters=2"]
-    straight = train(load_config(None, common + [f"run.dir={tmp_path / 'a'}"]), quiet=True)
+    straight = train(load_config(None, common + [f"run.dir={tmp_path / 'a'}"]), quiet=True, trust_code=True)
     cfg = load_config(None, common + [f"run.dir={tmp_path / 'b'}", "model.kwargs.interrupt_after=5"])
-    stopped = train(cfg, quiet=True)
+    stopped = train(cfg, quiet=True, trust_code=True)
     assert stopped["interrupted"] and stopped["step"] == 2
     assert (tmp_path / "b/checkpoints/latest").read_text() == "step_0000002"
     cfg = load_config(tmp_path / "b/config.yaml", ["model.kwargs.interrupt_after=null"])
-    resumed = train(cfg, resume=tmp_path / "b", quiet=True)
+    resumed = train(cfg, resume=tmp_path / "b", quiet=True, trust_code=True)
     assert resumed["step"] == 6 and not resumed["interrupted"]
     a, b = load_file(tmp_path / "a/model.safetensors"), load_file(tmp_path / "b/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -177,7 +177,7 @@ def test_classification_run_and_bf16(tmp_path):
                              "data.dataset=digits_cls", "data.digits.size=16", "data.digits.digit_size=[8,12]",
                              "data.crop_size=16", "train.batch_size=32", "train.iters=2", "train.amp=bf16",
                              "eval.batch_size=128", f"run.dir={tmp_path / 'cls'}"])
-    result = train(cfg, quiet=True)
+    result = train(cfg, quiet=True, trust_code=True)
     assert set(result["metrics"]) == {"top1", "top5"} and result["metrics"]["top5"] >= result["metrics"]["top1"]
 
 
@@ -192,10 +192,10 @@ def test_ddp_two_processes_match_one_process(tmp_path):
                OMP_NUM_THREADS="1")
     sets = [a for s in common for a in ("--set", s)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "visattn",
-           "train", "--quiet", *sets, "--set", f"run.dir={tmp_path / 'ddp'}"]
+           "train", "--quiet", "--trust-code", *sets, "--set", f"run.dir={tmp_path / 'ddp'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = train(load_config(None, common + [f"run.dir={tmp_path / 'one'}"]), quiet=True)
+    single = train(load_config(None, common + [f"run.dir={tmp_path / 'one'}"]), quiet=True, trust_code=True)
     assert single["step"] == 6
     a, b = load_file(tmp_path / "ddp/model.safetensors"), load_file(tmp_path / "one/model.safetensors")
     assert set(a) == set(b)

@@ -1,6 +1,11 @@
-"""RunDir: checkpoint pairs and the ``latest`` pointer, pruning, the weights offered for inference,
-and rebuilding a trained model from a run directory."""
+"""RunDir: checkpoint pairs and the ``latest`` pointer, pruning, falling back to the newest readable
+pair, the weights offered for inference, rebuilding a trained model from a run directory, the lock
+and the refusal of non-empty directories."""
+import os
 import re
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +16,10 @@ from visattn.engine.config import load_config
 from visattn.engine.run_dir import RunDir, load_trained
 
 
+def _state(step: int) -> dict:
+    return {"step": step, "optimizer": {}, "scheduler": {}, "scaler": {}, "best": 0.0, "rng": {}}
+
+
 def test_checkpoints_keep_the_newest_pairs(tmp_path):
     run, model = RunDir(tmp_path / "run"), nn.Linear(3, 2)
     assert run.latest_checkpoint() is None
@@ -19,16 +28,58 @@ def test_checkpoints_keep_the_newest_pairs(tmp_path):
     for step in (2, 4, 6):
         with torch.no_grad():
             model.weight.fill_(step)
-        run.save_checkpoint(step, model, {"step": step, "rng": [torch.get_rng_state()]}, keep=2)
+        run.save_checkpoint(step, model, _state(step), keep=2)
     assert run.latest_checkpoint() == "step_0000006"
     assert sorted(p.name for p in run.checkpoints.iterdir()) == [
         "latest", "step_0000004.safetensors", "step_0000004.state.pt", "step_0000006.safetensors", "step_0000006.state.pt"]
-    weights, state = run.load_checkpoint()
-    assert torch.equal(weights["weight"], torch.full((2, 3), 6.0)) and state["step"] == 6
+    name, weights, state = run.load_checkpoint()
+    assert name == "step_0000006" and torch.equal(weights["weight"], torch.full((2, 3), 6.0)) and state["step"] == 6
+
+
+def test_load_checkpoint_falls_back_to_the_newest_readable_pair(tmp_path):
+    run, model = RunDir(tmp_path / "run"), nn.Linear(3, 2)
+    for step in (2, 4, 6, 8):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        run.save_checkpoint(step, model, _state(step), keep=4)
+    state_8 = run.checkpoints / "step_0000008.state.pt"
+    state_8.write_bytes(state_8.read_bytes()[:100])  # truncated
+    weights_6 = run.checkpoints / "step_0000006.safetensors"
+    weights_6.write_bytes(weights_6.read_bytes()[:-8])
+    torch.save({"step": 4}, run.checkpoints / "step_0000004.state.pt")  # not a training state
+    with pytest.warns(UserWarning, match=r"resuming from step_0000002.*step_0000008\.state\.pt.*"
+                                         r"step_0000006\.safetensors.*step_0000004\.state\.pt is not a training state"):
+        name, weights, state = run.load_checkpoint()
+    assert name == "step_0000002" and state["step"] == 2 and torch.equal(weights["weight"], torch.full((2, 3), 2.0))
+    (run.checkpoints / "step_0000002.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"no readable checkpoint in .*step_0000002\.safetensors"):
+        run.load_checkpoint()
+
+
+def test_load_checkpoint_never_unpickles_code(tmp_path):
+    run, marker = RunDir(tmp_path / "run"), tmp_path / "marker"
+    run.save_checkpoint(2, nn.Linear(3, 2), _state(2), keep=1)
+    (run.checkpoints / "step_0000002.state.pt").write_bytes(_pickled_call(os.mkdir, str(marker)))
+    with pytest.raises(ValueError, match=r"step_0000002\.state\.pt holds objects other than tensors"):
+        run.load_checkpoint()
+    assert not marker.exists()
+
+
+def _pickled_call(fn, *args) -> bytes:
+    import pickle
+
+    class Call:
+        def __reduce__(self):
+            return fn, args
+
+    return pickle.dumps(Call(), protocol=2)
 
 
 def test_inference_weights_and_load_trained(tmp_path):
     run = RunDir(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=r"not a run directory: .*run does not exist"):
+        load_trained(run.path)
+    run.path.mkdir()
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         load_trained(run.path)
     run.write_config(load_config(None, ["model.name=tinyseg:build", "model.kwargs={}"]))
@@ -40,7 +91,9 @@ def test_inference_weights_and_load_trained(tmp_path):
     assert run.inference_weights() == run.final_weights
     run.save_best(best, {"step": 3, "mIoU": 0.5})
     assert run.inference_weights() == run.best_weights
-    cfg, model = load_trained(run.path)
+    with pytest.raises(ValueError, match=r"'tinyseg:build' in .*config\.yaml would import .*--trust-code"):
+        load_trained(run.path)
+    cfg, model = load_trained(run.path, trust_code=True)
     assert not model.training and cfg.model.name == "tinyseg:build"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), best.state_dict().values()))
 
@@ -49,3 +102,56 @@ def test_new_run_directory_names(tmp_path):
     assert RunDir.new(load_config(None, [f"run.dir={tmp_path / 'x'}"])).path == tmp_path / "x"
     path = RunDir.new(load_config(None, [f"run.root={tmp_path}"])).path
     assert path.parent == tmp_path and re.fullmatch(r"danet-digits-\d{8}-\d{6}", path.name)
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.lock():
+        assert run.lock_file.read_text() == f"{os.getpid()} {socket.gethostname()}"
+        with pytest.raises(FileExistsError, match=f"in use by process {os.getpid()} on"):
+            with run.lock():
+                pass
+    assert not run.path.exists()  # created by the lock, left empty
+    run.path.mkdir()
+    with pytest.raises(RuntimeError), run.lock():
+        raise RuntimeError
+    assert run.path.is_dir() and not run.lock_file.exists()
+
+
+def test_lock_of_a_dead_process_is_taken_over_a_live_one_is_not(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run.lock_file.write_text(f"{live.pid} {socket.gethostname()}")
+        with pytest.raises(FileExistsError, match=f"in use by process {live.pid} .*delete .*lock"):
+            with run.lock():
+                pass
+        run.lock_file.write_text(f"{live.pid} another-host")
+        with pytest.raises(FileExistsError, match="in use by process"):
+            with run.lock():
+                pass
+    finally:
+        live.kill()
+        live.wait()
+    run.lock_file.write_text(f"{live.pid} {socket.gethostname()}")  # that process is gone
+    with run.lock():
+        assert run.lock_file.read_text().startswith(f"{os.getpid()} ")
+    assert not run.lock_file.exists()
+    run.lock_file.write_text(f"{os.getpid()} {socket.gethostname()}")  # this PID, left by another process
+    with run.lock():
+        pass
+
+
+def test_ensure_empty(tmp_path):
+    RunDir(tmp_path / "missing").ensure_empty()
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.lock_file.write_text("1 host")
+    run.ensure_empty()
+    (run.path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"is not empty \(notes\.txt\)"):
+        run.ensure_empty()
+    run.save_checkpoint(2, nn.Linear(3, 2), _state(2), keep=1)
+    with pytest.raises(FileExistsError, match="already holds checkpoints.*--resume"):
+        run.ensure_empty()

@@ -1,17 +1,25 @@
-"""Options shared by the commands that read a trained run (``eval``, ``predict``, ``explain``)."""
+"""Options shared by the commands that read a trained run (``eval``, ``predict``, ``explain``), and
+``--trust-code``, which ``train`` takes too."""
 from __future__ import annotations
 
 import argparse
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--run RUN_DIR`` (or ``--config`` + ``--weights``), ``--set`` and ``--device``."""
+    """``--run RUN_DIR`` (or ``--config`` + ``--weights``), ``--set``, ``--device`` and ``--trust-code``."""
     parser.add_argument("--run", metavar="RUN_DIR", help="a training run directory (its config.yaml and best weights)")
     parser.add_argument("--config", help="YAML recipe (with --weights, instead of --run)")
     parser.add_argument("--weights", help="weights file (.safetensors or torch.save); default: the run's best")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable)")
     parser.add_argument("--device", default="auto")
+    add_trust_code_argument(parser)
+
+
+def add_trust_code_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-code", action="store_true",
+                        help="build a model the config names as 'module:builder' by importing that module, "
+                             "which runs its code: only for configs and run directories you trust")
 
 
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:

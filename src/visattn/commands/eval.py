@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         device = resolve_device(args.device)
-        cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device)
+        cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
         split = args.split or cfg.data.val_split
         dataset = build_dataset(cfg.data, split, train=False)
         classes, _ = classes_and_palette(cfg.data)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{' '.join(given)}: the model of {source}")
             from visattn.engine.run_dir import load_trained
 
-            cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device)
+            cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
             mean, std = cfg.data.mean, cfg.data.std
         else:
             model, mean, std = _registered_model(args).to(device).eval(), IMAGENET_MEAN, IMAGENET_STD

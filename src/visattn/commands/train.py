@@ -10,6 +10,8 @@ import os
 import sys
 import time
 
+from visattn.commands.common import add_trust_code_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (see configs/); default: the digit-scenes demo")
@@ -19,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default: run.dir, else a new one under run.root)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_trust_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             length = f"{t.epochs} epochs" if t.epochs else f"{t.iters} steps"
             print(f"model {cfg.model.name} {cfg.model.kwargs} | data {cfg.data.dataset} | {length} x batch {t.batch_size}",
                   flush=True)
-        result = train(cfg, resume=args.resume, quiet=args.quiet)
+        result = train(cfg, resume=args.resume, quiet=args.quiet, trust_code=args.trust_code)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"visattn train: error: {err}", file=sys.stderr)
         return 2

@@ -11,12 +11,20 @@ from .config import ModelConfig, TrainConfig
 __all__ = ["build_model", "build_optimizer", "build_scheduler", "LRSchedule"]
 
 
-def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
-    """The model of config section ``cfg`` (``model``): a registered name or ``"module:builder"``.
-    ``pretrained`` overrides ``cfg.pretrained`` (trained weights replace them anyway)."""
+def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = None, trust_code: bool = False,
+                origin: str = "the config") -> nn.Module:
+    """The model of config section ``cfg`` (``model``): a registered name, or ``"module:builder"``
+    with ``trust_code=True`` only (importing the module runs its code; ``origin``, the file the
+    config came from, names it in the refusal). ``pretrained`` overrides ``cfg.pretrained``
+    (trained weights replace them anyway)."""
     pretrained = cfg.pretrained if pretrained is None else pretrained
     if ":" in cfg.name:
         module, fn = cfg.name.split(":", 1)
+        if not trust_code:
+            raise ValueError(
+                f"model.name {cfg.name!r} in {origin} would import and run Python code ({module}.{fn}); "
+                "use a registered model name (`visattn models`), or give --trust-code (trust_code=True) "
+                "if you trust that file")
         return getattr(importlib.import_module(module), fn)(num_classes=num_classes, **cfg.kwargs)
     from ..models import create_model
 

@@ -11,15 +11,24 @@ Layout::
     best.safetensors       weights with the best validation mIoU (top-1 for classification)
     best.json              that evaluation's metrics and step
     model.safetensors      the final weights
+    lock                   "PID HOST" of the process training in it, while it trains
 
 Every file is written atomically (:func:`visattn.weights.atomic_write`): a reader, or a run killed
-while writing, never leaves a half-written file behind.
+while writing, never leaves a half-written file behind. One process at a time trains in a run
+directory (:meth:`RunDir.lock`), and a new run only starts in an empty one
+(:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
+safetensors and ``weights_only`` pickles, and a config naming code to import
+(``model.name: "module:builder"``) builds only with ``trust_code=True``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+import pickle
+import socket
+import warnings
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +41,11 @@ from .build import build_model
 from .config import Config, dump_config, load_config
 
 __all__ = ["RunDir", "load_trained"]
+
+_STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "best", "rng")
+# Run directories this process holds the lock of: a lock file naming this PID is stale unless listed
+# (a restarted container reuses PIDs).
+_HELD: set[Path] = set()
 
 
 class RunDir:
@@ -61,6 +75,87 @@ class RunDir:
     best_weights = property(lambda self: self.path / "best.safetensors")
     best_metrics = property(lambda self: self.path / "best.json")
     final_weights = property(lambda self: self.path / "model.safetensors")
+    lock_file = property(lambda self: self.path / "lock")
+
+    # -- one process at a time, new runs in empty directories
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory's ``lock`` file (``PID HOST``, created exclusively) while the block runs;
+        on exit, exceptions included, remove it, and the directory too if this call created it and it
+        is still empty. A lock whose process is alive, or on another host, raises ``FileExistsError``;
+        one left by a dead process of this host (killed, crashed) is taken over."""
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        owner = f"{os.getpid()} {socket.gethostname()}"
+        try:
+            self._take_lock(owner)
+            _HELD.add(self.path.resolve())
+            try:
+                yield
+            finally:
+                _HELD.discard(self.path.resolve())
+                if self._lock_owner() == owner:
+                    self.lock_file.unlink()
+        finally:
+            if created:
+                with contextlib.suppress(OSError):  # not empty: the run wrote something
+                    self.path.rmdir()
+
+    def _take_lock(self, owner: str) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._lock_owner()
+                if not self._is_stale(holder):
+                    pid, _, host = (holder or "? ?").partition(" ")
+                    raise FileExistsError(
+                        f"run directory {self.path} is in use by process {pid} on {host} (its {self.lock_file.name} "
+                        f"file); if no such process is training in it, delete {self.lock_file}") from None
+                with contextlib.suppress(FileNotFoundError):
+                    self.lock_file.unlink()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(owner)
+            if self._lock_owner() == owner:
+                return
+        raise FileExistsError(f"run directory {self.path}: another process took its lock ({self.lock_file})")
+
+    def _lock_owner(self) -> str | None:
+        try:
+            return self.lock_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def _is_stale(self, holder: str | None) -> bool:
+        """A lock naming a process of this host that is gone (or this process, not holding it)."""
+        pid, _, host = (holder or "").partition(" ")
+        if not pid.isdigit() or host != socket.gethostname() or os.name == "nt":
+            return False  # being written, another host's, or Windows (where os.kill terminates): cannot tell
+        if int(pid) == os.getpid():
+            return self.path.resolve() not in _HELD
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
+    def ensure_empty(self) -> None:
+        """Raise ``FileExistsError`` unless the directory is missing or holds nothing but the lock:
+        a new run never writes over another run, or over files of anything else."""
+        if not self.path.is_dir():
+            return
+        found = sorted(p.name for p in self.path.iterdir() if p != self.lock_file)
+        if self.latest_checkpoint() is not None:
+            raise FileExistsError(f"run directory {self.path} already holds checkpoints; continue it with "
+                                  f"`visattn train --resume {self.path}` or choose another run.dir")
+        if found:
+            listed = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise FileExistsError(f"run directory {self.path} is not empty ({listed}); a new run starts in a new "
+                                  "or empty directory: choose another run.dir")
 
     # -- configuration, metrics and weights
 
@@ -68,6 +163,8 @@ class RunDir:
         atomic_write(self.config, lambda tmp: Path(tmp).write_text(dump_config(cfg)))
 
     def load_config(self, overrides: Iterable[str] = ()) -> Config:
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"not a run directory: {self.path} does not exist")
         if not self.config.is_file():
             raise FileNotFoundError(f"not a run directory (no {self.config.name}): {self.path}")
         return load_config(self.config, overrides)
@@ -111,37 +208,72 @@ class RunDir:
         save_state_dict(model.state_dict(), self._checkpoint(name, ".safetensors"))
         atomic_write(self._checkpoint(name, ".state.pt"), lambda tmp: torch.save(state, tmp))
         atomic_write(self.checkpoints / "latest", lambda tmp: Path(tmp).write_text(name))
-        older = sorted(p.name.removesuffix(".safetensors") for p in self.checkpoints.glob("step_*.safetensors"))
-        older.remove(name)
+        older = [n for n in self._checkpoint_names() if n != name]
         for old in older[: max(0, len(older) - (keep - 1))]:
             self._checkpoint(old, ".safetensors").unlink(missing_ok=True)
             self._checkpoint(old, ".state.pt").unlink(missing_ok=True)
         return name
 
-    def load_checkpoint(self) -> tuple[dict[str, Tensor], dict]:
-        """Weights and training state of the newest checkpoint (both read without unpickling code)."""
-        name = self.latest_checkpoint()
-        if name is None:
+    def load_checkpoint(self) -> tuple[str, dict[str, Tensor], dict]:
+        """Name, weights and training state of the newest checkpoint whose two files both read
+        (without unpickling code) and hold a training state. Newer ones that do not (truncated,
+        corrupt, foreign) are skipped with a warning naming them and why; with none readable,
+        ``ValueError`` names every file tried."""
+        names = self._checkpoint_names()
+        if not names:
             raise FileNotFoundError(f"no checkpoint to resume in {self.checkpoints}")
-        weights = read_state_dict(self._checkpoint(name, ".safetensors"))
-        state = torch.load(self._checkpoint(name, ".state.pt"), map_location="cpu", weights_only=True)
-        return weights, state
+        skipped = []
+        for name in reversed(names):
+            try:
+                weights = read_state_dict(self._checkpoint(name, ".safetensors"))
+                state = _read_training_state(self._checkpoint(name, ".state.pt"))
+            except (FileNotFoundError, ValueError) as err:
+                skipped.append(str(err))
+                continue
+            if skipped:
+                warnings.warn(f"resuming from {name}, the newest readable checkpoint in {self.checkpoints}; "
+                              f"skipped: {'; '.join(skipped)}", stacklevel=2)
+            return name, weights, state
+        raise ValueError(f"no readable checkpoint in {self.checkpoints}: {'; '.join(skipped)}")
+
+    def _checkpoint_names(self) -> list[str]:
+        """``step_XXXXXXX`` of every checkpoint with at least one of its files, oldest first."""
+        names = {p.name.split(".")[0] for p in self.checkpoints.glob("step_*.*")
+                 if p.name.endswith((".safetensors", ".state.pt"))}
+        return sorted(names, key=lambda name: int(name.removeprefix("step_")))
+
+
+def _read_training_state(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds objects other than tensors and plain data; not loaded, "
+                         "since unpickling them could run code") from None
+    except Exception as err:  # truncated or corrupt
+        raise ValueError(f"cannot read {path}: {str(err).split('. ')[0]}") from None
+    missing = [k for k in _STATE_KEYS if k not in state] if isinstance(state, dict) else list(_STATE_KEYS)
+    if missing:
+        raise ValueError(f"{path} is not a training state (no {', '.join(missing)})")
+    return state
 
 
 def load_trained(run: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
                  weights: str | os.PathLike | None = None, overrides: Iterable[str] = (),
-                 device: torch.device | str = "cpu") -> tuple[Config, nn.Module]:
+                 device: torch.device | str = "cpu", trust_code: bool = False) -> tuple[Config, nn.Module]:
     """``(config, model in eval mode)`` from ``run`` (its config.yaml and best weights) or from
-    ``config`` + ``weights``; ``weights`` overrides the run's."""
+    ``config`` + ``weights``; ``weights`` overrides the run's. ``trust_code``: build a model the
+    config names as ``"module:builder"`` (importing that module runs its code)."""
     if run is not None:
         run = RunDir(run)
-        cfg = run.load_config(overrides)
+        cfg, origin = run.load_config(overrides), str(run.config)
         weights = weights or run.inference_weights()
     else:
-        cfg = load_config(config, overrides)
+        cfg, origin = load_config(config, overrides), str(config or "the default config")
     if weights is None:
         raise ValueError("give --run RUN_DIR, or --weights FILE (with --config)")
     classes, _ = classes_and_palette(cfg.data)
-    model = build_model(cfg.model, len(classes), pretrained=False)
+    model = build_model(cfg.model, len(classes), pretrained=False, trust_code=trust_code, origin=origin)
     model.load_state_dict(read_state_dict(weights))
     return cfg, model.to(device).eval()

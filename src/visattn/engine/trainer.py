@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..data import build_dataset, dataset_info, dataset_spec
 from .build import build_model, build_optimizer, build_scheduler
-from .config import Config
+from .config import Config, ConfigError
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
 from .inference import segment_options
 from .losses import weighted_loss
@@ -40,31 +40,45 @@ from .metrics import evaluate as evaluate_model
 from .metrics import format_table
 from .run_dir import RunDir
 
-__all__ = ["train", "Trainer", "AMP_DTYPES"]
+__all__ = ["train", "Trainer", "AMP_DTYPES", "FIXED_ON_RESUME"]
 
 AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# train.* keys a resumed run must keep: the checkpoint restores the optimizer's hyperparameters and
+# the learning-rate schedule, its step counts batches of this size, and the seed orders the samples.
+FIXED_ON_RESUME = ("iters", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum", "nesterov", "betas",
+                   "weight_decay", "schedule", "power", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor",
+                   "min_lr", "head_lr_mult")
 
 
-def train(cfg: Config, resume: str | os.PathLike | None = None, quiet: bool = False) -> dict:
+def train(cfg: Config, resume: str | os.PathLike | None = None, quiet: bool = False, trust_code: bool = False) -> dict:
     """Train from a resolved config (see :mod:`visattn.engine.config`); ``resume``: a run directory.
 
     Returns ``{"run_dir", "step", "total", "metrics", "best", "interrupted", "classes", "table"}``.
     Launched by ``torchrun`` (``WORLD_SIZE > 1``) it runs DDP; every process calls ``train`` with the
-    same config.
+    same config. ``trust_code``: build a model named ``"module:builder"`` (importing it runs code).
+
+    The run directory is locked while the run lasts (:meth:`RunDir.lock`); a new run starts only in
+    a new or empty directory. A resumed run continues from the newest readable checkpoint, under
+    the run's own length, batch size, optimizer and learning-rate schedule (the checkpoint restores
+    them) and seed: a ``cfg`` that changes one of them (:data:`FIXED_ON_RESUME`) raises ``ConfigError``,
+    so config.yaml always describes the steps that ran. To train longer, start a new run.
     """
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = init_distributed(device)
     try:
-        return Trainer(cfg, device, info, resume, quiet).fit()
+        with Trainer(cfg, device, info, resume, quiet, trust_code) as trainer:
+            return trainer.fit()
     finally:
         cleanup_distributed(info)
 
 
 class Trainer:
-    """One training run of ``cfg`` on ``device`` as process ``info`` of a (possibly single-process) group."""
+    """One training run of ``cfg`` on ``device`` as process ``info`` of a (possibly single-process) group.
+    It holds the run directory's lock from the end of construction until :meth:`close` (or the end
+    of a ``with`` block)."""
 
     def __init__(self, cfg: Config, device: torch.device, info: DistInfo = DistInfo(),
-                 resume: str | os.PathLike | None = None, quiet: bool = False) -> None:
+                 resume: str | os.PathLike | None = None, quiet: bool = False, trust_code: bool = False) -> None:
         t = cfg.train
         if t.amp not in AMP_DTYPES:
             raise ValueError(f"train.amp must be null, bf16 or fp16, got {t.amp!r}")
@@ -78,6 +92,8 @@ class Trainer:
         self.cfg, self.device, self.info, self.quiet, self.seed = cfg, device, info, quiet, int(t.seed)
         self.resumed = resume is not None
         self.run = RunDir(resume) if self.resumed else self._new_run_dir()
+        if self.resumed:
+            self._check_resumable()
 
         self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, seed=self.seed)
         self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False, seed=self.seed)
@@ -93,7 +109,8 @@ class Trainer:
         self.total = int(t.epochs) * self.iters_per_epoch if t.epochs else int(t.iters)
 
         torch.manual_seed(self.seed)  # identical initial weights in every process
-        model = build_model(cfg.model, len(self.classes)).to(device)
+        model = build_model(cfg.model, len(self.classes), trust_code=trust_code,
+                            origin=str(self.run.config) if self.resumed else "the config").to(device)
         self.loss_weights = dict(t.loss_weights or getattr(model, "loss_weights", None) or {"out": 1.0})
         self.optimizer = build_optimizer(model, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.total, self.iters_per_epoch)
@@ -102,9 +119,6 @@ class Trainer:
         if self.resumed:
             self._restore(model)
         self.model = self._distribute(model)
-        if info.is_main:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            self.run.write_config(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(self.run))))
 
         self.sampler = _ShardSampler(self.train_set, info, self.seed, self.iters_per_epoch * self.micro_batch * self.accum)
         self.loader = DataLoader(self.train_set, batch_size=self.micro_batch, sampler=self.sampler,
@@ -114,6 +128,17 @@ class Trainer:
                                      batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers)
         self.segment_options = segment_options(cfg) if cfg.task == "segmentation" else {}
         self.key_metric = "mIoU" if cfg.task == "segmentation" else "top1"
+        self._claim_run_dir()  # last: a failed start leaves nothing on disk
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the run directory's lock."""
+        self._held.close()
 
     def _new_run_dir(self) -> RunDir:
         run = RunDir.new(self.cfg)
@@ -121,20 +146,51 @@ class Trainer:
             box = [str(run)]
             dist.broadcast_object_list(box, src=0)
             run = RunDir(box[0])
-        if run.latest_checkpoint() is not None:
-            raise FileExistsError(f"run directory {run} already holds checkpoints; continue it with "
-                                  f"`visattn train --resume {run}` or choose another run.dir")
         return run
 
+    def _claim_run_dir(self) -> None:
+        """Rank 0 locks the run directory, refuses a non-empty one for a new run and writes
+        config.yaml; every process raises rank 0's refusal."""
+        self._held, error = contextlib.ExitStack(), None
+        if self.info.is_main:
+            try:
+                self._held.enter_context(self.run.lock())
+                if not self.resumed:
+                    self.run.ensure_empty()
+                ran = dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, dir=str(self.run)))
+                self.run.write_config(ran)
+            except OSError as err:
+                self._held.close()
+                error = err
+        if self.info.enabled:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise error
+
+    def _check_resumable(self) -> None:
+        """Raise ``ConfigError`` if the config changes a key of :data:`FIXED_ON_RESUME` of the run's config.yaml."""
+        saved, given = self.run.load_config().train, self.cfg.train
+        changed = [f"train.{key}={getattr(given, key)!r} (the run's is {getattr(saved, key)!r})"
+                   for key in FIXED_ON_RESUME if getattr(given, key) != getattr(saved, key)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: a resumed run keeps the length, batch size, optimizer and "
+                              f"learning-rate schedule of {self.run.config}, which its checkpoint restores; "
+                              "to train longer or differently, start a new run")
+
     def _restore(self, model: nn.Module) -> None:
-        weights, state = self.run.load_checkpoint()
-        model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.best = int(state["step"]), float(state["best"])
-        if state["rng"]["world_size"] == self.info.world_size:
-            torch.set_rng_state(state["rng"]["torch"][self.info.rank])
+        name, weights, state = self.run.load_checkpoint()
+        try:
+            model.load_state_dict(weights)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.step, self.best = int(state["step"]), float(state["best"])
+            if state["rng"]["world_size"] == self.info.world_size:
+                torch.set_rng_state(state["rng"]["torch"][self.info.rank])
+        except Exception as err:  # a checkpoint is input: report it, whatever it holds
+            raise ValueError(f"checkpoint {name} in {self.run.checkpoints} does not fit this run: {err}") from err
 
     def _distribute(self, model: nn.Module) -> nn.Module:
         if not self.info.enabled:

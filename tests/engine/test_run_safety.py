@@ -1,0 +1,173 @@
+"""What a shared or damaged run directory cannot do: run code on eval/predict/explain, be trained in
+by two processes, have a new run written over it, change a resumed run's schedule, or fail a
+resume while an older complete checkpoint is on disk; bad checkpoints are errors naming the file."""
+import os
+import pickle
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from visattn.cli import main
+from visattn.engine import Trainer, load_config, train
+from visattn.engine.distributed import resolve_device
+
+TINY = ["model.name=tinyseg:build", "model.kwargs={}", "data.digits.train_length=16", "data.digits.val_length=4",
+        "data.digits.size=32", "data.digits.digit_size=[8,16]", "data.crop_size=[32,32]", "train.batch_size=8",
+        "train.iters=4", "train.ckpt_every=2", "train.keep_ckpts=2", "train.eval_every=null", "eval.batch_size=4"]
+
+
+def _train(run, *extra):
+    """``visattn train --trust-code`` of the tiny config into ``run``; its exit status."""
+    return main(["train", "--quiet", "--trust-code", *[a for s in TINY for a in ("--set", s)],
+                 "--set", f"run.dir={run}", *extra])
+
+
+def _files(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_reading_a_run_never_imports_its_code(tmp_path, capsys):
+    """A shared run folder whose config.yaml names ``torch.hub:load`` of its own hubconf.py."""
+    folder, marker = tmp_path / "shared_run", tmp_path / "marker"
+    folder.mkdir()
+    (folder / "hubconf.py").write_text(
+        f"import pathlib\nimport torch\n\npathlib.Path({str(marker)!r}).write_text('ran')\n\n\n"
+        "def x(num_classes):\n    return torch.nn.Conv2d(3, num_classes, 1)\n")
+    hub = {"repo_or_dir": str(folder), "model": "x", "source": "local"}
+    config = {"model": {"name": "torch.hub:load", "kwargs": hub}, "data": {"digits": {"val_length": 4}}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    save_file({"weight": torch.zeros(11, 3, 1, 1), "bias": torch.zeros(11)}, folder / "best.safetensors")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+
+    for command in (["eval", "--run", str(folder)],
+                    ["predict", str(image), "--run", str(folder), "--output", str(tmp_path / "pred")],
+                    ["explain", str(image), "--run", str(folder), "--output", str(tmp_path / "explain")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "'torch.hub:load'" in err and str(folder / "config.yaml") in err and "--trust-code" in err
+        assert not marker.exists()
+    assert main(["eval", "--run", str(folder), "--trust-code"]) == 0  # the user's explicit choice
+    assert marker.read_text() == "ran"
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = load_config(None, TINY + [f"run.dir={run}"])
+    with Trainer(cfg, resolve_device("cpu"), quiet=True, trust_code=True) as first:
+        assert (run / "lock").read_text() == f"{os.getpid()} {socket.gethostname()}"
+        with pytest.raises(FileExistsError, match=f"in use by process {os.getpid()}"):
+            train(cfg, quiet=True, trust_code=True)
+        first.fit()
+        assert main(["train", "--resume", str(run), "--trust-code"]) == 2
+        assert "in use by process" in capsys.readouterr().err
+    assert not (run / "lock").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "latest", "step_0000002.safetensors", "step_0000002.state.pt", "step_0000004.safetensors",
+        "step_0000004.state.pt"]
+
+
+def test_another_live_process_holds_the_run_a_dead_one_does_not(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "lock").write_text(f"{live.pid} {socket.gethostname()}")
+        assert _train(run) == 2
+        assert f"in use by process {live.pid}" in capsys.readouterr().err
+        assert [p.name for p in run.iterdir()] == ["lock"]
+    finally:
+        live.kill()
+        live.wait()
+    assert _train(run) == 0  # a SIGKILLed run's lock is stale
+    assert (run / "model.safetensors").is_file() and not (run / "lock").exists()
+
+
+@pytest.mark.parametrize("case", ["pruned_run", "unrelated"])
+def test_a_new_run_never_writes_into_a_non_empty_directory(tmp_path, capsys, case):
+    run = tmp_path / "run"
+    if case == "pruned_run":  # a finished run whose checkpoints were deleted to save space
+        assert _train(run) == 0
+        for path in (run / "checkpoints").iterdir():
+            path.unlink()
+        (run / "checkpoints").rmdir()
+    else:
+        run.mkdir()
+        (run / "config.yaml").write_text("my: own file\n")
+    before = _files(run)
+    assert _train(run) == 2
+    assert f"run directory {run} is not empty" in capsys.readouterr().err
+    assert _files(run) == before
+
+
+def test_a_resumed_run_keeps_its_schedule(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--trust-code", "--set", "train.iters=6", "--set", "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.iters=6 (the run's is 4)" in err and "train.lr=0.1 (the run's is 0.002)" in err
+    assert _files(run) == before
+
+
+def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    straight = load_file(run / "model.safetensors")
+    state = run / "checkpoints/step_0000004.state.pt"
+    state.write_bytes(state.read_bytes()[:200])  # killed while the disk filled up
+    with pytest.warns(UserWarning, match=r"resuming from step_0000002.*skipped: cannot read .*step_0000004\.state\.pt"):
+        assert main(["train", "--resume", str(run), "--trust-code", "--quiet"]) == 0
+    assert "after 4 steps" in capsys.readouterr().out
+    resumed = load_file(run / "model.safetensors")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # steps 3 and 4 replayed exactly
+    assert torch.load(state, weights_only=True)["step"] == 4
+
+
+class _MakeDir:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+@pytest.mark.parametrize("content", ["pickled_code", "garbage", "foreign_state"])
+def test_a_bad_state_file_is_an_error_naming_it(tmp_path, capsys, content):
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    assert _train(run) == 0
+    for path in (run / "checkpoints").glob("step_0000002.*"):
+        path.unlink()
+    state = run / "checkpoints/step_0000004.state.pt"
+    if content == "pickled_code":
+        state.write_bytes(pickle.dumps({"step": _MakeDir(str(marker))}, protocol=2))
+    elif content == "garbage":
+        state.write_bytes(b"\x00" * 64)
+    else:  # every key present, none of them this run's
+        torch.save({"step": 4, "optimizer": {"x": 1}, "scheduler": {}, "scaler": {}, "best": 0.0, "rng": {}}, state)
+    assert main(["train", "--resume", str(run), "--trust-code", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visattn train: error:") and "Traceback" not in err
+    assert str(state if content != "foreign_state" else run / "checkpoints") in err
+    assert not marker.exists()
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--set", "data.workers=-1") == 2  # refused when the data loaders are built
+    assert "num_workers" in capsys.readouterr().err
+    assert main(["train", "--quiet", *[a for s in TINY for a in ("--set", s)], "--set", f"run.dir={run}"]) == 2
+    assert "--trust-code" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_resume_of_a_missing_directory_says_so(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert f"not a run directory: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
