@@ -61,9 +61,9 @@ def test_segmentor_pretrained_path_is_a_file_not_true(tmp_path, as_path):
 @pytest.mark.parametrize(
     "other, expected",
     [
-        ("resnet34", r"unexpected keys \(96\): layer1\.2\.conv1\.weight, "),  # more blocks, same widths
-        ("resnet50", r"shape mismatches \(\d+\): .*layer1\.0\.conv1\.weight: file \(64, 64, 1, 1\) vs encoder \(64, 64, 3, 3\)"),
-        ("convnext_atto", r"missing keys \(\d+\): conv1\.weight.*\n  unexpected keys \(\d+\): stem\.0\.weight"),
+        ("resnet34", r"\n  unexpected keys \(96\): layer1\.2\.bn1\.bias, "),  # more blocks, same widths
+        ("resnet50", r"shape mismatches \(\d+\): .*layer1\.0\.conv1\.weight: checkpoint \(64, 64, 1, 1\) vs model \(64, 64, 3, 3\)"),
+        ("convnext_atto", r"missing keys \(\d+\): bn1\.bias, .*conv1\.weight.*\n  unexpected keys \(128\): head\.fc\.bias, .*stages\.0\."),
     ],
 )
 def test_unrelated_encoder_file_is_an_error_naming_it(tmp_path, other, expected):

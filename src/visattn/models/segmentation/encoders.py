@@ -33,9 +33,9 @@ from collections.abc import Mapping, Sequence
 
 import timm
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ...weights import read_state_dict
+from ...weights import load_official, read_state_dict
 
 __all__ = ["create_encoder"]
 
@@ -69,44 +69,19 @@ def _feature_key(key: str, feature_keys: set[str]) -> str | None:
     return None
 
 
-def _list_keys(keys: Sequence[str], limit: int = 20) -> str:
-    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-    return f"({len(keys)}): {', '.join(keys[:limit])}{more}"
-
-
 def _load_encoder_file(model: nn.Module, name: str, path: str | os.PathLike, timm_kwargs: Mapping) -> None:
     """Load a timm ``name`` state dict from ``path`` into the feature extractor ``model``, strictly
     except for the full model's keys that ``model`` lacks (its classifier)."""
     state = read_state_dict(path)
-    own = model.state_dict()
-    own_keys = set(own)
+    own_keys = set(model.state_dict())
     with torch.device("meta"):  # key names only
         full_keys = timm.create_model(name, **timm_kwargs).state_dict().keys()
     head = {k for k in full_keys if _feature_key(k, own_keys) is None}
-    renamed: dict[str, Tensor] = {}
-    unexpected = []
-    for key, value in state.items():
-        feature_key = _feature_key(key, own_keys)
-        if feature_key is not None:
-            renamed[feature_key] = value
-        elif key not in head:
-            unexpected.append(key)
-    for key in own:  # checkpoints older than PyTorch 0.4 have no BatchNorm step counter
-        if key.endswith("num_batches_tracked"):
-            renamed.setdefault(key, own[key])
-    missing = [k for k in own if k not in renamed]
-    mismatched = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
-                  for k, v in renamed.items() if v.shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"pretrained file {path} does not fit encoder {name!r}:"]
-        if missing:
-            parts.append(f"missing keys {_list_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_list_keys(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches {_list_keys(mismatched)}")
-        raise ValueError("\n  ".join(parts))
-    model.load_state_dict(renamed, strict=True)
+    renamed = {_feature_key(k, own_keys) or k: v for k, v in state.items() if k not in head}
+    try:
+        load_official(model, renamed)
+    except ValueError as err:
+        raise ValueError(f"pretrained file {path} does not fit encoder {name!r}: {err}") from err
 
 
 def _weights_source(pretrained: bool | str | os.PathLike, pretrained_file: str | os.PathLike | None):
