@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import visattn
+from visattn.attention._common import check_input
 from helpers import CHANNELS, randomize_, rel_err
 
 NAMES = visattn.list_attentions()
@@ -116,6 +117,46 @@ def test_wrong_rank_and_channels_raise(name, device):
         m(torch.randn(CHANNELS, 5, 5, device=device))
     with pytest.raises(ValueError, match=f"expected {CHANNELS} input channels"):
         m(torch.randn(1, CHANNELS + 8, 5, 5, device=device))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_feature_map_raises_and_empty_batch_passes(name, device):
+    m = build(name, device=device)
+    for shape in ((1, CHANNELS, 0, 5), (2, CHANNELS, 5, 0)):
+        with pytest.raises(ValueError, match=rf"empty feature map, shape \({', '.join(map(str, shape))}\)"):
+            m(torch.randn(shape, device=device))
+    with torch.no_grad():
+        assert m(torch.randn(0, CHANNELS, 5, 6, device=device)).shape == (0, CHANNELS, 5, 6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_input_raises(name, device):
+    with pytest.raises(ValueError, match="expected a floating-point input, got torch.int64"):
+        build(name, device=device)(torch.ones(1, CHANNELS, 5, 5, dtype=torch.long, device=device))
+
+
+@pytest.mark.xfail(strict=True, reason="the attention modules pass themselves to check_input as owner")
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_input_into_fp32_module_raises(name, dtype, device):
+    m = build(name, device=device)
+    x = torch.randn(1, CHANNELS, 5, 5, device=device)
+    with pytest.raises(ValueError, match=rf"input dtype {dtype} does not match the module's parameters \(torch.float32\); use torch.autocast"):
+        m(x.to(dtype))
+    with torch.no_grad():
+        assert m.to(dtype)(x.to(dtype)).dtype == dtype
+
+
+def test_check_input_dtype_against_its_owner():
+    owner = torch.nn.Conv2d(CHANNELS, CHANNELS, 1)
+    x = torch.randn(1, CHANNELS, 3, 3)
+    check_input("M", x, CHANNELS, owner)
+    with pytest.raises(ValueError, match=r"^M: input dtype torch.bfloat16 does not match the module's parameters \(torch.float32\)"):
+        check_input("M", x.bfloat16(), CHANNELS, owner)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for the module
+        check_input("M", x.bfloat16(), CHANNELS, owner)
+    check_input("M", x.bfloat16(), CHANNELS)  # no owner: dtype unchecked
+    check_input("M", x.double(), CHANNELS, owner.double())
 
 
 def test_unknown_name_lists_choices():

@@ -73,12 +73,29 @@ def test_mask_folder_and_imagefolder(tmp_path):
     _png(tmp_path / "seg/masks/train/a.png", np.array([[0, 1, 2, 255]] * 4))
     ds = MaskFolder(tmp_path / "seg", "train", num_classes=3)
     assert ds[0][1][0].tolist() == [0, 1, 2, 255]
+    _png(tmp_path / "seg/masks/train/a.png", np.array([[0, 1, 7, 255]] * 4))
+    with pytest.raises(ValueError, match=r"a\.png has label values \[7\]; MaskFolder masks hold class ids 0\.\.2 and 255"):
+        ds[0]
     for cls in ("cat", "dog"):
         _png(tmp_path / f"cls/train/{cls}/x.png", _rgb(40, 40))
     cfg = DataConfig(dataset="imagefolder", root=str(tmp_path / "cls"), crop_size=32)
     cls_ds = build_dataset(cfg, "train", train=True)
     image, label = cls_ds[1]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 1
+
+
+def test_mask_folder_split_must_exist(tmp_path):
+    _png(tmp_path / "images/train/a.png", _rgb(4, 4))
+    _png(tmp_path / "masks/train/a.png", np.zeros((4, 4)))
+    with pytest.raises(FileNotFoundError, match=f"directory not found: {tmp_path / 'images' / 'val'} "):
+        MaskFolder(tmp_path, "val", num_classes=3)
+    _png(tmp_path / "images/val/b.png", _rgb(4, 4))
+    with pytest.raises(FileNotFoundError, match=f"directory not found: {tmp_path / 'masks' / 'val'} "):
+        MaskFolder(tmp_path, "val", num_classes=3)
+    _png(tmp_path / "flat/images/a.png", _rgb(4, 4))  # images with no split folder are not every split
+    _png(tmp_path / "flat/masks/a.png", np.zeros((4, 4)))
+    with pytest.raises(FileNotFoundError, match="expected images/train/ and masks/train/ inside"):
+        MaskFolder(tmp_path / "flat", "train", num_classes=3)
 
 
 @pytest.mark.parametrize("problem", ["missing_root", "size", "label", "corrupt", "missing_split"])
@@ -100,7 +117,7 @@ def test_bad_input_errors_name_the_file(tmp_path, problem):
         match = "is 2x2 but its mask .*labelIds.png is 2x3"
     elif problem == "label":
         _png(mask, np.array([[7, 40], [26, 0]]))
-        match = r"labelIds.png has label values \[40\] outside the 19 classes"
+        match = r"labelIds.png has label values \[40\]; Cityscapes masks hold labelIds 0\.\.33 and 255 \(ignore\)$"
     else:
         img.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
         match = "cannot read image .*leftImg8bit.png"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast", "AttentionMap",
@@ -44,8 +44,12 @@ def check_divisible(module: str, channels: int, groups: int, what: str = "groups
         raise ValueError(f"{module}: channels={channels} is not divisible by {what}={groups}")
 
 
-def check_input(module: str, x: Tensor, channels: int) -> None:
-    """Input must be ``(B, channels, H, W)``."""
+def check_input(module: str, x: Tensor, channels: int, owner: nn.Module | None = None) -> None:
+    """Input must be a floating-point ``(B, channels, H, W)`` with ``H, W >= 1`` (``B`` may be 0).
+
+    With ``owner`` (the module itself), the input's dtype must also be its parameters' unless
+    autocast is on: a mismatch is a ``ValueError`` here, not a dtype error inside a conv or matmul.
+    """
     if x.dim() != 4:
         raise ValueError(
             f"{module}: expected a 4-D input (B, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}"
@@ -53,6 +57,18 @@ def check_input(module: str, x: Tensor, channels: int) -> None:
     if x.shape[1] != channels:
         raise ValueError(
             f"{module}: expected {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+        )
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{module}: empty feature map, shape {tuple(x.shape)} (H and W must be at least 1)")
+    if not x.is_floating_point():
+        raise ValueError(f"{module}: expected a floating-point input, got {x.dtype}")
+    if owner is None or (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)):
+        return
+    param = next(owner.parameters(), None)
+    if param is not None and param.dtype != x.dtype:
+        raise ValueError(
+            f"{module}: input dtype {x.dtype} does not match the module's parameters ({param.dtype}); "
+            f"use torch.autocast or module.to({x.dtype})"
         )
 
 

@@ -4,12 +4,21 @@ For each input ``name.ext`` it writes ``name_mask.png`` (a palette PNG: pixel va
 ids, shown in the dataset's colours), ``name_overlay.png`` (the colours blended over the image) and
 ``name_legend.png`` (image, mask, overlay and the names of the classes found).
 Classifiers print their top-5 classes instead.
+
+The output folder mirrors the inputs' tree below their common root (a folder itself, a file's
+folder, a glob's fixed leading folders), so ``a/x.png`` and ``b/x.png`` give ``a/x_mask.png`` and
+``b/x_mask.png``; images of one folder that share a stem (``x.png``, ``x.jpg``) keep their extension
+(``x.png_mask.png``). An image that cannot be read or segmented is skipped and reported at the end.
+Exit status: 0 all written, 1 some images skipped, 2 nothing to do (an input names no image, bad
+run or config).
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from visattn.commands.common import add_run_arguments, add_segment_arguments, segment_kwargs
@@ -23,22 +32,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours")
 
 
-def _expand(inputs: list[str]) -> list[Path]:
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern searches: its leading parts without wildcards."""
+    parts = Path(pattern).parts[:-1]
+    fixed = []
+    for part in parts:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _expand(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
+    """``(image, root)`` for each image the inputs name, in order, without repeats and without the
+    files under ``output``. An input that names no image is a ``FileNotFoundError``."""
     from visattn.data.segmentation import IMAGE_EXTENSIONS
 
-    files: list[Path] = []
+    def is_image(p: Path) -> bool:
+        return p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _inside(p, output)
+
+    found: dict[Path, tuple[Path, Path]] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files, root = sorted(p for p in path.rglob("*") if is_image(p)), path
+            if not files:
+                raise FileNotFoundError(f"no images in folder {item!r} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
         elif path.is_file():
-            files.append(path)
+            files, root = [path], path.parent
         else:
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
-            if not matches:
+            files, root = sorted(p for p in map(Path, glob.glob(item, recursive=True)) if is_image(p)), _glob_root(item)
+            if not files:
                 raise FileNotFoundError(f"no image matches {item!r}")
-            files += matches
-    return files
+        for file in files:
+            found.setdefault(Path(os.path.abspath(file)), (file, root))
+    return list(found.values())
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+
+
+def _output_names(images: list[tuple[Path, Path]]) -> list[Path]:
+    """Each image's output name without the ``_mask.png`` ending, relative to the output folder."""
+    common = Path(os.path.commonpath([os.path.abspath(root) for _, root in images]))
+    relative = [Path(os.path.abspath(image)).relative_to(common) for image, _ in images]
+    stems = Counter(rel.with_suffix("") for rel in relative)
+    return [rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel for rel in relative]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,15 +93,19 @@ def run(args: argparse.Namespace) -> int:
     from visattn.engine.run_dir import load_trained
     from visattn.viz import save_prediction
 
+    out_dir = Path(args.output)
     try:
-        files = _expand(args.inputs)
+        images = _expand(args.inputs, out_dir)
         device = resolve_device(args.device)
         cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device)
         classes, palette = classes_and_palette(cfg.data)
-        out_dir = Path(args.output)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        flat_palette = [c for rgb in palette for c in rgb]
-        for path in files:
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"visattn predict: error: {err}", file=sys.stderr)
+        return 2
+    flat_palette = [c for rgb in palette for c in rgb]
+    skipped: list[str] = []
+    for (path, _), name in zip(images, _output_names(images)):
+        try:
             rgb = np.array(read_image(path))
             x = image_to_tensor(rgb, cfg.data.mean, cfg.data.std)
             with torch.no_grad():
@@ -71,14 +115,18 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{path}: " + ", ".join(f"{classes[i]} {100 * v:.1f}%" for v, i in zip(top.values, top.indices)))
                     continue
                 pred = segment(model, x.to(device), len(classes), **segment_kwargs(cfg, args)).argmax(1)[0].cpu().numpy()
+            base = out_dir / name
+            base.parent.mkdir(parents=True, exist_ok=True)
             mask = Image.fromarray(pred.astype(np.uint8), mode="P")
             mask.putpalette(flat_palette)
-            mask.save(out_dir / f"{path.stem}_mask.png")
+            mask.save(f"{base}_mask.png")
             overlay = (1 - args.alpha) * rgb + args.alpha * colorize(pred, palette)
-            Image.fromarray(overlay.round().astype(np.uint8)).save(out_dir / f"{path.stem}_overlay.png")
-            save_prediction(rgb, pred, classes, palette, out_dir / f"{path.stem}_legend.png", args.alpha)
-            print(f"{path} -> {out_dir / (path.stem + '_mask.png')}")
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"visattn predict: error: {err}", file=sys.stderr)
-        return 2
+            Image.fromarray(overlay.round().astype(np.uint8)).save(f"{base}_overlay.png")
+            save_prediction(rgb, pred, classes, palette, f"{base}_legend.png", args.alpha)
+            print(f"{path} -> {base}_mask.png")
+        except (ValueError, OSError, RuntimeError) as err:
+            skipped.append(f"{path}: {err}")
+    if skipped:
+        print(f"visattn predict: skipped {len(skipped)} of {len(images)} images:", *skipped, sep="\n  ", file=sys.stderr)
+        return 1
     return 0

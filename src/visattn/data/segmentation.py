@@ -41,6 +41,12 @@ def _require_dir(path: Path, dataset: str, hint: str) -> Path:
     return path
 
 
+def _value_ranges(values: np.ndarray) -> str:
+    """Sorted integers as runs: ``[0, 1, 2, 5]`` -> ``"0..2, 5"``."""
+    runs = np.split(values, np.flatnonzero(np.diff(values) != 1) + 1)
+    return ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs if len(r))
+
+
 class SegmentationDataset(Dataset):
     """``(image, mask)`` pairs with a label lookup table.
 
@@ -54,6 +60,8 @@ class SegmentationDataset(Dataset):
         palette: an RGB colour per class.
         transforms: a joint transform (see :mod:`visattn.data.transforms`).
     """
+
+    mask_values = "class ids"  # what the mask files store, for error messages
 
     def __init__(self, pairs: Sequence[tuple[Path, Path]], lut: np.ndarray, classes: Sequence[str],
                  palette: Sequence[tuple[int, int, int]], transforms: Callable | None = None) -> None:
@@ -88,8 +96,9 @@ class SegmentationDataset(Dataset):
         mask = self.lut[raw.astype(np.uint8)]
         if (mask < 0).any():
             bad = np.unique(raw[mask < 0])[:10].tolist()
-            raise ValueError(f"mask {mask_path} has label values {bad} outside the {self.num_classes} classes "
-                             f"of {type(self).__name__} and 255 (ignore)")
+            known = _value_ranges(np.flatnonzero((self.lut >= 0) & (np.arange(256) != IGNORE_INDEX)))
+            raise ValueError(f"mask {mask_path} has label values {bad}; {type(self).__name__} masks hold "
+                             f"{self.mask_values} {known} and {IGNORE_INDEX} (ignore)")
         return np.array(image), mask.astype(np.uint8)
 
     def __getitem__(self, index: int):
@@ -117,6 +126,8 @@ class Cityscapes(SegmentationDataset):
     """Cityscapes fine annotations: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
     ``gtFine/<split>/<city>/*_gtFine_labelIds.png``; labelIds are mapped to the 19 trainIds,
     all other ids (0..33) to 255."""
+
+    mask_values = "labelIds"
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Callable | None = None) -> None:
         root = Path(root)
@@ -212,19 +223,18 @@ class PascalVOC(SegmentationDataset):
 
 
 class MaskFolder(SegmentationDataset):
-    """Generic layout: ``<root>/<img_dir>[/<split>]/name.<ext>`` with ``<root>/<mask_dir>[/<split>]/name.png``
-    whose values are already train ids (``0..K-1``, 255 ignore)."""
+    """Generic layout: ``<root>/<img_dir>/<split>/name.<ext>`` with ``<root>/<mask_dir>/<split>/name.png``
+    whose values are already train ids (``0..K-1``, 255 ignore). A missing split folder is an error,
+    so one split is never read in place of another."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Callable | None = None,
                  num_classes: int | None = None, classes: Sequence[str] | None = None,
                  img_dir: str = "images", mask_dir: str = "masks") -> None:
         root = Path(root)
-        _require_dir(root, "MaskFolder", f"expected {img_dir}/ and {mask_dir}/ inside")
-        images, masks = root / img_dir, root / mask_dir
-        if (images / split).is_dir():
-            images, masks = images / split, masks / split
-        _require_dir(images, "MaskFolder", "images")
-        _require_dir(masks, "MaskFolder", "masks")
+        layout = f"expected {img_dir}/{split}/ and {mask_dir}/{split}/ inside"
+        _require_dir(root, "MaskFolder", layout)
+        images = _require_dir(root / img_dir / split, "MaskFolder", f"split {split!r} images; {layout} {root}")
+        masks = _require_dir(root / mask_dir / split, "MaskFolder", f"split {split!r} masks; {layout} {root}")
         if classes is None:
             if num_classes is None:
                 raise ValueError("MaskFolder needs num_classes or classes")

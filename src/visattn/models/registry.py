@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Callable
 
 from torch import nn
@@ -52,11 +53,14 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(name: str, num_classes: int | None = None, pretrained: bool = False, **kwargs) -> nn.Module:
+def create_model(
+    name: str, num_classes: int | None = None, pretrained: bool | str | os.PathLike = False, **kwargs
+) -> nn.Module:
     """Build the registered model ``name``.
 
     ``num_classes`` defaults to the builder's own (1000 for classifiers, 19 for Cityscapes
-    segmentors); other keyword arguments go to the builder. Unknown names raise ``ValueError``
+    segmentors); ``pretrained`` is ``True`` (the builder's default weights), ``False`` or the path
+    of a local weights file; other keyword arguments go to the builder. Unknown names raise ``ValueError``
     with close matches.
     """
     _load_builders()

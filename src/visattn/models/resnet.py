@@ -56,10 +56,12 @@ _PYTORCHINSIGHT = "https://github.com/implus/PytorchInsight (Baidu Drive links i
 def load_pretrained(model: nn.Module, name: str, pretrained: Pretrained, url: str | None, source: str) -> nn.Module:
     """Load weights into a freshly built ``model`` as a builder's ``pretrained`` argument asks.
 
-    ``pretrained=False`` does nothing; a path loads that checkpoint with :func:`load_official`;
-    ``True`` downloads ``url`` through ``torch.hub`` (cached, read with ``weights_only=True``) and
-    raises ``ValueError`` when the weights have no direct-download release (``url=None``), saying
-    where to get them (``source``).
+    ``pretrained=False`` does nothing; a path (``str`` or ``os.PathLike``) loads that checkpoint
+    with :func:`load_official`, and a checkpoint that does not fit is a ``ValueError`` naming the
+    file and listing the missing, unexpected and mismatched keys; ``True`` downloads ``url``
+    through ``torch.hub`` (cached, read with ``weights_only=True``) and raises ``ValueError`` when
+    the weights have no direct-download release (``url=None``), saying where to get them
+    (``source``). Anything else is a ``TypeError``.
     """
     if pretrained is False:
         return model
@@ -72,7 +74,12 @@ def load_pretrained(model: nn.Module, name: str, pretrained: Pretrained, url: st
             )
         state = torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, check_hash=False)
         return load_official(model, state)
-    return load_official(model, pretrained)
+    if not isinstance(pretrained, (str, os.PathLike)):
+        raise TypeError(f"{name}: pretrained must be True, False or a file path, got {pretrained!r}")
+    try:
+        return load_official(model, pretrained)
+    except ValueError as err:
+        raise ValueError(f"{name}: cannot load pretrained file {os.fspath(pretrained)}: {err}") from err
 
 
 class Bottleneck(nn.Module):

@@ -13,9 +13,9 @@ each key. Module names follow the official code so authors' checkpoints map by p
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -193,12 +193,12 @@ def build_segmentor(
     head: Callable[..., nn.Module],
     *,
     num_classes: int = 19,
-    pretrained: bool = False,
+    pretrained: bool | str | os.PathLike = False,
     encoder: str = "resnet50",
     output_stride: int = 8,
     aux: bool = False,
     aux_weight: float = 0.4,
-    pretrained_file: str | Path | None = None,
+    pretrained_file: str | os.PathLike | None = None,
     encoder_kwargs: Mapping | None = None,
     aux_head: Callable[[int, int], nn.Module] | None = None,
     **head_kwargs,
@@ -209,12 +209,14 @@ def build_segmentor(
         head: called as ``head(widths, num_classes, **head_kwargs)``, with
             ``widths`` the channels of the encoder's three feature maps (stages 2, 3, 4).
         num_classes: output classes (19: Cityscapes).
-        pretrained: ImageNet weights for the encoder, through timm.
+        pretrained: ``True``: ImageNet weights for the encoder, through timm; a path: a local
+            encoder weights file, as ``pretrained_file``.
         encoder: any timm model supporting ``features_only`` and ``output_stride``.
         output_stride: 8 or 16.
         aux: add the auxiliary FCN head on stage 3 (training output ``"aux"``).
         aux_weight: its loss weight.
-        pretrained_file: local encoder weights (implies ``pretrained``).
+        pretrained_file: local encoder weights, a timm state dict (loaded strictly; see
+            :func:`create_encoder`).
         encoder_kwargs: more arguments for ``create_encoder`` (``full_first_dilation``,
             ``multi_grid``, ``ceil_maxpool``, timm arguments).
         aux_head: builds the auxiliary head as ``aux_head(stage3_channels, num_classes)``

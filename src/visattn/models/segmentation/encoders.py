@@ -8,6 +8,13 @@ The encoder returns the last three feature maps (ResNet stages 2, 3 and 4: strid
 ``output_stride=8``); ``encoder.feature_info.channels()`` tells their widths. Its state dict keeps
 timm's names, which for ResNets are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...).
 
+Weights come from timm (``pretrained=True``: its default ImageNet weights) or from a local file
+(``pretrained_file``, or a path as ``pretrained``) holding a timm model's state dict, e.g.
+``timm.create_model(name).state_dict()`` saved with safetensors or ``torch.save``. The file is read
+without unpickling code and loaded strictly: only the classifier that a feature extractor lacks
+(``fc.*``, ``head.*``, ...) may be left over; any other difference is a ``ValueError`` naming the
+file and listing the missing, unexpected and mismatched keys.
+
 The authors' backbones, in timm terms:
 - DANet's released DANet101 (run with ``--backbone resnet101 --multi-grid --multi-dilation 4 8 16
   --no-deepstem``): torchvision-layout ``resnet101`` (7x7 stem), stage 3 dilated as torchvision
@@ -21,11 +28,14 @@ The authors' backbones, in timm terms:
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
-from pathlib import Path
+import os
+from collections.abc import Mapping, Sequence
 
 import timm
+import torch
 from torch import nn
+
+from ...weights import load_official, read_state_dict
 
 __all__ = ["create_encoder"]
 
@@ -50,11 +60,46 @@ def _set_dilation(block: nn.Module, dilation: int, first: bool) -> None:
         conv.dilation = conv.padding = (dilation, dilation)
 
 
+def _feature_key(key: str, feature_keys: set[str]) -> str | None:
+    """The feature extractor's name for the full model's ``key``: the same, or with the first dot
+    made an underscore (timm's ``FeatureListNet`` flattens ``stages.0`` into ``stages_0``)."""
+    for candidate in (key, key.replace(".", "_", 1)):
+        if candidate in feature_keys:
+            return candidate
+    return None
+
+
+def _load_encoder_file(model: nn.Module, name: str, path: str | os.PathLike, timm_kwargs: Mapping) -> None:
+    """Load a timm ``name`` state dict from ``path`` into the feature extractor ``model``, strictly
+    except for the full model's keys that ``model`` lacks (its classifier)."""
+    state = read_state_dict(path)
+    own_keys = set(model.state_dict())
+    with torch.device("meta"):  # key names only
+        full_keys = timm.create_model(name, **timm_kwargs).state_dict().keys()
+    head = {k for k in full_keys if _feature_key(k, own_keys) is None}
+    renamed = {_feature_key(k, own_keys) or k: v for k, v in state.items() if k not in head}
+    try:
+        load_official(model, renamed)
+    except ValueError as err:
+        raise ValueError(f"pretrained file {path} does not fit encoder {name!r}: {err}") from err
+
+
+def _weights_source(pretrained: bool | str | os.PathLike, pretrained_file: str | os.PathLike | None):
+    """``(use timm's weights, local file)`` from the two arguments; a path as ``pretrained`` is a file."""
+    if isinstance(pretrained, (str, os.PathLike)):
+        if pretrained_file is not None:
+            raise ValueError(f"pretrained={str(pretrained)!r} and pretrained_file={str(pretrained_file)!r}: give one file")
+        return False, pretrained
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True, False or a file path, got {pretrained!r}")
+    return pretrained and pretrained_file is None, pretrained_file
+
+
 def create_encoder(
     name: str = "resnet50",
     output_stride: int = 8,
-    pretrained: bool = False,
-    pretrained_file: str | Path | None = None,
+    pretrained: bool | str | os.PathLike = False,
+    pretrained_file: str | os.PathLike | None = None,
     full_first_dilation: bool = False,
     multi_grid: Sequence[int] | None = None,
     ceil_maxpool: bool = False,
@@ -65,8 +110,9 @@ def create_encoder(
     Args:
         name: any timm model that supports ``features_only`` and ``output_stride``.
         output_stride: input size / feature size of the last map, 8 or 16.
-        pretrained: load timm's default ImageNet weights (downloads through timm's cache).
-        pretrained_file: load the encoder weights from this local file instead.
+        pretrained: ``True`` loads timm's default ImageNet weights (downloads through timm's cache);
+            a path (``str`` or ``os.PathLike``) is a local file, as ``pretrained_file``.
+        pretrained_file: load the encoder weights from this local file instead (see above).
         full_first_dilation: dilate the first block of dilated stages at the full stage rate
             (CCNet/FLANet backbones) instead of the previous stage's rate (torchvision, timm, DANet).
         multi_grid: dilation of each block of the last stage, cycled (DANet's ``--multi-dilation``);
@@ -78,13 +124,11 @@ def create_encoder(
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
     if not timm.is_model(name):
         raise _unknown_encoder(name)
-    if pretrained_file is not None:
-        pretrained = True
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
+    from_timm, weights_file = _weights_source(pretrained, pretrained_file)
     try:
         model = timm.create_model(
             name,
-            pretrained=pretrained,
+            pretrained=from_timm,
             features_only=True,
             output_stride=output_stride,
             out_indices=(-3, -2, -1),
@@ -97,6 +141,8 @@ def create_encoder(
     reduction = model.feature_info.reduction()[-1]
     if reduction != output_stride:
         raise ValueError(f"encoder {name!r} gives output stride {reduction}, not the requested {output_stride}")
+    if weights_file is not None:
+        _load_encoder_file(model, name, weights_file, kwargs)
     if full_first_dilation:
         for stage in _resnet_stages(model, name, "full_first_dilation"):
             _set_dilation(stage[0], stage[-1].conv2.dilation[0], first=True)
