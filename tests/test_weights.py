@@ -114,3 +114,17 @@ def test_load_weights_names_the_file_and_the_keys(tmp_path):
     expected = r"shape mismatches \(4\): fc1.weight: checkpoint \(4, 64, 1, 1\) vs model \(2, 32, 1, 1\); "
     with pytest.raises(WeightsError, match=expected):
         load_weights(visattn.create_attention("se", 32), wider)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_write_honours_the_umask(tmp_path, umask, mode):
+    import os
+
+    from visattn.weights import atomic_write
+
+    old = os.umask(umask)
+    try:
+        path = atomic_write(tmp_path / "f.txt", lambda tmp: open(tmp, "w").write("x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode

@@ -28,12 +28,20 @@ class WeightsError(ValueError):
     """A weights file that cannot be read, holds no state dict, or does not fit the model."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # os.umask only sets: read the old value, then put it back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
+    The file gets the mode ``open()`` would give it (``0o666`` less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -135,7 +135,6 @@ def test_integer_input_raises(name, device):
         build(name, device=device)(torch.ones(1, CHANNELS, 5, 5, dtype=torch.long, device=device))
 
 
-@pytest.mark.xfail(strict=True, reason="the attention modules pass themselves to check_input as owner")
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_input_into_fp32_module_raises(name, dtype, device):

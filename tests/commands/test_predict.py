@@ -29,14 +29,14 @@ def _image(path, seed, size=(20, 14)):
 
 
 def _expected_mask(run, path):
-    cfg, model = load_trained(run)
+    cfg, model = load_trained(run, trust_code=True)
     x = image_to_tensor(np.array(Image.open(path).convert("RGB")), cfg.data.mean, cfg.data.std)
     with torch.no_grad():
         return model(x).argmax(1)[0].numpy()
 
 
 def _predict(run, out, *inputs):
-    return main(["predict", *map(str, inputs), "--run", run, "--output", str(out), "--device", "cpu"])
+    return main(["predict", *map(str, inputs), "--run", run, "--output", str(out), "--device", "cpu", "--trust-code"])
 
 
 def test_outputs_mirror_the_input_tree(tmp_path, run):

@@ -120,7 +120,7 @@ class BAM(nn.Module):
         self.spatial_att = SpatialGate(channels, reduction, dilation)
 
     def _logits(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        check_input("BAM", x, self.channels)
+        check_input("BAM", x, self.channels, self)
         mc = self.channel_att(x)
         ms = self.spatial_att(x)
         return (mc + ms if self.combine == "sum" else mc * ms), mc, ms

@@ -83,7 +83,7 @@ class ChannelAttention(nn.Module):
 
     def attend(self, x: Tensor) -> Tensor:
         """The attention output ``out`` before the residual, ``(B, C, H, W)``, in ``x``'s dtype."""
-        check_input("ChannelAttention", x, self.channels)
+        check_input("ChannelAttention", x, self.channels, self)
         a = x.flatten(2).to(torch.promote_types(x.dtype, torch.float32))
         with no_autocast(x.device.type):
             out = torch.bmm(self._attention(a), a)
@@ -95,7 +95,7 @@ class ChannelAttention(nn.Module):
     @torch.no_grad()
     def attention_weights(self, x: Tensor) -> dict[str, Tensor]:
         """``{"channel": (B, C, C)}``: row c is the softmax over the channels channel c attends to."""
-        check_input("ChannelAttention", x, self.channels)
+        check_input("ChannelAttention", x, self.channels, self)
         a = x.flatten(2).to(torch.promote_types(x.dtype, torch.float32))
         with no_autocast(x.device.type):
             return {"channel": self._attention(a)}

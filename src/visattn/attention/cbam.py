@@ -104,7 +104,7 @@ class CBAM(nn.Module):
         nn.init.zeros_(self.SpatialGate.spatial.bn.weight)
 
     def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        check_input("CBAM", x, self.channels)
+        check_input("CBAM", x, self.channels, self)
         mc = self.ChannelGate(x)
         refined = x * mc
         ms = self.SpatialGate(refined)

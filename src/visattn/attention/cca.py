@@ -301,7 +301,7 @@ class CrissCrossAttention(nn.Module):
         return w, torch.cat([self.query_conv.bias, self.key_conv.bias])
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input("CrissCrossAttention", x, self.channels)
+        check_input("CrissCrossAttention", x, self.channels, self)
         w_qk, b_qk = self._qk_params()
         w_out = self.gamma * self.value_conv.weight.flatten(1)
         b_out = self.gamma * self.value_conv.bias
@@ -317,7 +317,7 @@ class CrissCrossAttention(nn.Module):
         ``v[b, :, h', w]`` (exactly 0 at ``h' == h``, the centre is in the row part) and
         ``row[b, h, w, w']`` weights ``v[b, :, h, w']``; together they sum to 1 per position.
         """
-        check_input("CrissCrossAttention", x, self.channels)
+        check_input("CrissCrossAttention", x, self.channels, self)
         _, att = _attention(_nhwc(x), *self._qk_params())
         h = x.shape[2]
         return {"column": att[..., :h], "row": att[..., h:]}

@@ -44,20 +44,20 @@ class DualAttention(nn.Module):
         self.cam = ChannelAttention(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input("DualAttention", x, self.channels)
+        check_input("DualAttention", x, self.channels, self)
         return x + self.pam.gamma * self.pam.attend(x) + self.cam.gamma * self.cam.attend(x)
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor, queries: list[tuple[int, int]] | None = None) -> dict[str, Tensor]:
         """``{"position": (B, Q, H, W), "channel": (B, C, C)}``; ``queries`` as in PAM."""
-        check_input("DualAttention", x, self.channels)
+        check_input("DualAttention", x, self.channels, self)
         return {**self.pam.attention_weights(x, queries), **self.cam.attention_weights(x)}
 
     @torch.no_grad()
     def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
         """PAM's maps (``pam_q{i}``) then CAM's (``cam_matrix``, ``cam_q{i}``), see
         :meth:`PositionAttention.attention_maps` and :meth:`ChannelAttention.attention_maps`."""
-        check_input("DualAttention", x, self.channels)
+        check_input("DualAttention", x, self.channels, self)
         return self.pam.attention_maps(x, points) + self.cam.attention_maps(x, points)
 
     def extra_repr(self) -> str:

@@ -114,7 +114,7 @@ class FullyAttentional(nn.Module):
 
     def _attend(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Column and row maps ``(B, W, C, C)``, ``(B, H, C, C)`` and outputs, both ``(B, C, H, W)``."""
-        check_input("FullyAttentional", x, self.channels)
+        check_input("FullyAttentional", x, self.channels, self)
         ctx_h = self.conv1(x.mean(3).transpose(1, 2))  # (B, H, C)
         ctx_w = self.conv2(x.mean(2).transpose(1, 2))  # (B, W, C)
         att_h, out_h = _axis_attention(_columns(x), ctx_h)  # out (B, W, C, H)

@@ -128,7 +128,7 @@ class NonLocal2d(nn.Module):
 
     def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Scaled queries ``theta`` ``(B, N, C')`` (at least fp32) and keys ``phi`` ``(B, M, C')``."""
-        check_input("NonLocal2d", x, self.channels)
+        check_input("NonLocal2d", x, self.channels, self)
         if self.sub_sample and min(x.shape[-2:]) < 2:
             raise ValueError(f"NonLocal2d: sub_sample needs H, W >= 2, got shape {tuple(x.shape)}")
         theta = self.theta(x).flatten(2).transpose(1, 2)

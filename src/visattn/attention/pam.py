@@ -70,14 +70,14 @@ class PositionAttention(nn.Module):
 
     def attend(self, x: Tensor) -> Tensor:
         """The attention output ``out`` before the residual, ``(B, C, H, W)``."""
-        check_input("PositionAttention", x, self.channels)
+        check_input("PositionAttention", x, self.channels, self)
         b, c, h, w = x.shape
         q, k = self._query_key(x)
         out = softmax_attention(q, k, self.value_conv(x).flatten(2), self.chunk_size)  # (B, C, N)
         return out.reshape(b, c, h, w)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input("PositionAttention", x, self.channels)
+        check_input("PositionAttention", x, self.channels, self)
         q, k = self._query_key(x)
         # The residual is fused into the attention: its backward then keeps no extra N x C tensors.
         y = softmax_attention(q, k, self.value_conv(x).flatten(2), self.chunk_size, self.gamma, x.flatten(2))
@@ -90,7 +90,7 @@ class PositionAttention(nn.Module):
         ``queries`` is a list of ``(row, column)`` positions; ``None`` means all N positions in
         row-major order (``Q = N``: this does build the N x N map). Each row sums to 1.
         """
-        check_input("PositionAttention", x, self.channels)
+        check_input("PositionAttention", x, self.channels, self)
         b, _, h, w = x.shape
         q, k = self._query_key(x)
         if queries is not None:

@@ -114,7 +114,7 @@ class PyramidSqueezeAttention(nn.Module):
     def _branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Branch features and their softmaxed weights, both in REVERSED branch order (n .. 1):
         ``(B, n, S, H', W')`` and ``(B, n, S, 1, 1)``."""
-        check_input(_NAME, x, self.channels)
+        check_input(_NAME, x, self.channels, self)
         convs = [getattr(self, f"conv_{i}") for i in range(len(self.kernel_sizes), 0, -1)]
         feats = torch.stack([conv(x) for conv in convs], 1)
         b, n, s, h, w = feats.shape

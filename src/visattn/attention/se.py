@@ -36,7 +36,7 @@ class SqueezeExcite(nn.Module):
 
     def gate(self, x: Tensor) -> Tensor:
         """The channel gate in (0, 1), ``(B, C, 1, 1)``."""
-        check_input("SqueezeExcite", x, self.channels)
+        check_input("SqueezeExcite", x, self.channels, self)
         return torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
 
     def forward(self, x: Tensor) -> Tensor:

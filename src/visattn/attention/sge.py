@@ -57,7 +57,7 @@ class SpatialGroupEnhance(nn.Module):
         return torch.sigmoid(s * self.weight + self.bias)
 
     def _grouped(self, x: Tensor) -> Tensor:
-        check_input("SpatialGroupEnhance", x, self.channels)
+        check_input("SpatialGroupEnhance", x, self.channels, self)
         b, c, h, w = x.shape
         return x.reshape(b, self.groups, c // self.groups, h, w)
 

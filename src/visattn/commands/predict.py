@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         images = _expand(args.inputs, out_dir)
         device = resolve_device(args.device)
-        cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device)
+        cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
         classes, palette = classes_and_palette(cfg.data)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"visattn predict: error: {err}", file=sys.stderr)

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import difflib
 import functools
-import importlib
 import math
 import os
 import re
@@ -495,22 +494,17 @@ def _check_model(model: ModelConfig) -> None:
     exist), and a ``TypeError`` or ``ValueError`` it raises is the config's error.
     """
     if ":" in model.name:
-        module, _, name = model.name.partition(":")
-        try:
-            builder = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as err:
-            raise _invalid("model.name", f"a registered model or an importable 'package.module:builder' ({err})",
-                           model.name) from None
-        build = functools.partial(builder, num_classes=2)
-    else:
-        from ..models import create_model, list_models
+        # A ``module:builder`` name would run code to be checked: it is left to the build, which
+        # imports it only when the user trusts it (``--trust-code``).
+        return
+    from ..models import create_model, list_models
 
-        names = list_models()
-        if model.name not in names:
-            close = difflib.get_close_matches(model.name, names, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else "`visattn models` lists them"
-            raise _invalid("model.name", f"a registered model or 'package.module:builder' ({hint})", model.name)
-        build = functools.partial(create_model, model.name, num_classes=2, pretrained=False)
+    names = list_models()
+    if model.name not in names:
+        close = difflib.get_close_matches(model.name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "`visattn models` lists them"
+        raise _invalid("model.name", f"a registered model or 'package.module:builder' ({hint})", model.name)
+    build = functools.partial(create_model, model.name, num_classes=2, pretrained=False)
     kwargs = dict(model.kwargs)
     pretrained_file = kwargs.pop("pretrained_file", None)
     if pretrained_file is not None and not Path(str(pretrained_file)).is_file():

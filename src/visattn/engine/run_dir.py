@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import classes_and_palette
-from ..weights import atomic_write, read_state_dict, save_state_dict
+from ..weights import atomic_write, load_weights, read_state_dict, save_state_dict
 from .build import build_model
 from .config import Config, dump_config, load_config
 
@@ -275,5 +275,5 @@ def load_trained(run: str | os.PathLike | None = None, config: str | os.PathLike
         raise ValueError("give --run RUN_DIR, or --weights FILE (with --config)")
     classes, _ = classes_and_palette(cfg.data)
     model = build_model(cfg.model, len(classes), pretrained=False, trust_code=trust_code, origin=origin)
-    model.load_state_dict(read_state_dict(weights))
+    load_weights(model, weights)
     return cfg, model.to(device).eval()
