@@ -85,7 +85,7 @@ def test_sigkill_at_any_point_resumes_exactly(tmp_path, straight, point):
               f"with tinyseg.signal_during({point!r}, {nth}, signal.SIGKILL):\n"
               f"    train(load_config(None, {RUN + [f'run.dir={run_dir}']!r}), quiet=True)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE.parents[1] / "src")]),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS=str(torch.get_num_threads()))  # the same float summation order
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert _latest(run_dir) == "step_0000002"
