@@ -141,3 +141,25 @@ def test_nan_loss_exits_the_cli_with_2_naming_the_step(tmp_path, monkeypatch, ca
     assert cli_main(["train", "--quiet", *sets]) == 2
     err = capsys.readouterr().err
     assert "loss is not finite at step 3" in err and "latest checkpoint step_0000002" in err
+
+
+def test_ddp_processes_stop_after_the_same_step(tmp_path):
+    """SIGTERM to process 1 alone, during the update of step 3: both processes learn of it in step
+    4's all-reduce, so both stop after step 4 (its periodic checkpoint, written once) instead of
+    one waiting forever for the other."""
+    sets = [a for s in RUN + [f"run.dir={tmp_path / 'run'}"] for a in ("--set", s)]
+    script = tmp_path / "signalled_train.py"
+    script.write_text("import contextlib, os, signal, sys, tinyseg\n"
+                      "from visattn.cli import main\n"
+                      "hook = tinyseg.signal_during('update', 3, signal.SIGTERM) if os.environ['RANK'] == '1' "
+                      "else contextlib.nullcontext()\n"
+                      f"with hook:\n    sys.exit(main(['train', '--quiet', *{sets!r}]))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE.parents[1] / "src")]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert "exitcode  : 130" in proc.stderr and "exitcode  : 1\n" not in proc.stderr, proc.stderr[-3000:]
+    assert "stopped by a signal to another process after step 4/6" in proc.stderr, proc.stderr[-3000:]
+    assert _latest(tmp_path / "run") == "step_0000004"
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("*.state.pt")) == [
+        "step_0000002.state.pt", "step_0000004.state.pt"]

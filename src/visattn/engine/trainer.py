@@ -26,7 +26,7 @@ Stopping keeps that guarantee:
   ``KeyboardInterrupt`` returns as an interrupted run). A data loading error is agreed on by all
   processes before any state changes, so the main process saves it under DDP too.
 - A non-finite loss raises :class:`NonFiniteLossError` before the update and saves nothing: the
-  weights that produced it are not worth resuming, and the last periodic checkpoint stays the latest.
+  weights that produced it are not worth resuming, and the latest checkpoint stays the last good one.
 
 The files of the training and validation sets are checked from their headers before the first step
 (:mod:`visattn.data.validate`).
@@ -277,8 +277,7 @@ class Trainer:
         t = self.cfg.train
         torch.manual_seed((self.seed * 1_000_003 + self.info.rank) * 10_000_019 + self.step)
         micro_batches = self._next_micro_batches(batches)
-        model = _unwrap(self.model)
-        self._boundary_buffers = [b.detach().clone() for b in model.buffers()]
+        self._boundary_buffers = [b.detach().clone() for b in _unwrap(self.model).buffers()]
         self.optimizer.zero_grad(set_to_none=True)
         losses = []
         for a, (image, target) in enumerate(micro_batches):
@@ -315,7 +314,7 @@ class Trainer:
         error = None
         try:
             micro_batches = [next(batches) for _ in range(self.accum)]
-        except Exception as err:  # noqa: BLE001 - re-raised below, after the other processes know
+        except Exception as err:  # re-raised below, once the other processes know
             error = err
         (failed,) = self._any_process(error is not None)
         if error is not None:
@@ -392,7 +391,7 @@ class Trainer:
         if self._saved_step != self.step:
             try:
                 self.checkpoint(gather=False)  # no collectives: the other processes may be gone
-            except Exception as err:  # noqa: BLE001 - the error that stopped the run is the one to raise
+            except Exception as err:  # the error that stopped the run is the one to raise
                 why = f"{why}; saving step {self.step} failed too ({err})"
         self._report_stop(why)
 
