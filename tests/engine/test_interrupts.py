@@ -2,6 +2,7 @@
 reproduces the uninterrupted run bit for bit, every weight and BatchNorm buffer included."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,7 +159,9 @@ def test_ddp_processes_stop_after_the_same_step(tmp_path):
                OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], env=env, capture_output=True, text=True, timeout=240)
-    assert "exitcode  : 130" in proc.stderr and "exitcode  : 1\n" not in proc.stderr, proc.stderr[-3000:]
+    # "interrupted" (130) from the CLI; torchrun SIGTERMs (-15) a process still exiting when another has
+    exit_codes = set(re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr))
+    assert "130" in exit_codes and exit_codes <= {"130", "-15"}, proc.stderr[-3000:]
     assert "stopped by a signal to another process after step 4/6" in proc.stderr, proc.stderr[-3000:]
     assert _latest(tmp_path / "run") == "step_0000004"
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("*.state.pt")) == [
