@@ -76,7 +76,8 @@ def test_stop_signal_inside_a_step_resumes_exactly(tmp_path, straight, point, si
     assert_same_run(tmp_path / "run", straight)
 
 
-@pytest.mark.parametrize("point", list(POINTS))
+# killed inside a step, nothing on disk changes wherever it is; inside a checkpoint write, half of it is there
+@pytest.mark.parametrize("point", ["update", "checkpoint"])
 def test_sigkill_at_any_point_resumes_exactly(tmp_path, straight, point):
     nth, _ = POINTS[point]
     run_dir = tmp_path / "run"
