@@ -92,6 +92,8 @@ def test_sigkill_at_any_point_resumes_exactly(tmp_path, straight, point):
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert _latest(run_dir) == "step_0000002"
     assert not (run_dir / "model.safetensors").exists()
+    if point == "checkpoint":  # killed between step 4's weights and state files
+        assert [p.name for p in (run_dir / "checkpoints").glob("step_0000004*")] == ["step_0000004.safetensors"]
     assert _resume(run_dir)["step"] == 6
     assert_same_run(run_dir, straight)
 
