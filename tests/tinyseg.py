@@ -4,8 +4,13 @@ Importable as ``tinyseg:build`` (config ``model.name``) (``tests/`` is on pytest
 """
 from __future__ import annotations
 
+import contextlib
+import os
+from collections import Counter
+
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 class TinySeg(nn.Module):
@@ -52,3 +57,54 @@ def build(num_classes: int, **kwargs) -> TinySeg:
 
 def build_cls(num_classes: int, **kwargs) -> TinyCls:
     return TinyCls(num_classes, **kwargs)
+
+
+def build_bn(num_classes: int, **kwargs) -> TinySeg:
+    """TinySeg with BatchNorm after its stem: every training forward changes its running statistics."""
+    model = TinySeg(num_classes, **kwargs)
+    model.stem = nn.Sequential(model.stem, nn.BatchNorm2d(model.stem.out_channels))
+    return model
+
+
+STEP_POINTS = ("forward", "backward", "update", "checkpoint")
+
+
+@contextlib.contextmanager
+def signal_during(point: str, nth: int, signum: int):
+    """Send ``signum`` to this process from inside the ``nth`` event of kind ``point`` of the runs
+    trained within: a training forward, a backward (when the stem's gradient is computed, before
+    the others are accumulated), an optimizer update (after the parameters changed, before the
+    scheduler steps) or a checkpoint write (after the weights file, before the state file).
+    Yields the count of each kind of event so far."""
+    import visattn.engine.run_dir as run_dir
+    import visattn.engine.trainer as trainer
+
+    if point not in STEP_POINTS:
+        raise ValueError(f"point must be one of {STEP_POINTS}, got {point!r}")
+    events = Counter()
+
+    def event(kind: str) -> None:
+        events[kind] += 1
+        if kind == point and events[kind] == nth:
+            os.kill(os.getpid(), signum)
+
+    build_model, atomic_write = trainer.build_model, run_dir.atomic_write
+
+    def build_hooked(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: event("forward") if module.training else None)
+        next(model.parameters()).register_hook(lambda grad: event("backward"))
+        return model
+
+    def write_hooked(path, write):
+        if str(path).endswith(".state.pt"):
+            event("checkpoint")
+        return atomic_write(path, write)
+
+    update_hook = register_optimizer_step_post_hook(lambda *_: event("update"))
+    trainer.build_model, run_dir.atomic_write = build_hooked, write_hooked
+    try:
+        yield events
+    finally:
+        trainer.build_model, run_dir.atomic_write = build_model, atomic_write
+        update_hook.remove()

@@ -10,8 +10,26 @@ Exact resume: the global batch of step ``t`` is a fixed slice of the epoch's per
 ``seed`` and the epoch), each sample's augmentation is seeded by ``(seed, epoch, index)`` and the
 global RNG is reseeded from ``(seed, rank, t)`` before every step (dropout). So the state of a run at
 a step boundary is the weights + optimizer + scheduler (+ AMP scaler), all checkpointed, and a
-resumed run replays the remaining steps bit for bit. Ctrl-C (or SIGTERM, which torchrun sends)
-stops at the next step boundary of the update, saves a checkpoint and returns.
+resumed run replays the remaining steps bit for bit.
+
+Stopping keeps that guarantee:
+
+- SIGINT (Ctrl-C) and SIGTERM (which torchrun and schedulers send) only raise a flag; the loop looks
+  at it at step boundaries (after the update, the evaluation and the periodic checkpoint), then saves
+  a checkpoint of that step (unless it was just saved) and returns. Under DDP the flag is OR-ed over
+  the processes in every step, so all of them stop after the same step.
+- SIGKILL at any moment: every file is written atomically and ``checkpoints/latest`` is updated last,
+  so the latest checkpoint is always a complete step; at most the steps since it are lost.
+- An error raised inside a step (out of memory, a ``KeyboardInterrupt`` raised by code) rolls the
+  model's buffers (BatchNorm statistics) back to the step's start; the last completed step is then
+  checkpointed unless the error came during the parameter update, and the error is re-raised (a
+  ``KeyboardInterrupt`` returns as an interrupted run). A data loading error is agreed on by all
+  processes before any state changes, so the main process saves it under DDP too.
+- A non-finite loss raises :class:`NonFiniteLossError` before the update and saves nothing: the
+  weights that produced it are not worth resuming, and the latest checkpoint stays the last good one.
+
+The files of the training and validation sets are checked from their headers before the first step
+(:mod:`visattn.data.validate`).
 """
 from __future__ import annotations
 
@@ -21,6 +39,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..data import build_dataset, dataset_info, dataset_spec
+from ..data.validate import bad_files_error, dataset_files, find_bad_files
 from .build import build_model, build_optimizer, build_scheduler
 from .config import Config, ConfigError
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
@@ -40,14 +60,19 @@ from .metrics import evaluate as evaluate_model
 from .metrics import format_table
 from .run_dir import RunDir
 
-__all__ = ["train", "Trainer", "AMP_DTYPES", "FIXED_ON_RESUME"]
+__all__ = ["train", "Trainer", "AMP_DTYPES", "FIXED_ON_RESUME", "NonFiniteLossError"]
 
 AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # train.* keys a resumed run must keep: the checkpoint restores the optimizer's hyperparameters and
 # the learning-rate schedule, its step counts batches of this size, and the seed orders the samples.
 FIXED_ON_RESUME = ("iters", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum", "nesterov", "betas",
                    "weight_decay", "schedule", "power", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor",
                    "min_lr", "head_lr_mult")
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The loss became NaN or infinite (also a ``ValueError``: a bad setting, reported without a traceback)."""
 
 
 def train(cfg: Config, resume: str | os.PathLike | None = None, quiet: bool = False, trust_code: bool = False) -> dict:
@@ -97,6 +122,7 @@ class Trainer:
 
         self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, seed=self.seed)
         self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False, seed=self.seed)
+        self._check_files()
         self.classes, _ = dataset_info(self.train_set)
         global_batch, self.accum = int(t.batch_size), int(t.accum_steps)
         if global_batch % (info.world_size * self.accum):
@@ -123,9 +149,10 @@ class Trainer:
         self.sampler = _ShardSampler(self.train_set, info, self.seed, self.iters_per_epoch * self.micro_batch * self.accum)
         self.loader = DataLoader(self.train_set, batch_size=self.micro_batch, sampler=self.sampler,
                                  num_workers=cfg.data.workers, drop_last=True, pin_memory=device.type == "cuda",
-                                 generator=torch.Generator())
+                                 generator=torch.Generator(), worker_init_fn=_ignore_stop_signals)
         self.val_loader = DataLoader(Subset(self.val_set, range(info.rank, len(self.val_set), info.world_size)),
-                                     batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers)
+                                     batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers,
+                                     worker_init_fn=_ignore_stop_signals)
         self.segment_options = segment_options(cfg) if cfg.task == "segmentation" else {}
         self.key_metric = "mIoU" if cfg.task == "segmentation" else "top1"
         self._claim_run_dir()  # last: a failed start leaves nothing on disk
@@ -199,24 +226,42 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
+    def _check_files(self) -> None:
+        """Every item of the training and validation sets opens and has its mask's size (file
+        headers only; each process checks its share); a ``ValueError`` lists the bad files."""
+        problems = []
+        for split, dataset in ((self.cfg.data.train_split, self.train_set), (self.cfg.data.val_split, self.val_set)):
+            files = dataset_files(dataset)[self.info.rank::self.info.world_size]
+            problems += find_bad_files(files, f"check {split} files", quiet=self.quiet or not self.info.is_main)
+        if self.info.enabled:
+            shares = [None] * self.info.world_size
+            dist.all_gather_object(shares, problems)
+            problems = [p for share in shares for p in share]
+        if problems:
+            raise bad_files_error(problems)
+
     # -- the loop
 
     def fit(self) -> dict:
-        """Train up to the last step (or an interrupt), evaluate, save the final weights; see :func:`train`."""
+        """Train up to the last step (or a stop signal), save the final weights and evaluate them;
+        see :func:`train`."""
         from tqdm.auto import tqdm
 
         t = self.cfg.train
         self.log = MetricsLog(self.run, self.info.is_main, self.step if self.resumed else None)
         self.bar = tqdm(total=self.total, initial=self.step, desc="train", disable=self.quiet or not self.info.is_main,
                         dynamic_ncols=True)
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
+        self._signal = None  # the stop signal received, if any
+        self._stop_agreed = False  # under DDP: whether any process had received one in this step
+        self._saved_step = self.step  # the newest checkpoint's step (0: nothing worth saving yet)
+        self._boundary_buffers, self._updating = None, False
+        previous_handlers = self._catch_stop_signals()
         metrics, interrupted = {}, False
         self._losses, self._since = [], time.perf_counter()
         try:
             self.model.train()
             batches = None
-            while self.step < self.total:
+            while self.step < self.total and not interrupted:
                 if batches is None:
                     batches = self._epoch_batches()
                 terms, lr = self.train_step(batches)
@@ -231,21 +276,48 @@ class Trainer:
                         self.bar.write(f"step {self.step}: {self.key_metric} {100 * metrics[self.key_metric]:.2f}")
                 if self.step % t.ckpt_every == 0 or self.step == self.total:
                     self.checkpoint()
+                interrupted = self._stop_requested()
             self.bar.close()
-            metrics = self.evaluate()
-            if self.info.is_main:
-                self.run.save_final(_unwrap(self.model))
-        except KeyboardInterrupt:
+            if interrupted:
+                if self._saved_step != self.step:
+                    self.checkpoint()
+                self._report_stop(f"stopped by {signal.Signals(self._signal).name}" if self._signal
+                                  else "stopped by a signal to another process")
+            else:
+                if self.info.is_main:
+                    self.run.save_final(_unwrap(self.model))
+                metrics = self.evaluate()
+        except NonFiniteLossError:
+            self.bar.close()
+            self._report_stop("stopped: the loss is not finite")
+            raise
+        except (Exception, KeyboardInterrupt) as err:
+            self.bar.close()
+            self._checkpoint_after_error("interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error")
+            if not isinstance(err, KeyboardInterrupt):
+                raise
             interrupted = True
-            self.bar.close()
-            self._checkpoint_after_interrupt()
         finally:
-            if previous_term is not None:
-                signal.signal(signal.SIGTERM, previous_term)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             self.log.close()
         return {"run_dir": self.run.path, "step": self.step, "total": self.total, "metrics": metrics, "best": self.best,
                 "interrupted": interrupted, "classes": self.classes,
                 "table": format_table(metrics, self.classes) if metrics else ""}
+
+    def _catch_stop_signals(self) -> dict:
+        """Make SIGINT and SIGTERM raise the stop flag (only possible on the main thread); returns
+        the handlers to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum, frame):
+            self._signal = signum
+
+        return {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
+
+    def _stop_requested(self) -> bool:
+        return self._stop_agreed if self.info.enabled else self._signal is not None
 
     def _epoch_batches(self) -> Iterator:
         """The batches of the current epoch from the current step on."""
@@ -260,9 +332,11 @@ class Trainer:
         terms and the learning rate the step used."""
         t = self.cfg.train
         torch.manual_seed((self.seed * 1_000_003 + self.info.rank) * 10_000_019 + self.step)
+        micro_batches = self._next_micro_batches(batches)
+        self._boundary_buffers = [b.detach().clone() for b in _unwrap(self.model).buffers()]
         self.optimizer.zero_grad(set_to_none=True)
-        for a in range(self.accum):
-            image, target = next(batches)
+        losses = []
+        for a, (image, target) in enumerate(micro_batches):
             image, target = image.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
             last = a == self.accum - 1
             with self.model.no_sync() if self.info.enabled and not last else contextlib.nullcontext():
@@ -271,20 +345,60 @@ class Trainer:
                 loss, terms = weighted_loss(outputs, target, self.loss_weights, t.ohem, t.ohem_thresh,
                                             t.ohem_min_kept, t.label_smoothing)
                 self.scaler.scale(loss / self.accum).backward()
-            self._losses.append(loss.detach())
+            losses.append(loss.detach())
+        # checked after backward (gradients are not applied yet) so that DDP processes stay in step:
+        # one whose loss is NaN still joins the gradient all-reduce, then every process learns of it here
+        non_finite, self._stop_agreed = self._any_process(not bool(torch.stack(losses).isfinite().all()),
+                                                          self._signal is not None)
+        if non_finite:
+            self._restore_boundary_buffers()
+            raise NonFiniteLossError(f"the loss is not finite at step {self.step + 1} "
+                                     f"({', '.join(f'{float(x):g}' for x in losses)}); lower train.lr or disable AMP")
+        self._losses += losses
         lr = self.optimizer.param_groups[0]["lr"]
-        with _defer_interrupt():
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
+        self._updating = True
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self._updating, self._boundary_buffers = False, None
         return terms, lr
+
+    def _next_micro_batches(self, batches: Iterator) -> list:
+        """The step's ``accum_steps`` micro-batches, read before anything changes. A reading error
+        stops every process (each learns of it in an all-reduce), so the main one can save the step."""
+        error = None
+        try:
+            micro_batches = [next(batches) for _ in range(self.accum)]
+        except Exception as err:  # re-raised below, once the other processes know
+            error = err
+        (failed,) = self._any_process(error is not None)
+        if error is not None:
+            raise error
+        if failed:
+            raise ValueError(f"another process failed to read its data for step {self.step + 1} (see its error)")
+        return micro_batches
+
+    def _any_process(self, *flags: bool) -> list[bool]:
+        """Each flag OR-ed over the processes (one all-reduce under DDP, which every process must call)."""
+        if not self.info.enabled:
+            return list(flags)
+        status = torch.tensor([float(f) for f in flags], device=self.device)
+        dist.all_reduce(status, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in status.tolist()]
+
+    def _restore_boundary_buffers(self) -> None:
+        """Undo what the forward passes of an unfinished step did to the buffers (BatchNorm statistics)."""
+        if self._boundary_buffers is None:
+            return
+        with torch.no_grad():
+            for buffer, saved in zip(_unwrap(self.model).buffers(), self._boundary_buffers):
+                buffer.copy_(saved)
+        self._boundary_buffers = None
 
     def _log_training(self, terms: dict[str, Tensor], lr: float) -> None:
         """Mean loss since the last log line, the last terms, the learning rate and the time per step."""
         mean_loss = float(torch.stack(self._losses).mean())
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"loss is {mean_loss} at step {self.step}; lower train.lr or disable AMP")
         self.log.write({"step": self.step, "epoch": self.step / self.iters_per_epoch, "lr": lr, "loss": mean_loss,
                         **{f"loss_{k}": float(v) for k, v in terms.items()},
                         "sec_per_step": (time.perf_counter() - self._since) / len(self._losses) * self.accum}, "train")
@@ -315,20 +429,36 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "best": self.best, "seed": self.seed,
                 "rng": {"torch": rng, "world_size": len(rng)}}
 
-    def checkpoint(self) -> None:
-        """Save the weights and the training state of the current step (every process calls it)."""
-        state = self.training_state()
+    def checkpoint(self, gather: bool = True) -> None:
+        """Save the weights and the training state of the current step (every process calls it,
+        unless not ``gather``: then the main process alone, with its own RNG state)."""
+        state = self.training_state(gather)
         if self.info.is_main:
             self.run.save_checkpoint(self.step, _unwrap(self.model), state, self.cfg.train.keep_ckpts)
+        self._saved_step = self.step
 
-    def _checkpoint_after_interrupt(self) -> None:
+    def _checkpoint_after_error(self, why: str) -> None:
+        """Save the last completed step after an error, unless it is on disk already or the error
+        came during the parameter update (whose half-applied state cannot be undone)."""
+        if self._updating:
+            self._report_stop(f"{why} during the update of step {self.step + 1}")
+            return
+        self._restore_boundary_buffers()
+        if self._saved_step != self.step:
+            try:
+                self.checkpoint(gather=False)  # no collectives: the other processes may be gone
+            except Exception as err:  # the error that stopped the run is the one to raise
+                why = f"{why}; saving step {self.step} failed too ({err})"
+        self._report_stop(why)
+
+    def _report_stop(self, why: str) -> None:
+        """Tell where the run stopped and how to continue it (main process)."""
         if not self.info.is_main:
             return
-        # no collectives here: the other processes may already be gone
-        self.run.save_checkpoint(self.step, _unwrap(self.model), self.training_state(gather=False),
-                                 self.cfg.train.keep_ckpts)
-        print(f"\ninterrupted at step {self.step}/{self.total}; checkpoint saved. Continue with:\n"
-              f"  visattn train --resume {self.run}", flush=True)
+        latest = self.run.latest_checkpoint()
+        how = f"latest checkpoint {latest}; continue with `visattn train --resume {self.run}`" if latest else \
+            "no checkpoint yet"
+        print(f"\n{why} after step {self.step}/{self.total}; {how}", file=sys.stderr, flush=True)
 
 
 class MetricsLog:
@@ -375,24 +505,11 @@ class _ShardSampler(DistributedSampler):
         return self.length - self.start
 
 
-@contextlib.contextmanager
-def _defer_interrupt():
-    """Hold SIGINT during the parameter update so a checkpoint never sees a half-applied step."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *a: received.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
-def _raise_interrupt(*_):
-    raise KeyboardInterrupt
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM (a Ctrl-C reaches the whole process group) to the
+    training process, which stops them at a step boundary."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
