@@ -92,34 +92,34 @@ def test_bad_validation_file_fails_before_training(tmp_path):
     root = _mask_folder(tmp_path / "seg")
     _, mask = _pair(root, "val", "01", seed=7, mask_size=(SIZE - 2, SIZE))
     with pytest.raises(ValueError, match=f"1 bad dataset file .*\n  image .*01.png is 32x32 but its mask {mask} is 32x30"):
-        train(_config(root, tmp_path / "run"), quiet=True)
+        train(_config(root, tmp_path / "run"), quiet=True, trust_code=True)
     assert not (tmp_path / "run").exists()  # nothing written, no step run
 
 
 def test_undecodable_training_file_saves_the_last_step_then_names_the_file(tmp_path):
     root = _mask_folder(tmp_path / "seg")
-    assert train(_config(root, tmp_path / "straight"), quiet=True)["step"] == 4
-    trainer = Trainer(_config(root, tmp_path / "run"), torch.device("cpu"), quiet=True)
-    trainer.sampler.set_epoch(0)
-    first_of_step_3 = list(trainer.sampler)[2 * trainer.micro_batch]
-    image = trainer.train_set.dataset.pairs[first_of_step_3][0]
-    original = image.read_bytes()
-    _truncate(image)  # after the up-front check, which it would pass anyway
-    with pytest.raises(ValueError, match=f"cannot read image {image}"):
-        trainer.fit()
+    assert train(_config(root, tmp_path / "straight"), quiet=True, trust_code=True)["step"] == 4
+    with Trainer(_config(root, tmp_path / "run"), torch.device("cpu"), quiet=True, trust_code=True) as trainer:
+        trainer.sampler.set_epoch(0)
+        first_of_step_3 = list(trainer.sampler)[2 * trainer.micro_batch]
+        image = trainer.train_set.dataset.pairs[first_of_step_3][0]
+        original = image.read_bytes()
+        _truncate(image)  # after the up-front check, which it would pass anyway
+        with pytest.raises(ValueError, match=f"cannot read image {image}"):
+            trainer.fit()
     assert (tmp_path / "run/checkpoints/latest").read_text() == "step_0000002"
     image.write_bytes(original)
     cfg = load_config(tmp_path / "run/config.yaml")
-    assert train(cfg, resume=tmp_path / "run", quiet=True)["step"] == 4
+    assert train(cfg, resume=tmp_path / "run", quiet=True, trust_code=True)["step"] == 4
     a, b = load_file(tmp_path / "straight/model.safetensors"), load_file(tmp_path / "run/model.safetensors")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_undecodable_validation_file_keeps_the_final_weights(tmp_path):
     root = _mask_folder(tmp_path / "seg")
-    trainer = Trainer(_config(root, tmp_path / "run"), torch.device("cpu"), quiet=True)
-    _truncate(root / "images/val/02.png")
-    with pytest.raises(ValueError, match=f"cannot read image {root / 'images/val/02.png'}"):
-        trainer.fit()
+    with Trainer(_config(root, tmp_path / "run"), torch.device("cpu"), quiet=True, trust_code=True) as trainer:
+        _truncate(root / "images/val/02.png")
+        with pytest.raises(ValueError, match=f"cannot read image {root / 'images/val/02.png'}"):
+            trainer.fit()
     assert (tmp_path / "run/checkpoints/latest").read_text() == "step_0000004"
     assert (tmp_path / "run/model.safetensors").is_file()

@@ -30,11 +30,11 @@ POINTS = {"forward": (6, 3), "backward": (5, 3), "update": (3, 3), "checkpoint":
 
 
 def _run(run_dir: Path, *overrides: str) -> dict:
-    return train(load_config(None, RUN + [f"run.dir={run_dir}", *overrides]), quiet=True)
+    return train(load_config(None, RUN + [f"run.dir={run_dir}", *overrides]), quiet=True, trust_code=True)
 
 
 def _resume(run_dir: Path) -> dict:
-    return train(load_config(run_dir / "config.yaml"), resume=run_dir, quiet=True)
+    return train(load_config(run_dir / "config.yaml"), resume=run_dir, quiet=True, trust_code=True)
 
 
 def _latest(run_dir: Path) -> str:
@@ -85,7 +85,7 @@ def test_sigkill_at_any_point_resumes_exactly(tmp_path, straight, point):
               "from visattn.engine import train\n"
               "from visattn.engine.config import load_config\n"
               f"with tinyseg.signal_during({point!r}, {nth}, signal.SIGKILL):\n"
-              f"    train(load_config(None, {RUN + [f'run.dir={run_dir}']!r}), quiet=True)\n")
+              f"    train(load_config(None, {RUN + [f'run.dir={run_dir}']!r}), quiet=True, trust_code=True)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE.parents[1] / "src")]),
                OMP_NUM_THREADS=str(torch.get_num_threads()))  # the same float summation order
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
@@ -104,7 +104,7 @@ def test_keyboard_interrupt_raised_mid_step_rolls_back_batchnorm(tmp_path, strai
     stopped = _run(tmp_path / "run", "model.kwargs.interrupt_after=5")
     assert stopped["interrupted"] and stopped["step"] == 2 and _latest(tmp_path / "run") == "step_0000002"
     cfg = load_config(tmp_path / "run/config.yaml", ["model.kwargs.interrupt_after=null"])
-    assert train(cfg, resume=tmp_path / "run", quiet=True)["step"] == 6
+    assert train(cfg, resume=tmp_path / "run", quiet=True, trust_code=True)["step"] == 6
     assert_same_run(tmp_path / "run", straight)
 
 
@@ -142,7 +142,7 @@ def test_nan_loss_stops_before_the_update_and_saves_nothing(tmp_path, monkeypatc
 def test_nan_loss_exits_the_cli_with_2_naming_the_step(tmp_path, monkeypatch, capsys):
     _poison_loss_at(monkeypatch, 5)  # step 3's first micro-batch
     sets = [a for s in RUN + [f"run.dir={tmp_path / 'run'}"] for a in ("--set", s)]
-    assert cli_main(["train", "--quiet", *sets]) == 2
+    assert cli_main(["train", "--quiet", "--trust-code", *sets]) == 2
     err = capsys.readouterr().err
     assert "loss is not finite at step 3" in err and "latest checkpoint step_0000002" in err
 
@@ -157,7 +157,7 @@ def test_ddp_processes_stop_after_the_same_step(tmp_path):
                       "from visattn.cli import main\n"
                       "hook = tinyseg.signal_during('update', 3, signal.SIGTERM) if os.environ['RANK'] == '1' "
                       "else contextlib.nullcontext()\n"
-                      f"with hook:\n    sys.exit(main(['train', '--quiet', *{sets!r}]))\n")
+                      f"with hook:\n    sys.exit(main(['train', '--quiet', '--trust-code', *{sets!r}]))\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE.parents[1] / "src")]),
                OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
