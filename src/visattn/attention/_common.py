@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast", "AttentionMap",
-    "check_one_map", "query_cells", "to_numpy",
+    "check_one_map", "query_cells", "to_numpy", "query_key_value_convs",
 ]
 
 
@@ -121,3 +121,9 @@ def query_cells(module: str, x: Tensor, points: Sequence[tuple[int, int]] = ()) 
 def to_numpy(t: Tensor) -> np.ndarray:
     """A map's values as a float32 array on the CPU."""
     return t.detach().float().cpu().numpy()
+
+
+def query_key_value_convs(channels: int, hidden: int) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]:
+    """The 1x1 projections of DANet's and CCNet's attention: query and key ``C -> hidden``, value
+    ``C -> C``, all with bias (the official ``query_conv``, ``key_conv``, ``value_conv``)."""
+    return nn.Conv2d(channels, hidden, 1), nn.Conv2d(channels, hidden, 1), nn.Conv2d(channels, channels, 1)

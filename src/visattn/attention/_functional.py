@@ -69,7 +69,7 @@ class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         q, k, v, out, gamma = ctx.saved_tensors
-        chunk, n = ctx.chunk, q.shape[1]
+        chunk = ctx.chunk
         dq = torch.empty_like(q)
         dkt = k.new_zeros(k.shape[0], k.shape[2], k.shape[1])  # dk as (B, d, N): K = chunk gemm
         dv = torch.zeros_like(v)

@@ -47,7 +47,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._common import AttentionMap, check_input, check_positive, query_cells, reduced_channels, to_numpy
+from ._common import (
+    AttentionMap,
+    check_input,
+    check_positive,
+    query_cells,
+    query_key_value_convs,
+    reduced_channels,
+    to_numpy,
+)
 
 __all__ = ["CrissCrossAttention", "RecurrentCrissCrossAttention", "cross_map"]
 
@@ -290,9 +298,7 @@ class CrissCrossAttention(nn.Module):
         hidden = reduced_channels("CrissCrossAttention", channels, reduction)
         self.channels = channels
         self.reduction = reduction
-        self.query_conv = nn.Conv2d(channels, hidden, 1)
-        self.key_conv = nn.Conv2d(channels, hidden, 1)
-        self.value_conv = nn.Conv2d(channels, channels, 1)
+        self.query_conv, self.key_conv, self.value_conv = query_key_value_convs(channels, hidden)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def _qk_params(self) -> tuple[Tensor, Tensor]:

@@ -35,8 +35,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._common import AttentionMap, check_input, check_positive, no_autocast, query_cells, reduced_channels, to_numpy
-from ._functional import CHUNK_BYTES, softmax_attention
+from ._common import (
+    AttentionMap,
+    check_input,
+    check_positive,
+    no_autocast,
+    query_cells,
+    query_key_value_convs,
+    reduced_channels,
+    to_numpy,
+)
+from ._functional import softmax_attention
 
 __all__ = ["PositionAttention"]
 
@@ -59,9 +68,7 @@ class PositionAttention(nn.Module):
         self.channels = channels
         self.reduction = reduction
         self.chunk_size = chunk_size
-        self.query_conv = nn.Conv2d(channels, hidden, 1)
-        self.key_conv = nn.Conv2d(channels, hidden, 1)
-        self.value_conv = nn.Conv2d(channels, channels, 1)
+        self.query_conv, self.key_conv, self.value_conv = query_key_value_convs(channels, hidden)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def _query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -41,6 +41,17 @@ def _require_dir(path: Path, dataset: str, hint: str) -> Path:
     return path
 
 
+def _pairs_by_stem(images: Path, masks: Path, dataset: str, mask_name: str) -> list[tuple[Path, Path]]:
+    """Every image of ``images`` with the ``<stem>.png`` of ``masks``; a missing mask is an error."""
+    pairs = []
+    for img in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+        mask = masks / f"{img.stem}.png"
+        if not mask.is_file():
+            raise FileNotFoundError(f"{dataset}: no {mask_name} {mask} for image {img}")
+        pairs.append((img, mask))
+    return pairs
+
+
 def _value_ranges(values: np.ndarray) -> str:
     """Sorted integers as runs: ``[0, 1, 2, 5]`` -> ``"0..2, 5"``."""
     runs = np.split(values, np.flatnonzero(np.diff(values) != 1) + 1)
@@ -163,12 +174,7 @@ class ADE20K(SegmentationDataset):
         sub = {"train": "training", "val": "validation"}.get(split, split)
         img_dir = _require_dir(root / "images" / sub, "ADE20K", f"split {split!r} images")
         ann_dir = _require_dir(root / "annotations" / sub, "ADE20K", f"split {split!r} annotations")
-        pairs = []
-        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
-            mask = ann_dir / f"{img.stem}.png"
-            if not mask.is_file():
-                raise FileNotFoundError(f"ADE20K: no annotation {mask} for image {img}")
-            pairs.append((img, mask))
+        pairs = _pairs_by_stem(img_dir, ann_dir, "ADE20K", "annotation")
         lut = np.full(256, -1, dtype=np.int16)
         lut[IGNORE_INDEX] = IGNORE_INDEX
         if reduce_zero_label:
@@ -239,10 +245,4 @@ class MaskFolder(SegmentationDataset):
             if num_classes is None:
                 raise ValueError("MaskFolder needs num_classes or classes")
             classes = tuple(f"class{i}" for i in range(num_classes))
-        pairs = []
-        for img in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
-            mask = masks / f"{img.stem}.png"
-            if not mask.is_file():
-                raise FileNotFoundError(f"MaskFolder: no mask {mask} for image {img}")
-            pairs.append((img, mask))
-        super().__init__(pairs, _identity_lut(len(classes)), classes, voc_palette(len(classes)), transforms)
+        super().__init__(_pairs_by_stem(images, masks, "MaskFolder", "mask"), _identity_lut(len(classes)), classes, voc_palette(len(classes)), transforms)
