@@ -124,6 +124,12 @@ def dataset_names(dataset) -> list[Path]:
     return output_names([(Path(image), Path(image).parent) for image, _ in pairs])
 
 
+def _unnormalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalised ``(B, 3, H, W)`` batch back to ``(B, H, W, 3)`` uint8 images."""
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return ((image.cpu() * std_t + mean_t) * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
 @torch.no_grad()
 def evaluate_and_save(model: nn.Module, batches: Iterable, num_classes: int, names: Sequence[str | os.PathLike],
                       writer: PredictionWriter, out_dir: str | os.PathLike, device: torch.device | str = "cpu",
@@ -137,13 +143,11 @@ def evaluate_and_save(model: nn.Module, batches: Iterable, num_classes: int, nam
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics(num_classes, device)
-    mean_, std_ = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     try:
-        for image, target in loader:
+        for image, target in batches:
             pred = segment(model, image.to(device), num_classes, **segment_kwargs).argmax(1)
             metrics.update(pred, target.to(device))
-            rgb = ((image * std_ + mean_) * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy() \
-                if writer.needs_image() else [None] * len(pred)
+            rgb = _unnormalise(image, mean, std) if writer.needs_image() else [None] * len(pred)
             for p, picture in zip(pred.cpu().numpy(), rgb):
                 writer.write(Path(out_dir) / next(names), p, picture)
     finally:
