@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from visattn.cli import main
-from visattn.data import image_to_tensor
-from visattn.engine.config import load_config
+from visattn.data import classes_and_palette, image_to_tensor, voc_palette
+from visattn.engine.config import DataConfig, load_config
 from visattn.engine.run_dir import RunDir, load_trained
 from visattn.weights import save_state_dict
 from tinyseg import TinyCls, TinySeg
@@ -127,9 +127,6 @@ def test_cityscapes_labelids_as_the_benchmark_expects(tmp_path, cityscapes_run):
 
 
 def test_trainids_color_and_overlay_formats(tmp_path, run):
-    from visattn.data import classes_and_palette
-    from visattn.engine.config import DataConfig
-
     image = _image(tmp_path / "in/a.png", 1)
     rgb = np.asarray(Image.open(image).convert("RGB")).astype(float)
     expected = _expected_mask(run, image)
@@ -145,8 +142,6 @@ def test_trainids_color_and_overlay_formats(tmp_path, run):
 
 @pytest.mark.parametrize("dataset, num_classes", [("ade20k", 150), ("voc", 21)])
 def test_ade20k_and_voc_labelids(tmp_path, dataset, num_classes):
-    from visattn.data import voc_palette
-
     run = _make_run(tmp_path / "run", num_classes, f"data.dataset={dataset}")
     image = _image(tmp_path / "in/2007_000032.jpg", 1)
     assert _predict(run, tmp_path / "out", image, "--format", "labelids") == 0
