@@ -9,6 +9,8 @@ from torchvision import tv_tensors
 
 from visattn.data import (ADE20K, DATASETS, Cityscapes, DigitClassification, DigitScenes, MaskFolder, PascalVOC,
                           build_dataset, classes_and_palette, image_to_tensor, voc_palette)
+from visattn.data.registry import label_convention
+from visattn.data.segmentation import label_ids_lut
 from visattn.data.transforms import segmentation_transforms
 from visattn.engine.config import DataConfig
 
@@ -39,6 +41,55 @@ def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
     image, mask = ds[0]
     assert image.shape == (3, 2, 4) and image.dtype == torch.uint8
     assert mask.tolist() == [[0, 1, 13, 18], [255, 255, 11, 255]]
+
+
+# the 19 evaluated classes of the official cityscapesscripts label table: (name, labelId), in trainId order
+OFFICIAL_CITYSCAPES = [("road", 7), ("sidewalk", 8), ("building", 11), ("wall", 12), ("fence", 13), ("pole", 17),
+                       ("traffic light", 19), ("traffic sign", 20), ("vegetation", 21), ("terrain", 22), ("sky", 23),
+                       ("person", 24), ("rider", 25), ("car", 26), ("truck", 27), ("bus", 28), ("train", 31),
+                       ("motorcycle", 32), ("bicycle", 33)]
+
+
+def test_cityscapes_label_ids_round_trip(tmp_path):
+    labels = np.arange(34).reshape(2, 17)  # every labelId, evaluated or not
+    train_ids = Cityscapes(_cityscapes(tmp_path, labels), "train")[0][1].numpy()
+    to_label_ids, palette = label_convention(DataConfig(dataset="cityscapes"))
+    evaluated = {label_id: train_id for train_id, (_, label_id) in enumerate(OFFICIAL_CITYSCAPES)}
+    assert to_label_ids.dtype == np.uint8 and palette is None
+    for label_id, train_id in zip(labels.ravel(), train_ids.ravel()):
+        assert train_id == evaluated.get(label_id, 255)
+        assert to_label_ids[train_id] == (label_id if label_id in evaluated else 0)  # ignore -> 0 (unlabeled)
+    for train_id, (name, label_id) in enumerate(OFFICIAL_CITYSCAPES):
+        assert DATASETS["cityscapes"].classes[train_id] == name and to_label_ids[train_id] == label_id
+
+
+def test_ade20k_label_ids_undo_reduce_zero_label(tmp_path):
+    root = tmp_path / "ADEChallengeData2016"
+    stored = np.arange(151).reshape(1, 151)
+    _png(root / "images/validation/ADE_val_00000001.jpg", _rgb(1, 151))
+    _png(root / "annotations/validation/ADE_val_00000001.png", stored)
+    train_ids = ADE20K(root, "val")[0][1].numpy()
+    assert train_ids.tolist() == [[255] + list(range(150))]
+    to_label_ids, palette = label_convention(DataConfig(dataset="ade20k"))
+    assert np.array_equal(to_label_ids[train_ids], stored) and palette is None  # 0 ("other") comes back from ignore
+    assert to_label_ids[:150].tolist() == list(range(1, 151))
+
+
+def test_voc_label_files_are_palette_pngs_with_the_devkit_colours():
+    to_label_ids, palette = label_convention(DataConfig(dataset="voc"))
+    assert to_label_ids.tolist() == list(range(256))  # VOC stores class ids, 255 = boundary
+    assert palette == voc_palette(256)
+    # VOCdevkit colours: aeroplane, person, the boundary
+    assert palette[1] == (128, 0, 0) and palette[15] == (192, 128, 128) and palette[255] == (224, 224, 192)
+    for name in ("digits", "folder"):
+        assert label_convention(DataConfig(dataset=name))[0].tolist() == list(range(256))
+
+
+def test_label_ids_lut_rejects_an_ambiguous_table():
+    lut = np.full(256, -1)
+    lut[[3, 4]] = 0
+    with pytest.raises(ValueError, match="train id 0 comes from two label values, 3 and 4"):
+        label_ids_lut(lut, unlabeled=0)
 
 
 def test_ade20k_reduce_zero_label(tmp_path):

@@ -1,6 +1,9 @@
 """``visattn eval``: mIoU, per-class IoU and pixel accuracy (or top-1/top-5) of trained weights.
 
 Single or multi-scale (+ flip), whole image or sliding window; prints a table and writes JSON.
+``--save-predictions DIR`` also writes each prediction, named after the dataset's image files (by
+default in the dataset's own label ids, e.g. Cityscapes ``*_labelIds.png`` for the benchmark server;
+see :mod:`visattn.engine.predictions`).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sys
 from pathlib import Path
 
 from visattn.commands.common import add_run_arguments, add_segment_arguments, segment_kwargs
+from visattn.commands.predict import add_format_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="dataset split (default data.val_split)")
     parser.add_argument("--batch-size", type=int, help="default eval.batch_size")
     parser.add_argument("--output", help="JSON file (default RUN_DIR/eval_<split>.json, or eval_<split>.json)")
+    parser.add_argument("--save-predictions", metavar="DIR", help="also write each prediction under DIR, mirroring "
+                        "the dataset's image tree (segmentation)")
+    add_format_argument(parser, "with --save-predictions (default labelids)", default="labelids")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from visattn.engine.config import ConfigError
     from visattn.engine.distributed import resolve_device
     from visattn.engine.metrics import evaluate, format_table
+    from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
     from visattn.engine.run_dir import load_trained
 
     try:
@@ -39,7 +47,14 @@ def run(args: argparse.Namespace) -> int:
         classes, _ = classes_and_palette(cfg.data)
         loader = DataLoader(dataset, batch_size=args.batch_size or cfg.eval.batch_size, num_workers=cfg.data.workers)
         kwargs = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
-        result = evaluate(model, tqdm(loader, desc=f"eval {split}"), len(classes), cfg.task, device, **kwargs)
+        if args.save_predictions is None:
+            result = evaluate(model, tqdm(loader, desc=f"eval {split}"), len(classes), cfg.task, device, **kwargs)
+        elif cfg.task != "segmentation":
+            raise ValueError(f"--save-predictions applies to segmentation models; {cfg.model.name!r} is a classifier")
+        else:
+            writer = PredictionWriter(cfg.data, args.format)
+            result = evaluate_and_save(model, tqdm(loader, desc=f"eval {split}"), len(classes), dataset_names(dataset),
+                                       writer, args.save_predictions, device, cfg.data.mean, cfg.data.std, **kwargs)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"visattn eval: error: {err}", file=sys.stderr)
         return 2
@@ -50,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
         record["per_class_iou"] = dict(zip(classes, result["per_class_iou"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and the predictions under {args.save_predictions}" if args.save_predictions else ""))
     return 0

@@ -1,8 +1,11 @@
-"""``visattn predict``: images (files, folders, globs) -> colour masks with the dataset palette and overlays.
+"""``visattn predict``: images (files, folders, globs) -> colour masks with the dataset palette and overlays,
+or label files for benchmark servers.
 
 For each input ``name.ext`` it writes ``name_mask.png`` (a palette PNG: pixel values are class
 ids, shown in the dataset's colours), ``name_overlay.png`` (the colours blended over the image) and
-``name_legend.png`` (image, mask, overlay and the names of the classes found).
+``name_legend.png`` (image, mask, overlay and the names of the classes found); with ``--format``
+one file in that format instead (:mod:`visattn.engine.predictions`: ``labelids`` writes
+``name_labelIds.png`` in the dataset's own label ids, e.g. Cityscapes labelIds).
 Classifiers print their top-5 classes instead.
 
 The output folder mirrors the inputs' tree below their common root (a folder itself, a file's
@@ -18,7 +21,6 @@ import argparse
 import glob
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 
 from visattn.commands.common import add_run_arguments, add_segment_arguments, segment_kwargs
@@ -30,6 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_segment_arguments(parser)
     parser.add_argument("--output", default="predictions", help="output folder (default ./predictions)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours")
+    add_format_argument(parser, "(default: the colour mask, overlay and legend)")
+
+
+def add_format_argument(parser: argparse.ArgumentParser, default_text: str, default: str | None = None) -> None:
+    """``--format``, the keys of :data:`visattn.engine.predictions.FORMATS` (spelt out here so that
+    ``--help`` does not import torch)."""
+    parser.add_argument("--format", choices=("labelids", "trainids", "color", "overlay"), default=default,
+                        help="one file per image: labelids = the dataset's own label ids (Cityscapes labelIds, "
+                             "ADE20K with 0 = other, VOC palette PNGs), trainids = the class indices, color = the "
+                             f"dataset's colours, overlay = those colours over the image {default_text}")
 
 
 def _glob_root(pattern: str) -> Path:
@@ -73,38 +85,31 @@ def _inside(path: Path, folder: Path) -> bool:
     return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
-def _output_names(images: list[tuple[Path, Path]]) -> list[Path]:
-    """Each image's output name without the ``_mask.png`` ending, relative to the output folder."""
-    common = Path(os.path.commonpath([os.path.abspath(root) for _, root in images]))
-    relative = [Path(os.path.abspath(image)).relative_to(common) for image, _ in images]
-    stems = Counter(rel.with_suffix("") for rel in relative)
-    return [rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel for rel in relative]
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from PIL import Image
 
-    from visattn.data import classes_and_palette, colorize, image_to_tensor, read_image
+    from visattn.data import image_to_tensor, read_image
     from visattn.engine.config import ConfigError
     from visattn.engine.distributed import resolve_device
     from visattn.engine.inference import segment
+    from visattn.engine.predictions import PredictionWriter, output_names
     from visattn.engine.run_dir import load_trained
-    from visattn.viz import save_prediction
 
     out_dir = Path(args.output)
     try:
         images = _expand(args.inputs, out_dir)
         device = resolve_device(args.device)
         cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
-        classes, palette = classes_and_palette(cfg.data)
+        writer = PredictionWriter(cfg.data, args.format, args.alpha)
+        if args.format is not None and cfg.task != "segmentation":
+            raise ValueError(f"--format applies to segmentation models; {cfg.model.name!r} is a classifier")
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"visattn predict: error: {err}", file=sys.stderr)
         return 2
-    flat_palette = [c for rgb in palette for c in rgb]
+    classes = writer.classes
     skipped: list[str] = []
-    for (path, _), name in zip(images, _output_names(images)):
+    for (path, _), name in zip(images, output_names(images)):
         try:
             rgb = np.array(read_image(path))
             x = image_to_tensor(rgb, cfg.data.mean, cfg.data.std)
@@ -115,15 +120,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{path}: " + ", ".join(f"{classes[i]} {100 * v:.1f}%" for v, i in zip(top.values, top.indices)))
                     continue
                 pred = segment(model, x.to(device), len(classes), **segment_kwargs(cfg, args)).argmax(1)[0].cpu().numpy()
-            base = out_dir / name
-            base.parent.mkdir(parents=True, exist_ok=True)
-            mask = Image.fromarray(pred.astype(np.uint8), mode="P")
-            mask.putpalette(flat_palette)
-            mask.save(f"{base}_mask.png")
-            overlay = (1 - args.alpha) * rgb + args.alpha * colorize(pred, palette)
-            Image.fromarray(overlay.round().astype(np.uint8)).save(f"{base}_overlay.png")
-            save_prediction(rgb, pred, classes, palette, f"{base}_legend.png", args.alpha)
-            print(f"{path} -> {base}_mask.png")
+            print(f"{path} -> {writer.write(out_dir / name, pred, rgb)}")
         except (ValueError, OSError, RuntimeError) as err:
             skipped.append(f"{path}: {err}")
     if skipped:

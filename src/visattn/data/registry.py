@@ -1,5 +1,6 @@
 """The dataset table: every dataset a config can name, with what the engine needs to know about it
-before reading it (task, class names, palette, augmentation defaults), and :func:`build_dataset`.
+before reading it (task, class names, palette, augmentation defaults, its own label convention),
+and :func:`build_dataset`.
 
 Adding a dataset: its class in its own module, one :class:`DatasetSpec` line in :data:`DATASETS`.
 """
@@ -10,19 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .digits import DigitClassification, DigitScenes
 from .palettes import (ADE20K_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, DIGIT_CLASSES, VOC_CLASSES,
                        voc_palette)
-from .segmentation import ADE20K, Cityscapes, MaskFolder, PascalVOC, read_image
+from .segmentation import (ADE20K, ADE20K_LABEL_IDS, CITYSCAPES_LABEL_IDS, Cityscapes, MaskFolder, PascalVOC,
+                           read_image)
 from .transforms import classification_transforms, segmentation_transforms
 
 if TYPE_CHECKING:
     from ..engine.config import DataConfig
 
-__all__ = ["DatasetSpec", "DATASETS", "dataset_spec", "SeededTransform", "build_dataset", "classes_and_palette", "dataset_info"]
+__all__ = ["DatasetSpec", "DATASETS", "dataset_spec", "SeededTransform", "build_dataset", "classes_and_palette",
+           "dataset_info", "label_convention"]
 
 Palette = tuple[tuple[int, int, int], ...]
 
@@ -38,6 +42,9 @@ class DatasetSpec:
         palette: an RGB colour per class; ``None``: the VOC colour map.
         crop_size, scale_range, flip: the training augmentation a config gets when it names this
             dataset but not these keys (``data.crop_size``, ``data.scale_range``, ``data.flip``).
+        label_ids: 256 entries mapping train ids (255 = ignore) to the label values of the
+            dataset's own annotation files; ``None``: the files store train ids.
+        label_palette: the palette of the dataset's annotation PNGs; ``None``: single-channel files.
     """
 
     task: str
@@ -47,6 +54,8 @@ class DatasetSpec:
     crop_size: tuple[int, int]
     scale_range: tuple[float, float]
     flip: bool
+    label_ids: tuple[int, ...] | None = None
+    label_palette: Palette | None = None
 
 
 def _root(cfg: DataConfig) -> str:
@@ -85,11 +94,12 @@ def _image_folder(cfg: DataConfig, split: str) -> Dataset:
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("segmentation", _digit_scenes, DIGIT_CLASSES, voc_palette(11), (64, 64), (1.0, 1.0), False),
     "cityscapes": DatasetSpec("segmentation", lambda cfg, split: Cityscapes(_root(cfg), split), CITYSCAPES_CLASSES,
-                              CITYSCAPES_PALETTE, (769, 769), (0.5, 2.0), True),
+                              CITYSCAPES_PALETTE, (769, 769), (0.5, 2.0), True,
+                              label_ids=tuple(CITYSCAPES_LABEL_IDS.tolist())),
     "ade20k": DatasetSpec("segmentation", lambda cfg, split: ADE20K(_root(cfg), split), ADE20K_CLASSES,
-                          voc_palette(151)[1:], (512, 512), (0.5, 2.0), True),
+                          voc_palette(151)[1:], (512, 512), (0.5, 2.0), True, label_ids=tuple(ADE20K_LABEL_IDS.tolist())),
     "voc": DatasetSpec("segmentation", lambda cfg, split: PascalVOC(_root(cfg), split), VOC_CLASSES, voc_palette(21),
-                       (512, 512), (0.5, 2.0), True),
+                       (512, 512), (0.5, 2.0), True, label_palette=voc_palette(256)),
     "folder": DatasetSpec("segmentation", _mask_folder, None, None, (512, 512), (0.5, 2.0), True),
     "digits_cls": DatasetSpec("classification", _digit_classification, DIGIT_CLASSES[1:], voc_palette(10), (64, 64),
                               (1.0, 1.0), False),
@@ -152,6 +162,14 @@ def classes_and_palette(cfg: DataConfig) -> tuple[tuple[str, ...], Palette]:
     if classes is None:
         raise ValueError(f"dataset {cfg.dataset!r}: set data.classes or data.num_classes")
     return tuple(classes), spec.palette or voc_palette(len(classes))
+
+
+def label_convention(cfg: DataConfig) -> tuple[np.ndarray, Palette | None]:
+    """How dataset ``cfg.dataset`` (config section ``data``) stores labels: a 256-entry uint8 table
+    from train ids to its label values, and the palette of its annotation PNGs (``None``: none)."""
+    spec = dataset_spec(cfg.dataset)
+    lut = np.arange(256, dtype=np.uint8) if spec.label_ids is None else np.asarray(spec.label_ids, dtype=np.uint8)
+    return lut, spec.label_palette
 
 
 def dataset_info(dataset: Dataset) -> tuple[tuple[str, ...], Palette]:

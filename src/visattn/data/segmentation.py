@@ -4,6 +4,10 @@ Every dataset is a list of ``(image file, mask file)`` pairs plus a lookup table
 stored in the mask files to training ids (``0..K-1``, 255 = ignore). Reading checks what usually
 goes wrong silently: unreadable files, image/mask size mismatch, and mask values that are neither
 a known label nor 255 — each is a ``ValueError`` naming the file.
+
+The way back, training ids -> the dataset's own label values (what its annotation files, evaluation
+scripts and benchmark servers use), is :func:`label_ids_lut` of the same table:
+:data:`CITYSCAPES_LABEL_IDS`, :data:`ADE20K_LABEL_IDS`.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from torchvision import tv_tensors
 
 from .palettes import ADE20K_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES, voc_palette
 
-__all__ = ["SegmentationDataset", "Cityscapes", "ADE20K", "PascalVOC", "MaskFolder", "read_image", "IGNORE_INDEX"]
+__all__ = ["SegmentationDataset", "Cityscapes", "ADE20K", "PascalVOC", "MaskFolder", "read_image", "IGNORE_INDEX",
+           "label_ids_lut", "CITYSCAPES_LABEL_IDS", "ADE20K_LABEL_IDS"]
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -128,9 +133,36 @@ def _identity_lut(num_classes: int) -> np.ndarray:
     return lut
 
 
-# Cityscapes labelIds (0..33) -> the 19 evaluated trainIds; every other id is ignored.
+def label_ids_lut(lut: np.ndarray, unlabeled: int) -> np.ndarray:
+    """Invert a dataset's lookup table: 256 uint8 entries mapping train id ``k`` to the one stored
+    value that ``lut`` maps to ``k``, and every other index (255 = ignore) to ``unlabeled``."""
+    inverse = np.full(256, unlabeled, dtype=np.uint8)
+    seen = np.zeros(256, dtype=bool)
+    for value, train_id in enumerate(np.asarray(lut)):
+        if 0 <= train_id < IGNORE_INDEX:
+            if seen[train_id]:
+                raise ValueError(f"train id {train_id} comes from two label values, {inverse[train_id]} and {value}")
+            inverse[train_id], seen[train_id] = value, True
+    return inverse
+
+
+# Cityscapes labelIds (0..33) -> the 19 evaluated trainIds (the official ``cityscapesscripts``
+# label table); every other id is ignored.
 _CITYSCAPES_ID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
                              24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def _cityscapes_lut() -> np.ndarray:
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[:34] = IGNORE_INDEX
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    for label_id, train_id in _CITYSCAPES_ID_TO_TRAINID.items():
+        lut[label_id] = train_id
+    return lut
+
+
+# trainIds -> labelIds; ignore -> 0 ("unlabeled"), which the Cityscapes evaluation skips.
+CITYSCAPES_LABEL_IDS = label_ids_lut(_cityscapes_lut(), unlabeled=0)
 
 
 class Cityscapes(SegmentationDataset):
@@ -152,12 +184,22 @@ class Cityscapes(SegmentationDataset):
             if not mask.is_file():
                 raise FileNotFoundError(f"Cityscapes: no annotation {mask} for image {img}")
             pairs.append((img, mask))
-        lut = np.full(256, -1, dtype=np.int16)
-        lut[:34] = IGNORE_INDEX
-        lut[IGNORE_INDEX] = IGNORE_INDEX
-        for label_id, train_id in _CITYSCAPES_ID_TO_TRAINID.items():
-            lut[label_id] = train_id
-        super().__init__(pairs, lut, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, transforms)
+        super().__init__(pairs, _cityscapes_lut(), CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, transforms)
+
+
+def _ade20k_lut(reduce_zero_label: bool) -> np.ndarray:
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    if reduce_zero_label:
+        lut[0] = IGNORE_INDEX
+        lut[1:151] = np.arange(150)
+    else:
+        lut[:151] = np.arange(151)
+    return lut
+
+
+# reduce_zero_label undone: train id k -> class k + 1; ignore -> 0 ("other", not evaluated).
+ADE20K_LABEL_IDS = label_ids_lut(_ade20k_lut(reduce_zero_label=True), unlabeled=0)
 
 
 class ADE20K(SegmentationDataset):
@@ -175,16 +217,9 @@ class ADE20K(SegmentationDataset):
         img_dir = _require_dir(root / "images" / sub, "ADE20K", f"split {split!r} images")
         ann_dir = _require_dir(root / "annotations" / sub, "ADE20K", f"split {split!r} annotations")
         pairs = _pairs_by_stem(img_dir, ann_dir, "ADE20K", "annotation")
-        lut = np.full(256, -1, dtype=np.int16)
-        lut[IGNORE_INDEX] = IGNORE_INDEX
-        if reduce_zero_label:
-            lut[0] = IGNORE_INDEX
-            lut[1:151] = np.arange(150)
-        else:
-            lut[:151] = np.arange(151)
         classes = ADE20K_CLASSES if reduce_zero_label else ("other",) + ADE20K_CLASSES
         palette = voc_palette(len(classes) + 1)[1:] if reduce_zero_label else voc_palette(len(classes))
-        super().__init__(pairs, lut, classes, palette, transforms)
+        super().__init__(pairs, _ade20k_lut(reduce_zero_label), classes, palette, transforms)
 
 
 class PascalVOC(SegmentationDataset):

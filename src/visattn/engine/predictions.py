@@ -1,0 +1,155 @@
+"""Segmentation predictions as files, for ``visattn predict`` and ``visattn eval --save-predictions``.
+
+A prediction of image ``name`` is written as ``<name><ending>`` in one of these formats:
+
+========== ===================== ==============================================================
+format     ending                content
+========== ===================== ==============================================================
+labelids   ``_labelIds.png``     the dataset's own label values
+                                 (:func:`visattn.data.registry.label_convention`): Cityscapes
+                                 labelIds (single channel, as the benchmark server and
+                                 ``cityscapesscripts`` read them), ADE20K classes 1..150
+                                 (``reduce_zero_label`` undone), VOC class ids in a palette PNG
+                                 with the VOC colours; train ids for other datasets
+trainids   ``_trainIds.png``     the model's class indices ``0..K-1``, single channel
+color      ``_color.png``        RGB, each class in the dataset's colour
+overlay    ``_overlay.png``      those colours blended over the image
+``None``   ``_mask.png``,        the picture set: a palette PNG of the class indices in the
+           ``_overlay.png``,     dataset's colours, the overlay, and image, mask and overlay
+           ``_legend.png``       with the names of the classes found
+========== ===================== ==============================================================
+
+Each single format writes one file per image, so a folder of ``labelids`` predictions of
+Cityscapes images (``<city>_<seq>_<frame>_leftImg8bit.png`` ->
+``<city>_<seq>_<frame>_leftImg8bit_labelIds.png``) holds exactly the one file per frame that
+``cityscapesscripts`` looks for (``<city>_<seq>_<frame>*.png``).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.palettes import colorize
+from ..data.registry import SeededTransform, classes_and_palette, label_convention
+from .inference import segment
+from .metrics import SegmentationMetrics
+
+if TYPE_CHECKING:
+    from .config import DataConfig
+
+__all__ = ["FORMATS", "PredictionWriter", "output_names", "dataset_names", "evaluate_and_save"]
+
+FORMATS = {"labelids": "_labelIds.png", "trainids": "_trainIds.png", "color": "_color.png", "overlay": "_overlay.png"}
+
+
+def _palette_png(values: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    image = Image.fromarray(values.astype(np.uint8))
+    image.putpalette([c for rgb in palette for c in rgb])
+    return image
+
+
+class PredictionWriter:
+    """Writes ``(H, W)`` train-id predictions of a run whose config section ``data`` is ``data`` in
+    ``format`` (a key of :data:`FORMATS`, or ``None`` for the picture set); ``alpha`` is the
+    overlay's opacity of the class colours."""
+
+    def __init__(self, data: DataConfig, format: str | None = None, alpha: float = 0.5) -> None:
+        if format is not None and format not in FORMATS:
+            raise ValueError(f"unknown prediction format {format!r}; choose one of {', '.join(FORMATS)}")
+        self.classes, self.palette = classes_and_palette(data)
+        self.label_ids, self.label_palette = label_convention(data)
+        self.format, self.alpha = format, alpha
+
+    def needs_image(self) -> bool:
+        return self.format in (None, "overlay")
+
+    def write(self, base: str | os.PathLike, pred: np.ndarray, rgb: np.ndarray | None = None) -> Path:
+        """Write ``pred`` (train ids) of the ``(H, W, 3)`` uint8 image ``rgb`` (needed by the overlay
+        and the picture set) to ``<base><ending>``; returns that file (the picture set: the mask)."""
+        pred = np.asarray(pred, dtype=np.uint8)
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        if self.format is None:
+            from ..viz import save_prediction
+
+            path = Path(f"{base}_mask.png")
+            _palette_png(pred, self.palette).save(path)
+            self._overlay(rgb, pred).save(f"{base}_overlay.png")
+            save_prediction(rgb, pred, self.classes, self.palette, f"{base}_legend.png", self.alpha)
+            return path
+        if self.format == "labelids":
+            values = self.label_ids[pred]
+            image = Image.fromarray(values) if self.label_palette is None else _palette_png(values, self.label_palette)
+        elif self.format == "trainids":
+            image = Image.fromarray(pred)
+        elif self.format == "color":
+            image = Image.fromarray(colorize(pred, self.palette))
+        else:
+            image = self._overlay(rgb, pred)
+        path = Path(f"{base}{FORMATS[self.format]}")
+        image.save(path)
+        return path
+
+    def _overlay(self, rgb: np.ndarray | None, pred: np.ndarray) -> Image.Image:
+        if rgb is None:
+            raise ValueError("an overlay needs the image")
+        blended = (1 - self.alpha) * rgb + self.alpha * colorize(pred, self.palette)
+        return Image.fromarray(blended.round().astype(np.uint8))
+
+
+def output_names(images: Sequence[tuple[Path, Path]]) -> list[Path]:
+    """Each image's output name without its ending, relative to the output folder: ``images`` are
+    ``(image, root)`` pairs and the names mirror the tree below the roots' common folder; images of
+    one folder that share a stem keep their extension (``x.png``, ``x.jpg``)."""
+    common = Path(os.path.commonpath([os.path.abspath(root) for _, root in images]))
+    relative = [Path(os.path.abspath(image)).relative_to(common) for image, _ in images]
+    stems = Counter(rel.with_suffix("") for rel in relative)
+    return [rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel for rel in relative]
+
+
+def dataset_names(dataset) -> list[Path]:
+    """Output names of a dataset's items: its image files' tree, or the item index when the
+    dataset has no files (the digit scenes)."""
+    base = dataset.dataset if isinstance(dataset, SeededTransform) else dataset
+    pairs = getattr(base, "pairs", None)
+    if pairs is None:
+        return [Path(f"{i:05d}") for i in range(len(base))]
+    return output_names([(Path(image), Path(image).parent) for image, _ in pairs])
+
+
+def _unnormalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalised ``(B, 3, H, W)`` batch back to ``(B, H, W, 3)`` uint8 images."""
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return ((image.cpu() * std_t + mean_t) * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def evaluate_and_save(model: nn.Module, batches: Iterable, num_classes: int, names: Sequence[str | os.PathLike],
+                      writer: PredictionWriter, out_dir: str | os.PathLike, device: torch.device | str = "cpu",
+                      mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                      **segment_kwargs) -> dict:
+    """:func:`visattn.engine.metrics.evaluate` of a segmentor that also writes the prediction of the
+    ``i``-th image of ``batches`` with ``writer`` as ``out_dir / names[i]`` (e.g. :func:`dataset_names`
+    of an unshuffled loader's dataset). ``mean``/``std``: the normalisation to undo for overlays."""
+    device = torch.device(device)
+    names = iter(names)
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics(num_classes, device)
+    try:
+        for image, target in batches:
+            pred = segment(model, image.to(device), num_classes, **segment_kwargs).argmax(1)
+            metrics.update(pred, target.to(device))
+            rgb = _unnormalise(image, mean, std) if writer.needs_image() else [None] * len(pred)
+            for p, picture in zip(pred.cpu().numpy(), rgb):
+                writer.write(Path(out_dir) / next(names), p, picture)
+    finally:
+        model.train(was_training)
+    return metrics.compute()
