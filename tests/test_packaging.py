@@ -36,7 +36,7 @@ def test_help_imports_no_torch(command):
 def test_public_names_are_imported_on_first_use():
     code = ("import sys, visattn; before = 'torch' in sys.modules; "
             "from visattn import create_attention; "
-            "print(before, 'torch' in sys.modules, create_attention('se', 8).__class__.__name__)")
+            "print(before, 'torch' in sys.modules, create_attention('se', 32).__class__.__name__)")
     result = _python("-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True", "SqueezeExcite"]
@@ -63,6 +63,9 @@ def test_require_names_the_extra(monkeypatch):
 
 
 def test_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
+    # imported before matplotlib is hidden: torchmetrics looks for matplotlib's spec, then imports it
+    import visattn.engine  # noqa: F401
+
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "lr": 0.1}) + "\n")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["plot", str(tmp_path)]) == 2
@@ -142,3 +145,12 @@ def test_readme_commands_install_the_extras_they_use():
     assert commands[0].endswith("pip install -e '.[all]' && .venv/bin/visattn train")
     assert commands[1].endswith("pip install -e '.[dev]' && .venv/bin/python -m pytest -q")
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_bench_checks_names_when_given(capsys):
+    from visattn.benchmark import MODULES, NETWORKS
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--modules", "pam", "nope"])
+    assert exit_.value.code == 2
+    assert f"'nope' is none of {', '.join((*MODULES, *NETWORKS))}" in capsys.readouterr().err
