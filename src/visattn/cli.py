@@ -5,13 +5,16 @@ Each subcommand lives in ``visattn.commands.<name>`` with ``add_arguments(parser
 
 A configuration or weights error (:class:`~visattn.engine.config.ConfigError`,
 :class:`~visattn.weights.WeightsError`) is one line on stderr and exit code 2; any other exception
-keeps its traceback.
+keeps its traceback. A missing optional dependency (:class:`~visattn._extras.MissingExtraError`) is
+one line too, naming the ``pip install 'visattn[...]'`` that brings it.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from visattn._extras import MissingExtraError
 
 # name -> one-line help; the module visattn.commands.<name> implements it
 COMMANDS: dict[str, str] = {
@@ -45,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return importlib.import_module(f"visattn.commands.{args.command}").run(args) or 0
+    except MissingExtraError as err:
+        print(f"visattn {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except ValueError as err:
         if not isinstance(err, _user_errors()):
             raise

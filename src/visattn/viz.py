@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._extras import require
 from .attention import list_attentions
 from .attention._common import AttentionMap, check_one_map
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
@@ -128,6 +129,7 @@ def figure_size(panels: int) -> tuple[int, int]:
 
 
 def _figure(panels: int):
+    require("matplotlib", extra="viz")
     from matplotlib.figure import Figure
 
     w, h = figure_size(panels)

@@ -11,12 +11,18 @@ import json
 from pathlib import Path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def _case_name(name: str) -> str:
+    """A module or network name of :mod:`visattn.benchmark`, imported only to check one (it brings torch)."""
     from visattn.benchmark import MODULES, NETWORKS
 
-    parser.add_argument("--modules", nargs="+", default=list(MODULES), choices=[*MODULES, *NETWORKS], metavar="NAME",
-                        help=f"attention modules ({', '.join(MODULES)}) or networks ({', '.join(NETWORKS)}); "
-                        "default: all modules")
+    if name not in (*MODULES, *NETWORKS):
+        raise argparse.ArgumentTypeError(f"{name!r} is none of {', '.join((*MODULES, *NETWORKS))}")
+    return name
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modules", nargs="+", type=_case_name, metavar="NAME",
+                        help="attention modules or networks (an unknown name lists them); default: all modules")
     parser.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"),
                         help="feature map size (image size for networks); default 64 64")
     parser.add_argument("--channels", type=int, default=512, help="channels C (default 512)")
@@ -32,19 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visattn.benchmark import Case, format_table, run_cases
+    from visattn.benchmark import MODULES, Case, format_table, run_cases
 
     if args.reps < 1:
         print("visattn bench: --reps must be >= 1")
         return 2
+    modules = args.modules or list(MODULES)
     cases = [
         Case(name, *args.size, channels=args.channels, batch=args.batch, train=args.train, dtype=args.dtype,
              naive=not args.no_naive, compiled=not args.no_compile, memory=not args.no_memory, reps=args.reps)
-        for name in args.modules
+        for name in modules
     ]
     report = run_cases(cases, threads=args.threads)
     report["command"] = "visattn bench " + " ".join(
-        ["--modules", *args.modules, "--size", *map(str, args.size), "--channels", str(args.channels),
+        ["--modules", *modules, "--size", *map(str, args.size), "--channels", str(args.channels),
          "--batch", str(args.batch), "--dtype", args.dtype, "--reps", str(args.reps)]
         + (["--train"] if args.train else []) + (["--no-naive"] if args.no_naive else [])
         + (["--no-compile"] if args.no_compile else []) + (["--no-memory"] if args.no_memory else [])

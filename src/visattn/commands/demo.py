@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from visattn.attention import create_attention, list_attentions
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", type=int, default=512, help="input channels C (default 512)")
@@ -15,6 +11,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from visattn.attention import create_attention, list_attentions
+
     torch.manual_seed(args.seed)
     x = torch.randn(1, args.channels, *args.size)
     print(f"{'name':<6} {'class':<32} {'params':>10}  {'output shape':<22} {'max |y - x|':>11}")

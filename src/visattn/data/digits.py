@@ -26,6 +26,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from .._extras import require
 from .palettes import DIGIT_CLASSES, voc_palette
 
 __all__ = ["DigitScenes", "DigitClassification"]
@@ -35,6 +36,7 @@ _SPLITS = {"train": 0, "val": 1}
 
 @lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
+    require("sklearn", extra="demo")
     from sklearn.datasets import load_digits
 
     data = load_digits()

@@ -42,6 +42,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -49,6 +50,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .._extras import MissingExtraError, require
 from ..data import build_dataset, dataset_info, dataset_spec
 from ..data.validate import bad_files_error, dataset_files, find_bad_files
 from .build import build_model, build_optimizer, build_scheduler
@@ -462,8 +464,8 @@ class Trainer:
 
 
 class MetricsLog:
-    """metrics.jsonl + TensorBoard, written by rank 0 only. A resumed run (``resume_step``) first drops
-    what was logged after its checkpoint."""
+    """metrics.jsonl + TensorBoard (when installed: one warning otherwise), written by rank 0 only.
+    A resumed run (``resume_step``) first drops what was logged after its checkpoint."""
 
     def __init__(self, run: RunDir, enabled: bool, resume_step: int | None) -> None:
         self.enabled, self.path, self.writer = enabled, run.metrics, None
@@ -471,6 +473,11 @@ class MetricsLog:
             return
         if resume_step is not None:
             run.truncate_metrics(resume_step)
+        try:
+            require("tensorboard", extra="tensorboard")
+        except MissingExtraError as err:
+            warnings.warn(f"no TensorBoard events ({err}); metrics go to {self.path.name} only", stacklevel=2)
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run.tensorboard), purge_step=resume_step)
@@ -480,6 +487,8 @@ class MetricsLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
