@@ -12,6 +12,7 @@ from torch import nn
 
 from helpers import randomize_
 from visattn import create_model, list_models
+from visattn.cli import main
 from visattn.engine.build import build_model
 from visattn.engine.config import ConfigError, ModelConfig, load_config
 from visattn.models import registry
@@ -166,6 +167,15 @@ def test_list_models_takes_wildcards_and_substrings():
     assert list_models("fcn_r?0_d8") == ["fcn_r50_d8"]
     assert list_models("danet") == list_models("danet*")
     assert "ccnet_r50_d8" in list_models("r50") and list_models("danet?") == []
+
+
+def test_models_command_shows_released_weights(capsys):
+    assert main(["models", "*resnet50"]) == 0
+    rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert rows == {"bam_resnet50": "download", "cbam_resnet50": "download", "se_resnet50": "manual",
+                    "sge_resnet50": "manual"}
+    assert main(["models", "danet"]) == 0
+    assert [line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:-1]] == ["-", "manual", "-"]
 
 
 def test_encoder_weights_imagenet_asks_timm_for_its_weights(monkeypatch):

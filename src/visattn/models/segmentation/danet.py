@@ -98,6 +98,4 @@ def danet_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
 @register_model(weights=Weights("https://github.com/junfu1115/DANet (DANet101 on Cityscapes, link in its README)"))
 def danet_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """DANet, ResNet-101 with multi-grid (4, 8, 16): the layout of the released DANet101 checkpoint."""
-    return build_variant(
-        danet, "resnet101", {"multi_grid": (4, 8, 16)}, num_classes=num_classes, **kwargs
-    )
+    return build_variant(danet, "resnet101", {"multi_grid": (4, 8, 16)}, num_classes=num_classes, **kwargs)
