@@ -117,7 +117,7 @@ def test_arguments_after_the_name_are_keyword_only():
         ("epsanet50", "https://github.com/murufeng/EPSANet"),
         ("sge_resnet50", "https://github.com/implus/PytorchInsight"),
         ("danet_r101_d8", "https://github.com/junfu1115/DANet"),
-        ("nlnet_r50_d8", "open-mmlab/mmsegmentation"),
+        ("nlnet_r50_d8", "https://github.com/open-mmlab/mmsegmentation/tree/main/configs/nonlocal_net"),
     ],
 )
 def test_pretrained_true_without_a_download_names_where_to_get_the_weights(name, where):

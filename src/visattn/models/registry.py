@@ -201,14 +201,16 @@ def load_pretrained(model: nn.Module, name: str, pretrained: Pretrained) -> nn.M
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = own[key]
     fresh = _classifier_keys(own, state)
-    if fresh:
-        warnings.warn(
-            f"{name}: the pretrained classifier has {state[fresh[0]].shape[0]} classes, the model "
-            f"{own[fresh[0]].shape[0]}: {', '.join(fresh)} start from a fresh initialisation",
-            stacklevel=3,
-        )
-        state.update({k: own[k] for k in fresh})
+    classes = (state[fresh[0]].shape[0], own[fresh[0]].shape[0]) if fresh else None
+    state.update({k: own[k] for k in fresh})
     try:
-        return load_weights(model, state)
+        load_weights(model, state)
     except ValueError as err:
         raise ValueError(f"{name}: cannot load pretrained {origin}: {err}") from err
+    if fresh:
+        warnings.warn(
+            f"{name}: the pretrained classifier has {classes[0]} classes, the model {classes[1]}: "
+            f"{', '.join(fresh)} start from a fresh initialisation",
+            stacklevel=3,
+        )
+    return model
