@@ -19,19 +19,10 @@ from visattn.models import registry
 from visattn.models.segmentation import create_encoder
 from visattn.weights import save_state_dict
 
+pytestmark = pytest.mark.usefixtures("no_download")
+
 # DANet's three classifier convs (``head.conv6/7/8``: Dropout2d, then the 1x1 conv)
 DANET_CLASSIFIER = [f"head.conv{i}.1.{p}" for i in (6, 7, 8) for p in ("weight", "bias")]
-
-
-@pytest.fixture(autouse=True)
-def no_download(monkeypatch):
-    """Any attempt to fetch weights fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to download weights")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(timm.models._builder, "load_pretrained", refuse)
 
 
 def _built_with_seed(seed: int, name: str, **kwargs) -> nn.Module:

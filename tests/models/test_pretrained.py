@@ -13,16 +13,7 @@ from visattn import create_model
 from visattn.models.segmentation import create_encoder
 from visattn.weights import save_state_dict
 
-
-@pytest.fixture(autouse=True)
-def no_download(monkeypatch):
-    """Any attempt to fetch weights fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to download weights")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(timm.models._builder, "load_pretrained", refuse)
+pytestmark = pytest.mark.usefixtures("no_download")
 
 
 def _timm_checkpoint(tmp_path: Path, name: str, suffix: str = ".pth", seed: int = 0) -> tuple[Path, dict]:
