@@ -1,4 +1,5 @@
 import pytest
+import timm
 import torch
 
 
@@ -10,3 +11,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Any attempt to fetch weights fails the test (``pytestmark = pytest.mark.usefixtures("no_download")``)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", refuse)

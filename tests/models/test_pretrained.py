@@ -1,7 +1,7 @@
 """Pretrained weights from local files: segmentor encoders and classifiers load them strictly.
 
 A file that does not fit is a ``ValueError`` naming the file and the keys that differ; a path is
-never taken for ``pretrained=True`` (which downloads). No test touches the network.
+never taken for ``True``/``"imagenet"`` (which download). No test touches the network.
 """
 from pathlib import Path
 
@@ -13,16 +13,7 @@ from visattn import create_model
 from visattn.models.segmentation import create_encoder
 from visattn.weights import save_state_dict
 
-
-@pytest.fixture(autouse=True)
-def no_download(monkeypatch):
-    """Any attempt to fetch weights fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to download weights")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(timm.models._builder, "load_pretrained", refuse)
+pytestmark = pytest.mark.usefixtures("no_download")
 
 
 def _timm_checkpoint(tmp_path: Path, name: str, suffix: str = ".pth", seed: int = 0) -> tuple[Path, dict]:
@@ -50,12 +41,15 @@ def test_encoder_file_with_flattened_feature_stages(tmp_path):
 
 
 @pytest.mark.parametrize("as_path", [str, Path])
-def test_segmentor_pretrained_path_is_a_file_not_true(tmp_path, as_path):
+def test_segmentor_encoder_weights_path_is_a_file_not_imagenet(tmp_path, as_path):
     path, state = _timm_checkpoint(tmp_path, "resnet18")
-    model = create_model("danet", encoder="resnet18", pretrained=as_path(path))
-    torch.testing.assert_close(model.encoder.state_dict()["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+    model = create_model("danet", encoder="resnet18", encoder_weights=as_path(path))
+    encoder = model.encoder.state_dict()
+    assert set(encoder) == set(state) - {"fc.weight", "fc.bias"}
+    for key, value in encoder.items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
     with pytest.raises(FileNotFoundError, match="no.pth"):
-        create_model("danet", encoder="resnet18", pretrained=as_path(tmp_path / "no.pth"))
+        create_model("danet", encoder="resnet18", encoder_weights=as_path(tmp_path / "no.pth"))
 
 
 @pytest.mark.parametrize(
@@ -82,6 +76,10 @@ def test_segmentor_checkpoint_is_not_an_encoder_file(tmp_path):
 def test_ambiguous_pretrained_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="give one file"):
         create_encoder("resnet18", pretrained=str(tmp_path / "a.pth"), pretrained_file=tmp_path / "b.pth")
+    with pytest.raises(ValueError, match="give one file"):
+        create_model("fcn", encoder="resnet18", encoder_weights=tmp_path / "a.pth", pretrained_file=tmp_path / "b")
+    with pytest.raises(TypeError, match="encoder_weights must be None, 'imagenet' or a file path, got True"):
+        create_model("fcn", encoder="resnet18", encoder_weights=True)
     with pytest.raises(TypeError, match="True, False or a file path, got 1"):
         create_model("fcn", encoder="resnet18", pretrained=1)
     with pytest.raises(TypeError, match="True, False or a file path, got 1"):

@@ -15,8 +15,13 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = No
                 origin: str = "the config") -> nn.Module:
     """The model of config section ``cfg`` (``model``): a registered name, or ``"module:builder"``
     with ``trust_code=True`` only (importing the module runs its code; ``origin``, the file the
-    config came from, names it in the refusal). ``pretrained`` overrides ``cfg.pretrained``
-    (trained weights replace them anyway)."""
+    config came from, names it in the refusal). ``pretrained`` overrides ``cfg.pretrained``;
+    ``pretrained=False`` (trained weights replace them anyway) also leaves the encoder's weights
+    (``encoder_weights``, ``pretrained_file``) unread."""
+    kwargs = dict(cfg.kwargs)
+    if pretrained is False:
+        kwargs.pop("encoder_weights", None)
+        kwargs.pop("pretrained_file", None)
     pretrained = cfg.pretrained if pretrained is None else pretrained
     if ":" in cfg.name:
         module, fn = cfg.name.split(":", 1)
@@ -28,7 +33,7 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = No
         return getattr(importlib.import_module(module), fn)(num_classes=num_classes, **cfg.kwargs)
     from ..models import create_model
 
-    return create_model(cfg.name, num_classes=num_classes, pretrained=pretrained, **cfg.kwargs)
+    return create_model(cfg.name, num_classes=num_classes, pretrained=pretrained, **kwargs)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -45,7 +45,7 @@ _DEFAULT_DATASET = DATASETS["digits"]
 @dataclass
 class ModelConfig:
     name: str = "danet"  # a registered name (visattn models) or "package.module:builder"
-    pretrained: bool = False
+    pretrained: bool = False  # the whole model's released weights (a segmentor's encoder: kwargs.encoder_weights)
     kwargs: dict[str, Any] = field(default_factory=lambda: {"encoder": "resnet18", "output_stride": 8})  # to the builder
 
 
@@ -490,8 +490,9 @@ def _check_model(model: ModelConfig) -> None:
 
     Builders pass their ``**kwargs`` on to encoders and heads, so their signatures do not tell which
     arguments they accept: the model is built on the meta device (no memory, no weights read, no
-    data), for two classes, with ``pretrained`` off and ``pretrained_file`` left out (it only has to
-    exist), and a ``TypeError`` or ``ValueError`` it raises is the config's error.
+    data), for two classes, with ``pretrained`` off and the encoder's weights (``encoder_weights``,
+    ``pretrained_file``) left out (a file only has to exist), and a ``TypeError`` or ``ValueError``
+    it raises is the config's error.
     """
     if ":" in model.name:
         # A ``module:builder`` name would run code to be checked: it is left to the build, which
@@ -509,6 +510,9 @@ def _check_model(model: ModelConfig) -> None:
     pretrained_file = kwargs.pop("pretrained_file", None)
     if pretrained_file is not None and not Path(str(pretrained_file)).is_file():
         raise _invalid("model.kwargs.pretrained_file", "null or an existing file", pretrained_file)
+    encoder_weights = kwargs.pop("encoder_weights", None)
+    if encoder_weights not in (None, "imagenet") and not Path(str(encoder_weights)).is_file():
+        raise _invalid("model.kwargs.encoder_weights", "null, imagenet or an existing file", encoder_weights)
     try:
         with torch.device("meta"):
             build(**kwargs)

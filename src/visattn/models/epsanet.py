@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from ..attention.psa import PyramidSqueezeAttention
-from .registry import register_model
-from .resnet import Bottleneck, Pretrained, ResNet, load_pretrained
+from .registry import Weights, register_model
+from .resnet import Bottleneck, ResNet
 
 __all__ = ["EPSANet", "epsanet50", "epsanet101"]
 
-_SOURCE = "https://github.com/murufeng/EPSANet"
+_RELEASE = Weights("https://github.com/murufeng/EPSANet")
 
 
 class EPSANet(ResNet):
@@ -78,25 +78,23 @@ class EPSANet(ResNet):
                     nn.init.zeros_(m.bn3.weight)
 
 
-@register_model
-def epsanet50(num_classes: int = 1000, pretrained: Pretrained = False, **kwargs) -> EPSANet:
+@register_model(weights=_RELEASE)
+def epsanet50(num_classes: int = 1000, **kwargs) -> EPSANet:
     """EPSANet-50 (Small): 22,561,715 parameters at 1000 classes, as the official code
     (paper: 22.56M, 3.62 GFLOPs, 77.49 top-1).
 
     The authors' weights have no direct-download link, so ``pretrained=True`` raises; download
     them from murufeng/EPSANet and pass the path (or use ``load_official``).
     """
-    model = EPSANet((3, 4, 6, 3), num_classes, **kwargs)
-    return load_pretrained(model, "epsanet50", pretrained, None, _SOURCE)
+    return EPSANet((3, 4, 6, 3), num_classes, **kwargs)
 
 
-@register_model
-def epsanet101(num_classes: int = 1000, pretrained: Pretrained = False, **kwargs) -> EPSANet:
+@register_model(weights=_RELEASE)
+def epsanet101(num_classes: int = 1000, **kwargs) -> EPSANet:
     """EPSANet-101 (Small): 38,900,279 parameters at 1000 classes, as the official code
     (paper: 38.90M, 6.82 GFLOPs, 78.43 top-1).
 
     The authors' weights have no direct-download link, so ``pretrained=True`` raises; download
     them from murufeng/EPSANet and pass the path (or use ``load_official``).
     """
-    model = EPSANet((3, 4, 23, 3), num_classes, **kwargs)
-    return load_pretrained(model, "epsanet101", pretrained, None, _SOURCE)
+    return EPSANet((3, 4, 23, 3), num_classes, **kwargs)

@@ -1,20 +1,49 @@
 """Model registry: ``@register_model`` on a builder function, ``create_model(name, ...)`` to build.
 
-Builders take ``num_classes``, ``pretrained`` and keyword arguments, like timm's and
-torchvision's; the registry knows nothing else about them.
+Builders take ``num_classes`` and keyword arguments and return a freshly initialised network;
+``create_model`` loads weights into it. ``pretrained=True`` always means the whole model's
+released weights, as timm and torchvision: a builder records where they are published with
+``@register_model(weights=Weights(...))``.
 """
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import importlib
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["register_model", "create_model", "list_models", "is_model"]
+from ..weights import load_weights, read_state_dict
+
+__all__ = [
+    "Weights", "register_model", "create_model", "list_models", "is_model", "released_weights", "load_pretrained",
+]
+
+Pretrained = bool | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's released (whole-model) weights are published.
+
+    Args:
+        source: the page that publishes them, named in errors when there is no direct download.
+        url: a direct download (``pretrained=True`` fetches it through ``torch.hub``'s cache).
+        sha256: the download's SHA-256 hex digest, checked by ``torch.hub`` when given.
+    """
+
+    source: str
+    url: str | None = None
+    sha256: str | None = None
+
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_WEIGHTS: dict[str, Weights] = {}
 # One line per network file: importing it registers its builders. Imported on first use of the
 # registry, so ``import visattn`` stays light and a misspelt or broken file fails loudly.
 _BUILDER_MODULES = (
@@ -29,12 +58,19 @@ _BUILDER_MODULES = (
 )
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn`` under its function name."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *, weights: Weights | None = None):
+    """Decorator: register ``fn`` under its function name, with where its released ``weights``
+    are (``@register_model`` or ``@register_model(weights=Weights(...))``)."""
+
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if fn.__name__ in _MODELS:
+            raise ValueError(f"model {fn.__name__!r} is registered twice")
+        _MODELS[fn.__name__] = fn
+        if weights is not None:
+            _WEIGHTS[fn.__name__] = weights
+        return fn
+
+    return register if fn is None else register(fn)
 
 
 def _load_builders() -> None:
@@ -43,8 +79,11 @@ def _load_builders() -> None:
 
 
 def list_models(pattern: str = "") -> list[str]:
-    """Registered model names containing ``pattern``, sorted."""
+    """Registered model names, sorted: those matching ``pattern`` when it is a shell wildcard
+    (``"danet*"``, ``"*_r101_d8"``, as ``timm.list_models``), else those containing it."""
     _load_builders()
+    if any(c in pattern for c in "*?["):
+        return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
     return sorted(n for n in _MODELS if pattern in n)
 
 
@@ -53,21 +92,125 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(
-    name: str, num_classes: int | None = None, pretrained: bool | str | os.PathLike = False, **kwargs
-) -> nn.Module:
-    """Build the registered model ``name``.
+def released_weights(name: str) -> Weights | None:
+    """Where the released weights of model ``name`` are published (``None``: none released)."""
+    _load_builders()
+    return _WEIGHTS.get(name)
 
-    ``num_classes`` defaults to the builder's own (1000 for classifiers, 19 for Cityscapes
-    segmentors); ``pretrained`` is ``True`` (the builder's default weights), ``False`` or the path
-    of a local weights file; other keyword arguments go to the builder. Unknown names raise ``ValueError``
-    with close matches.
+
+def _check_pretrained(name: str, pretrained: object) -> None:
+    if not isinstance(pretrained, (bool, str, os.PathLike)):
+        raise TypeError(f"{name}: pretrained must be True, False or a file path, got {pretrained!r}")
+
+
+def create_model(
+    name: str, *, num_classes: int | None = None, pretrained: Pretrained = False, **kwargs
+) -> nn.Module:
+    """Build the registered model ``name``, as ``timm.create_model``.
+
+    Args:
+        name: a name of :func:`list_models`; unknown names raise ``ValueError`` with close matches.
+        num_classes: outputs of the classifier (default: the builder's own, 1000 for classifiers,
+            19 for Cityscapes segmentors).
+        pretrained: ``False``; ``True``, the whole model's released weights (downloaded when the
+            authors publish a direct file, else a ``ValueError`` naming where to get them); or the
+            path of a local weights file, in the authors' layout or visattn's. With ``num_classes``
+            different from the weights', the classifier starts anew and everything else loads
+            strictly (see :func:`load_pretrained`).
+        **kwargs: the builder's arguments; segmentors take ``encoder_weights="imagenet"`` (or a
+            local encoder file) for an ImageNet-pretrained encoder.
     """
     _load_builders()
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=4, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} See visattn.list_models() for all {len(_MODELS)} names.")
+    _check_pretrained(name, pretrained)
+    if pretrained is True:
+        _download_source(name)  # no download link: fail before building
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return _MODELS[name](pretrained=pretrained, **kwargs)
+    model = _MODELS[name](**kwargs)
+    return load_pretrained(model, name, pretrained)
+
+
+def _download_source(name: str) -> Weights:
+    weights = _WEIGHTS.get(name)
+    if weights is None:
+        raise ValueError(
+            f"{name}: no released weights; train it, or pass pretrained=path for a local weights file "
+            f"(segmentors: encoder_weights='imagenet' for an ImageNet-pretrained encoder)"
+        )
+    if weights.url is None:
+        raise ValueError(
+            f"{name}: the released weights have no direct download; download them from {weights.source} "
+            f"and load them with visattn.load_official(model, path) (or pass pretrained=path)"
+        )
+    return weights
+
+
+def _read_release(weights: Weights) -> dict[str, Tensor]:
+    # torch.hub checks the digest carried by the cached file's name (``name-<sha256>.ext``)
+    file_name = None
+    if weights.sha256 is not None:
+        stem, dot, ext = os.path.basename(weights.url.split("?", 1)[0]).partition(".")
+        file_name = f"{stem}-{weights.sha256}{dot}{ext}"
+    state = torch.hub.load_state_dict_from_url(
+        weights.url, map_location="cpu", weights_only=True, check_hash=weights.sha256 is not None,
+        file_name=file_name,
+    )
+    return read_state_dict(state)
+
+
+def _classifier_keys(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> list[str]:
+    """The keys of the layers that output the classes, when the model's class count differs from the
+    weights': in both, shapes differing in the first dimension only, which is the model's class
+    count, the one first dimension of every mismatched bias."""
+    differ = [
+        k for k in own if k in state and own[k].shape != state[k].shape and own[k].dim() == state[k].dim() >= 1
+    ]
+    counts = {own[k].shape[0] for k in differ if k.endswith(".bias")}
+    if len(counts) != 1:
+        return []
+    return [k for k in differ if own[k].shape[0] in counts and own[k].shape[1:] == state[k].shape[1:]]
+
+
+def load_pretrained(model: nn.Module, name: str, pretrained: Pretrained) -> nn.Module:
+    """Load the weights ``pretrained`` names (see :func:`create_model`) into the freshly built ``model``.
+
+    A file whose keys are the model's own is visattn's state dict; any other is taken for the
+    authors' layout and renamed by the model's ``convert_official_state_dict`` (as
+    :func:`visattn.load_official`). Keys present in both whose shapes differ only in the class
+    count (the classifier, when ``num_classes`` differs from the weights') keep their fresh
+    initialisation, with a warning naming them, as timm's ``create_model``; any other difference is
+    a ``ValueError`` naming the weights and listing the missing, unexpected and mismatched keys.
+    """
+    _check_pretrained(name, pretrained)
+    if pretrained is False:
+        return model
+    if pretrained is True:
+        weights = _download_source(name)
+        state, origin = _read_release(weights), weights.url
+    else:
+        state, origin = read_state_dict(pretrained), f"file {os.fspath(pretrained)}"
+    own = model.state_dict()
+    convert = getattr(model, "convert_official_state_dict", None)
+    if convert is not None and (pretrained is True or set(state) != set(own)):
+        state = convert(state)
+    for key in own:  # checkpoints older than PyTorch 0.4 have no BatchNorm step counter
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
+    fresh = _classifier_keys(own, state)
+    classes = (state[fresh[0]].shape[0], own[fresh[0]].shape[0]) if fresh else None
+    state.update({k: own[k] for k in fresh})
+    try:
+        load_weights(model, state)
+    except ValueError as err:
+        raise ValueError(f"{name}: cannot load pretrained {origin}: {err}") from err
+    if fresh:
+        warnings.warn(
+            f"{name}: the pretrained classifier has {classes[0]} classes, the model {classes[1]}: "
+            f"{', '.join(fresh)} start from a fresh initialisation",
+            stacklevel=3,
+        )
+    return model

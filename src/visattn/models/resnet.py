@@ -13,7 +13,9 @@ authors' code: Jongchan/attention-module ``MODELS/model_resnet.py`` (BAM, CBAM) 
 implus/PytorchInsight ``resnet_sge.py`` (SGE). A block gate sits after ``bn3``, before the residual
 addition, under the attribute named like the mechanism (``se``, ``cbam``, ``sge``: the official
 names, and timm's for SE); a stage attention sits after stages 1-3 as ``bam1``, ``bam2``, ``bam3``.
-So the authors' checkpoints load with :func:`visattn.load_official` without renaming.
+So the authors' checkpoints load with :func:`visattn.load_official` without renaming, and
+``create_model(name, pretrained=True)`` downloads the ones published as a direct file (each
+builder's docstring says where its weights are).
 
 Differences from the official code:
 - Global average pooling before ``fc`` (Jongchan's code uses ``AvgPool2d(7)``, equal at 224×224
@@ -23,20 +25,17 @@ Differences from the official code:
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..attention import create_attention
-from ..weights import load_official
-from .registry import register_model
+from .registry import Weights, register_model
 
 __all__ = [
     "Bottleneck",
     "ResNet",
-    "load_pretrained",
     "bam_resnet50",
     "bam_resnet101",
     "sge_resnet50",
@@ -44,42 +43,12 @@ __all__ = [
     "cbam_resnet50",
 ]
 
-Pretrained = bool | str | os.PathLike
-
-# Direct-download releases (torch.hub caches them); the pages they are published on.
+# Where the authors publish their weights; the ResNet-50 ones are direct downloads.
 _JONGCHAN = "https://github.com/Jongchan/attention-module"
-_BAM50_URL = "https://www.dropbox.com/s/esw0m8e3cjg7ex4/RESNET50_IMAGENET_BAM_best.pth.tar?dl=1"
-_CBAM50_URL = "https://www.dropbox.com/s/bt6zty02h9ibufi/RESNET50_CBAM_new_name_wrap.pth?dl=1"
-_PYTORCHINSIGHT = "https://github.com/implus/PytorchInsight (Baidu Drive links in its README)"
-
-
-def load_pretrained(model: nn.Module, name: str, pretrained: Pretrained, url: str | None, source: str) -> nn.Module:
-    """Load weights into a freshly built ``model`` as a builder's ``pretrained`` argument asks.
-
-    ``pretrained=False`` does nothing; a path (``str`` or ``os.PathLike``) loads that checkpoint
-    with :func:`load_official`, and a checkpoint that does not fit is a ``ValueError`` naming the
-    file and listing the missing, unexpected and mismatched keys; ``True`` downloads ``url``
-    through ``torch.hub`` (cached, read with ``weights_only=True``) and raises ``ValueError`` when
-    the weights have no direct-download release (``url=None``), saying where to get them
-    (``source``). Anything else is a ``TypeError``.
-    """
-    if pretrained is False:
-        return model
-    if pretrained is True:
-        if url is None:
-            raise ValueError(
-                f"{name}: the official weights have no direct-download release; download them from "
-                f"{source} and load them with visattn.load_official(model, path) "
-                f"(or pass pretrained=path)"
-            )
-        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, check_hash=False)
-        return load_official(model, state)
-    if not isinstance(pretrained, (str, os.PathLike)):
-        raise TypeError(f"{name}: pretrained must be True, False or a file path, got {pretrained!r}")
-    try:
-        return load_official(model, pretrained)
-    except ValueError as err:
-        raise ValueError(f"{name}: cannot load pretrained file {os.fspath(pretrained)}: {err}") from err
+_BAM50 = Weights(_JONGCHAN, "https://www.dropbox.com/s/esw0m8e3cjg7ex4/RESNET50_IMAGENET_BAM_best.pth.tar?dl=1")
+_CBAM50 = Weights(_JONGCHAN, "https://www.dropbox.com/s/bt6zty02h9ibufi/RESNET50_CBAM_new_name_wrap.pth?dl=1")
+_PYTORCHINSIGHT = Weights("https://github.com/implus/PytorchInsight (Baidu Drive links in its README)")
+_TIMM_SE = Weights("timm (timm.create_model('seresnet50', pretrained=True).state_dict(), saved to a file)")
 
 
 class Bottleneck(nn.Module):
@@ -265,10 +234,8 @@ def _gate(attn: str, **attn_kwargs) -> dict:
     return {"attn": attn, "attn_kwargs": attn_kwargs}
 
 
-@register_model
-def bam_resnet50(
-    num_classes: int = 1000, pretrained: Pretrained = False, combine: str = "product", **kwargs
-) -> ResNet:
+@register_model(weights=_BAM50)
+def bam_resnet50(num_classes: int = 1000, combine: str = "product", **kwargs) -> ResNet:
     """BAM-ResNet-50: BAM(r=16, dilation 4) after stages 1-3 (``bam1..3`` on 256/512/1024 channels).
 
     ``combine="product"`` (default) is what the authors' code computes,
@@ -279,37 +246,32 @@ def bam_resnet50(
     ``pretrained=True`` downloads the authors' release (Jongchan/attention-module README,
     76.86 top-1 after 90 epochs); a path loads a local copy.
     """
-    model = ResNet((3, 4, 6, 3), num_classes, stage_attn="bam", stage_attn_kwargs={"combine": combine}, **kwargs)
-    return load_pretrained(model, "bam_resnet50", pretrained, _BAM50_URL, _JONGCHAN)
+    return ResNet((3, 4, 6, 3), num_classes, stage_attn="bam", stage_attn_kwargs={"combine": combine}, **kwargs)
 
 
-@register_model
-def bam_resnet101(
-    num_classes: int = 1000, pretrained: Pretrained = False, combine: str = "product", **kwargs
-) -> ResNet:
+@register_model(weights=_PYTORCHINSIGHT)
+def bam_resnet101(num_classes: int = 1000, combine: str = "product", **kwargs) -> ResNet:
     """BAM-ResNet-101: as :func:`bam_resnet50` on ResNet-101; 44,907,227 parameters at 1000 classes.
 
     Weights: PytorchInsight's release (same layout, 78.22 top-1) is on Baidu Drive only, so
     ``pretrained=True`` raises; download it and pass the path (or use ``load_official``).
     """
-    model = ResNet((3, 4, 23, 3), num_classes, stage_attn="bam", stage_attn_kwargs={"combine": combine}, **kwargs)
-    return load_pretrained(model, "bam_resnet101", pretrained, None, _PYTORCHINSIGHT)
+    return ResNet((3, 4, 23, 3), num_classes, stage_attn="bam", stage_attn_kwargs={"combine": combine}, **kwargs)
 
 
-@register_model
-def sge_resnet50(num_classes: int = 1000, pretrained: Pretrained = False, groups: int = 64, **kwargs) -> ResNet:
+@register_model(weights=_PYTORCHINSIGHT)
+def sge_resnet50(num_classes: int = 1000, groups: int = 64, **kwargs) -> ResNet:
     """SGE-ResNet-50: SGE(64 groups) after ``bn3`` of every bottleneck (``layerX.Y.sge``).
 
     25,559,080 parameters at 1000 classes (ResNet-50 + 16 blocks × 2 × 64). The authors' weights
     (implus/PytorchInsight, 77.584 top-1) are on Baidu Drive only, so ``pretrained=True`` raises;
     download them and pass the path (or use ``load_official``).
     """
-    model = ResNet((3, 4, 6, 3), num_classes, block_kwargs=_gate("sge", groups=groups), **kwargs)
-    return load_pretrained(model, "sge_resnet50", pretrained, None, _PYTORCHINSIGHT)
+    return ResNet((3, 4, 6, 3), num_classes, block_kwargs=_gate("sge", groups=groups), **kwargs)
 
 
-@register_model
-def se_resnet50(num_classes: int = 1000, pretrained: Pretrained = False, reduction: int = 16, **kwargs) -> ResNet:
+@register_model(weights=_TIMM_SE)
+def se_resnet50(num_classes: int = 1000, reduction: int = 16, **kwargs) -> ResNet:
     """SE-ResNet-50: SE(r=16, 1×1 convs with bias) after ``bn3`` of every bottleneck (``layerX.Y.se``).
 
     28,088,024 parameters at 1000 classes, the SE paper's figure. The keys are timm's
@@ -317,20 +279,15 @@ def se_resnet50(num_classes: int = 1000, pretrained: Pretrained = False, reducti
     released Caffe models only, so ``pretrained`` takes a path (e.g. a saved
     ``timm.create_model("seresnet50", pretrained=True).state_dict()``) and ``True`` raises.
     """
-    model = ResNet((3, 4, 6, 3), num_classes, block_kwargs=_gate("se", reduction=reduction), **kwargs)
-    return load_pretrained(
-        model, "se_resnet50", pretrained, None,
-        "timm (timm.create_model('seresnet50', pretrained=True).state_dict())",
-    )
+    return ResNet((3, 4, 6, 3), num_classes, block_kwargs=_gate("se", reduction=reduction), **kwargs)
 
 
-@register_model
-def cbam_resnet50(num_classes: int = 1000, pretrained: Pretrained = False, reduction: int = 16, **kwargs) -> ResNet:
+@register_model(weights=_CBAM50)
+def cbam_resnet50(num_classes: int = 1000, reduction: int = 16, **kwargs) -> ResNet:
     """CBAM-ResNet-50: CBAM(r=16, 7×7 spatial conv) after ``bn3`` of every bottleneck (``layerX.Y.cbam``).
 
     28,089,624 parameters at 1000 classes (SE-ResNet-50 + 16 × 100 for the spatial gates; the
     CBAM paper reports 28.09M). ``pretrained=True`` downloads the authors' release
     (Jongchan/attention-module README, 77.622 top-1); a path loads a local copy.
     """
-    model = ResNet((3, 4, 6, 3), num_classes, block_kwargs=_gate("cbam", reduction=reduction), **kwargs)
-    return load_pretrained(model, "cbam_resnet50", pretrained, _CBAM50_URL, _JONGCHAN)
+    return ResNet((3, 4, 6, 3), num_classes, block_kwargs=_gate("cbam", reduction=reduction), **kwargs)

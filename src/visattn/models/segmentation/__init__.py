@@ -16,8 +16,9 @@ layouts:
 takes) and the blocks several heads use; ``encoders.py`` the dilated encoders. A network file
 registers its builders with ``@register_model`` and is listed once in ``models/registry.py``.
 
-``pretrained=True`` loads ImageNet weights into the encoder through timm (or ``pretrained_file=``
-a local file); the authors' segmentation checkpoints load with ``visattn.load_official``.
+``encoder_weights="imagenet"`` loads ImageNet weights into the encoder through timm
+(``encoder_weights=path`` or ``pretrained_file=path``: a local file); ``create_model(...,
+pretrained=path)`` and ``visattn.load_official`` load the authors' whole segmentation checkpoints.
 
 Forward contract: eval mode returns the main logits ``(B, K, H, W)`` at the input size; training
 mode returns ``{"out": ..., <auxiliary names>: ...}``, all at the input size, and

@@ -57,7 +57,7 @@ class AttentionHead(nn.Module):
 
 
 @register_model
-def attnet(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def attnet(num_classes: int = 19, **kwargs) -> Segmentor:
     """Attention head: ``reduce -> attention -> classifier`` with any name of ``visattn.list_attentions()``.
 
     Head arguments: ``attention`` (``"pam"``), ``channels``, ``dropout`` and the attention module's
@@ -66,5 +66,5 @@ def attnet(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segment
     """
     return build_segmentor(
         lambda widths, k, **head_kwargs: AttentionHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, pretrained=pretrained, **kwargs,
+        num_classes=num_classes, **kwargs,
     )

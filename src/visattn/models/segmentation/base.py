@@ -189,11 +189,20 @@ def _check_classes(num_classes: int) -> int:
     return num_classes
 
 
+def _encoder_pretrained(encoder_weights: str | os.PathLike | None) -> bool | str | os.PathLike:
+    """:func:`create_encoder`'s ``pretrained`` for a segmentor's ``encoder_weights``."""
+    if encoder_weights is None or encoder_weights == "imagenet":
+        return encoder_weights is not None
+    if not isinstance(encoder_weights, (str, os.PathLike)):
+        raise TypeError(f"encoder_weights must be None, 'imagenet' or a file path, got {encoder_weights!r}")
+    return encoder_weights
+
+
 def build_segmentor(
     head: Callable[..., nn.Module],
     *,
     num_classes: int = 19,
-    pretrained: bool | str | os.PathLike = False,
+    encoder_weights: str | os.PathLike | None = None,
     encoder: str = "resnet50",
     output_stride: int = 8,
     aux: bool = False,
@@ -209,9 +218,11 @@ def build_segmentor(
         head: called as ``head(widths, num_classes, **head_kwargs)``, with
             ``widths`` the channels of the encoder's three feature maps (stages 2, 3, 4).
         num_classes: output classes (19: Cityscapes).
-        pretrained: ``True``: ImageNet weights for the encoder, through timm; a path: a local
-            encoder weights file, as ``pretrained_file``.
-        encoder: any timm model supporting ``features_only`` and ``output_stride``.
+        encoder_weights: ``"imagenet"``: timm's ImageNet weights for the encoder (the encoder
+            name's pretrained tag, e.g. ``resnet50.a1_in1k``, picks which); a path: a local
+            encoder weights file, as ``pretrained_file``; ``None``: a random encoder.
+        encoder: any timm model supporting ``features_only`` and ``output_stride``, with a
+            pretrained tag or as ``hf-hub:<repo>`` if wanted.
         output_stride: 8 or 16.
         aux: add the auxiliary FCN head on stage 3 (training output ``"aux"``).
         aux_weight: its loss weight.
@@ -225,7 +236,8 @@ def build_segmentor(
     """
     num_classes = _check_classes(num_classes)
     enc = create_encoder(
-        encoder, output_stride, pretrained=pretrained, pretrained_file=pretrained_file, **(encoder_kwargs or {})
+        encoder, output_stride, pretrained=_encoder_pretrained(encoder_weights), pretrained_file=pretrained_file,
+        **(encoder_kwargs or {}),
     )
     channels = enc.feature_info.channels()
     aux_module = None

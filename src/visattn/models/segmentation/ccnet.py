@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ...attention import create_attention
-from ..registry import register_model
+from ..registry import Weights, register_model
 from .base import BatchNormAct2d, FCNHead, LeakyReLU, Segmentor, build_segmentor, build_variant, head_width
 
 __all__ = ["CCNetHead", "ccnet", "ccnet_r50_d8", "ccnet_r101_d8"]
@@ -118,7 +118,7 @@ def _ccnet_aux(in_channels: int, num_classes: int) -> FCNHead:
 
 
 @register_model
-def ccnet(num_classes: int = 19, pretrained: bool = False, *, aux: bool = True, **kwargs) -> Segmentor:
+def ccnet(num_classes: int = 19, *, aux: bool = True, **kwargs) -> Segmentor:
     """CCNet: ``CCNetHead`` (``recurrence=2``) and CCNet's auxiliary head on stage 3 (weight 0.4).
 
     Head arguments: ``recurrence``, ``channels``, ``reduction``, ``dropout`` (:class:`CCNetHead`);
@@ -127,17 +127,17 @@ def ccnet(num_classes: int = 19, pretrained: bool = False, *, aux: bool = True, 
     """
     return build_segmentor(
         lambda widths, k, **head_kwargs: CCNetHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, pretrained=pretrained, aux=aux, aux_head=_ccnet_aux, **kwargs,
+        num_classes=num_classes, aux=aux, aux_head=_ccnet_aux, **kwargs,
     )
 
 
 @register_model
-def ccnet_r50_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def ccnet_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """CCNet (R=2, aux 0.4), CCNet's deep-stem ResNet-50, output stride 8."""
-    return build_variant(ccnet, "resnet50s", _ENCODER, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(ccnet, "resnet50s", _ENCODER, num_classes=num_classes, **kwargs)
 
 
-@register_model
-def ccnet_r101_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+@register_model(weights=Weights("https://github.com/speedinghzl/CCNet (ResNet-101 on Cityscapes, link in its README)"))
+def ccnet_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """CCNet (R=2, aux 0.4), CCNet's deep-stem ResNet-101 (the released models' layout), output stride 8."""
-    return build_variant(ccnet, "resnet101s", _ENCODER, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(ccnet, "resnet101s", _ENCODER, num_classes=num_classes, **kwargs)

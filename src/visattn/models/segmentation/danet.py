@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from ...attention import create_attention
-from ..registry import register_model
+from ..registry import Weights, register_model
 from .base import Segmentor, build_segmentor, build_variant, classifier, conv_bn_act, head_width
 
 __all__ = ["DANetHead", "danet", "danet_r50_d8", "danet_r101_d8"]
@@ -77,7 +77,7 @@ class DANetHead(nn.Module):
 
 
 @register_model
-def danet(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def danet(num_classes: int = 19, **kwargs) -> Segmentor:
     """DANet: ``DANetHead`` (outputs out/pam/cam, weights 1).
 
     Head arguments: ``channels``, ``reduction``, ``dropout`` (:class:`DANetHead`); the others are
@@ -85,19 +85,17 @@ def danet(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmento
     """
     return build_segmentor(
         lambda widths, k, **head_kwargs: DANetHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, pretrained=pretrained, **kwargs,
+        num_classes=num_classes, **kwargs,
     )
 
 
 @register_model
-def danet_r50_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def danet_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """DANet, dilated ResNet-50 (torchvision layout), output stride 8."""
-    return build_variant(danet, "resnet50", {}, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(danet, "resnet50", {}, num_classes=num_classes, **kwargs)
 
 
-@register_model
-def danet_r101_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+@register_model(weights=Weights("https://github.com/junfu1115/DANet (DANet101 on Cityscapes, link in its README)"))
+def danet_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """DANet, ResNet-101 with multi-grid (4, 8, 16): the layout of the released DANet101 checkpoint."""
-    return build_variant(
-        danet, "resnet101", {"multi_grid": (4, 8, 16)}, num_classes=num_classes, pretrained=pretrained, **kwargs
-    )
+    return build_variant(danet, "resnet101", {"multi_grid": (4, 8, 16)}, num_classes=num_classes, **kwargs)

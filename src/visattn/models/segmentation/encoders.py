@@ -8,7 +8,8 @@ The encoder returns the last three feature maps (ResNet stages 2, 3 and 4: strid
 ``output_stride=8``); ``encoder.feature_info.channels()`` tells their widths. Its state dict keeps
 timm's names, which for ResNets are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...).
 
-Weights come from timm (``pretrained=True``: its default ImageNet weights) or from a local file
+Weights come from timm (``pretrained=True``: its default ImageNet weights, or those of the name's
+pretrained tag or ``hf-hub:`` id) or from a local file
 (``pretrained_file``, or a path as ``pretrained``) holding a timm model's state dict, e.g.
 ``timm.create_model(name).state_dict()`` saved with safetensors or ``torch.save``. The file is read
 without unpickling code and loaded strictly: only the classifier that a feature extractor lacks
@@ -108,7 +109,9 @@ def create_encoder(
     """A timm feature extractor returning ``[stage2, stage3, stage4]`` feature maps.
 
     Args:
-        name: any timm model that supports ``features_only`` and ``output_stride``.
+        name: any timm model that supports ``features_only`` and ``output_stride``, with a
+            pretrained tag (``resnet50.a1_in1k``: which weights ``pretrained=True`` loads) or as a
+            Hugging Face Hub id (``hf-hub:timm/resnet50.a1_in1k``), as ``timm.create_model`` takes.
         output_stride: input size / feature size of the last map, 8 or 16.
         pretrained: ``True`` loads timm's default ImageNet weights (downloads through timm's cache);
             a path (``str`` or ``os.PathLike``) is a local file, as ``pretrained_file``.
@@ -122,7 +125,7 @@ def create_encoder(
     """
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
-    if not timm.is_model(name):
+    if timm.models.parse_model_name(name)[0] is None and not timm.is_model(name):  # hf-hub: ids resolve in timm
         raise _unknown_encoder(name)
     from_timm, weights_file = _weights_source(pretrained, pretrained_file)
     try:

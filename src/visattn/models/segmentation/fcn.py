@@ -14,7 +14,7 @@ __all__ = ["fcn", "fcn_r50_d8", "fcn_r101_d8"]
 
 
 @register_model
-def fcn(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def fcn(num_classes: int = 19, **kwargs) -> Segmentor:
     """Dilated FCN: ``FCNHead`` on the last feature map.
 
     Head arguments: ``channels``, ``dropout`` (:class:`FCNHead`); the others are
@@ -22,17 +22,17 @@ def fcn(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
     """
     return build_segmentor(
         lambda widths, k, **head_kwargs: FCNHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, pretrained=pretrained, **kwargs,
+        num_classes=num_classes, **kwargs,
     )
 
 
 @register_model
-def fcn_r50_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def fcn_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """Dilated FCN, ResNet-50 (timm ``resnet50``, torchvision layout), output stride 8."""
-    return build_variant(fcn, "resnet50", {}, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(fcn, "resnet50", {}, num_classes=num_classes, **kwargs)
 
 
 @register_model
-def fcn_r101_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def fcn_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """Dilated FCN, ResNet-101 (timm ``resnet101``, torchvision layout), output stride 8."""
-    return build_variant(fcn, "resnet101", {}, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(fcn, "resnet101", {}, num_classes=num_classes, **kwargs)

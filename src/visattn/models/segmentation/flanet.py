@@ -100,22 +100,22 @@ class FLANetHead(nn.Module):
 
 
 @register_model
-def flanet(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def flanet(num_classes: int = 19, **kwargs) -> Segmentor:
     """FLANet: ``FLANetHead`` with its own auxiliary outputs aux2/aux3 on stages 2 and 3 (weights 1).
 
     Head arguments: ``channels``, ``aux_channels``, ``dropout`` (:class:`FLANetHead`); the others
     are :func:`build_segmentor`'s (``encoder="resnet50"``, ``output_stride=8``, ``aux=False``, ...).
     """
-    return build_segmentor(FLANetHead, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_segmentor(FLANetHead, num_classes=num_classes, **kwargs)
 
 
 @register_model
-def flanet_r50_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def flanet_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """FLANet, FLANet's deep-stem ResNet-50, output stride 8."""
-    return build_variant(flanet, "resnet50s", _ENCODER, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(flanet, "resnet50s", _ENCODER, num_classes=num_classes, **kwargs)
 
 
 @register_model
-def flanet_r101_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def flanet_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """FLANet, FLANet's deep-stem ResNet-101 (the official ``compile_model``), output stride 8."""
-    return build_variant(flanet, "resnet101s", _ENCODER, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(flanet, "resnet101s", _ENCODER, num_classes=num_classes, **kwargs)

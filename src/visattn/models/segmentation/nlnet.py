@@ -24,7 +24,7 @@ Module names are mmseg's (``convs.0.conv``, ``convs.0.bn``, ``nl_block.g.conv``,
 
 Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d`` (convert the model with
 ``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training); the ImageNet weights of
-``pretrained=True`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ...attention.non_local import NonLocal2d
-from ..registry import register_model
+from ..registry import Weights, register_model
 from .base import FCNHead, Segmentor, build_segmentor, build_variant
 
 __all__ = ["NLHead", "nlnet", "nlnet_r50_d8", "nlnet_r101_d8"]
@@ -49,6 +49,8 @@ def conv_module(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn
     return nn.Sequential(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels), activate=nn.ReLU(inplace=True)))
 
 
+# mmseg publishes the checkpoints of its nonlocal_r*-d8 recipes (Cityscapes, ADE20K, VOC)
+_MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/nonlocal_net (links in its README)")
 # mmseg's auxiliary FCNHead (one ConvModule, no concat) -> heads.FCNHead's Sequential indices
 _AUX_KEYS = {"convs.0.conv.": "0.", "convs.0.bn.": "1.", "conv_seg.": "3."}
 # mmseg's ResNetV1c deep stem -> timm's resnet*c (``stem.2/.5/.8`` are ReLUs)
@@ -126,7 +128,7 @@ class NLHead(nn.Module):
 
 
 @register_model
-def nlnet(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+def nlnet(num_classes: int = 19, **kwargs) -> Segmentor:
     """Non-local network: ``NLHead`` and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4).
 
     Logits are upsampled with ``align_corners=False`` as mmseg. Head arguments: ``channels``,
@@ -137,19 +139,19 @@ def nlnet(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmento
     kwargs.setdefault("aux", True)
     model = build_segmentor(
         lambda widths, k, **head_kwargs: NLHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, pretrained=pretrained, aux_head=partial(FCNHead, channels=256, in_index=-2), **kwargs,
+        num_classes=num_classes, aux_head=partial(FCNHead, channels=256, in_index=-2), **kwargs,
     )
     model.align_corners = False
     return model
 
 
-@register_model
-def nlnet_r50_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+@register_model(weights=_MMSEG)
+def nlnet_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """Non-local network, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
-    return build_variant(nlnet, "resnet50c", {}, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(nlnet, "resnet50c", {}, num_classes=num_classes, **kwargs)
 
 
-@register_model
-def nlnet_r101_d8(num_classes: int = 19, pretrained: bool = False, **kwargs) -> Segmentor:
+@register_model(weights=_MMSEG)
+def nlnet_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
     """Non-local network, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
-    return build_variant(nlnet, "resnet101c", {}, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return build_variant(nlnet, "resnet101c", {}, num_classes=num_classes, **kwargs)
