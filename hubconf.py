@@ -11,7 +11,9 @@ from pathlib import Path as _Path
 
 dependencies = ["torch", "torchvision", "timm", "safetensors", "numpy"]
 
-_sys.path.insert(0, str(_Path(__file__).resolve().parent / "src"))
+_SRC = str(_Path(__file__).resolve().parent / "src")
+if _SRC not in _sys.path:
+    _sys.path.insert(0, _SRC)
 
 from visattn.models import create_model as _create_model  # noqa: E402
 from visattn.models import list_models as _list_models  # noqa: E402
