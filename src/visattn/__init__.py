@@ -20,22 +20,29 @@ _LAZY = {
     "insert_attention": "visattn.models.insert",
     "timm_attn_layer": "visattn.models.insert",
     "load_official": "visattn.weights",
+    "from_pretrained": "visattn.hub",
+    "push_to_hub": "visattn.hub",
+    "save_pretrained": "visattn.hub",
 }
 
 __all__ = [
     "create_attention",
     "create_model",
+    "from_pretrained",
     "get_attention_class",
     "insert_attention",
     "list_attentions",
     "list_models",
     "load_official",
+    "push_to_hub",
+    "save_pretrained",
     "timm_attn_layer",
     "__version__",
 ]
 
 if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from .attention import create_attention, get_attention_class, list_attentions
+    from .hub import from_pretrained, push_to_hub, save_pretrained
     from .models import create_model, list_models
     from .models.insert import insert_attention, timm_attn_layer
     from .weights import load_official

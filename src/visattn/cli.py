@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "explain": "draw a segmentor's attention maps (PAM, CAM, CCA/RCCA, FLA, BAM, SGE, PSA) over an image",
     "plot": "draw a run's training curves (loss, mIoU, learning rate) as a PNG",
     "bench": "time and peak memory of attention modules: naive published code vs visattn",
+    "export": "export trained weights as ONNX (checked against onnxruntime) or a torch.export program (.pt2)",
 }
 
 

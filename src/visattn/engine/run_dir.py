@@ -263,9 +263,15 @@ def load_trained(run: str | os.PathLike | None = None, config: str | os.PathLike
                  weights: str | os.PathLike | None = None, overrides: Iterable[str] = (),
                  device: torch.device | str = "cpu", trust_code: bool = False) -> tuple[Config, nn.Module]:
     """``(config, model in eval mode)`` from ``run`` (its config.yaml and best weights) or from
-    ``config`` + ``weights``; ``weights`` overrides the run's. ``trust_code``: build a model the
-    config names as ``"module:builder"`` (importing that module runs its code)."""
+    ``config`` + ``weights``; ``weights`` overrides the run's. ``run`` may also be a directory saved by
+    :func:`visattn.save_pretrained` or a Hub id ``hf-hub:user/repo`` (:func:`visattn.hub.load_pretrained`).
+    ``trust_code``: build a model the config names as ``"module:builder"`` (importing that module runs
+    its code; never one a Hub config names)."""
     if run is not None:
+        from ..hub import is_pretrained_source, load_pretrained
+
+        if is_pretrained_source(run):
+            return load_pretrained(run, overrides, weights, device, trust_code)
         run = RunDir(run)
         cfg, origin = run.load_config(overrides), str(run.config)
         weights = weights or run.inference_weights()

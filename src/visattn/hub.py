@@ -1,0 +1,268 @@
+"""Trained models in the Hugging Face Hub layout: a directory (or Hub repository) holding
+``config.json`` and ``model.safetensors``.
+
+``config.json``::
+
+    {"model": "danet_r101_d8",          a registered model name (visattn.list_models())
+     "model_kwargs": {...},             keyword arguments of its builder
+     "num_classes": 19,
+     "task": "segmentation",            or "classification"
+     "classes": [...], "palette": [[r, g, b], ...],
+     "config": {...}}                   a training run's resolved config (data, eval), when saved from one
+
+``save_pretrained`` writes the layout from a model or a training run directory, ``push_to_hub``
+uploads it (:meth:`huggingface_hub.HfApi.upload_folder`), ``from_pretrained`` loads it from a
+directory or from ``"hf-hub:user/repo[@revision]"`` (:func:`huggingface_hub.hf_hub_download`, which
+reads the local Hugging Face cache first and only it under ``HF_HUB_OFFLINE=1``).
+
+Loading is as safe as loading a run directory: the model is built from a registered name (a config
+naming ``"module:builder"`` is refused: no code from a download is imported), and the weights are
+read from safetensors (nothing is unpickled).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .weights import atomic_write, load_weights, read_state_dict, save_state_dict
+
+if TYPE_CHECKING:
+    from .engine.config import Config
+
+__all__ = ["from_pretrained", "save_pretrained", "push_to_hub", "is_pretrained_source", "load_pretrained"]
+
+HUB_PREFIX = "hf-hub:"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_TASKS = ("segmentation", "classification")
+# Builder arguments naming the encoder weights training starts from: trained weights replace them, and
+# the file they name is the training machine's.
+_STARTING_WEIGHTS = ("pretrained_file",)
+
+
+def is_pretrained_source(source: str | os.PathLike) -> bool:
+    """``source`` is a Hub id (``hf-hub:user/repo``) or a directory of the Hub layout (``config.json``,
+    no run ``config.yaml``)."""
+    if str(source).startswith(HUB_PREFIX):
+        return True
+    path = Path(source)
+    return (path / CONFIG_NAME).is_file() and not (path / "config.yaml").exists()
+
+
+def _model_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k not in _STARTING_WEIGHTS}
+
+
+def _local_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
+    """The directory holding ``source``'s files: itself, or the Hub snapshot ``hf_hub_download`` finds
+    in the local cache or downloads into it."""
+    if not str(source).startswith(HUB_PREFIX):
+        path = Path(source)
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a directory saved by visattn.save_pretrained")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    from . import __version__
+
+    repo_id, _, pinned = str(source).removeprefix(HUB_PREFIX).partition("@")
+    try:
+        files = [hf_hub_download(repo_id, name, revision=pinned or revision, library_name="visattn",
+                                 library_version=__version__) for name in (CONFIG_NAME, WEIGHTS_NAME)]
+    except (OSError, ValueError) as err:  # not found, offline and not cached, an invalid id
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"cannot fetch {source}: {reason}") from err
+    return Path(files[0]).parent
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """``config.json`` at ``path``, checked: a registered model name, its keyword arguments, the
+    classes. Anything else is a :class:`ConfigError` naming the file."""
+    from .engine.config import ConfigError
+
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    name, kwargs, num_classes = config.get("model"), config.get("model_kwargs", {}), config.get("num_classes")
+    if not isinstance(name, str) or ":" in name:
+        raise ConfigError(f"'model' in {path} must be a registered model name (`visattn models`), got {name!r}; "
+                          "a downloaded config never names code to import")
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"'model_kwargs' in {path} must be an object, got {kwargs!r}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ConfigError(f"'num_classes' in {path} must be a positive integer, got {num_classes!r}")
+    if config.get("task", "segmentation") not in _TASKS:
+        raise ConfigError(f"'task' in {path} must be one of {', '.join(_TASKS)}, got {config['task']!r}")
+    classes = config.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != num_classes
+                                or not all(isinstance(c, str) for c in classes)):
+        raise ConfigError(f"'classes' in {path} must be {num_classes} names, got {classes!r}")
+    if not isinstance(config.get("config", {}), dict):
+        raise ConfigError(f"'config' in {path} must be an object")
+    return config
+
+
+def _run_config(config: dict[str, Any], origin: Path, overrides: Iterable[str]) -> Config:
+    """The run configuration ``config.json`` describes (validated as a run's): the recorded training
+    config when there is one, with the model section always from the checked top-level keys."""
+    from .engine.config import Config, _dataset_defaults, load_config, merge_config
+
+    task = config.get("task", "segmentation")
+    recipe = {k: v for k, v in config.get("config", {}).items() if k != "run"}
+    data = dict(recipe.get("data") or {})
+    if "dataset" not in data:  # a model saved on its own: its classes in a folder dataset
+        data["dataset"] = "folder" if task == "segmentation" else "imagefolder"
+        data = {**_dataset_defaults(data["dataset"]), "num_classes": config["num_classes"],
+                "classes": config.get("classes"), **data}
+    # where it trained is not where it loads
+    recipe["train"] = {**(recipe.get("train") or {}), "device": "auto"}
+    model = {"name": config["model"], "kwargs": _model_kwargs(config.get("model_kwargs", {})), "pretrained": False}
+    recipe.update(task=task, data=data, model=model)
+    base = merge_config(Config(), recipe, where=f" in {origin}")
+    return load_config(None, overrides, base=base)
+
+
+def load_pretrained(source: str | os.PathLike, overrides: Iterable[str] = (), weights: str | os.PathLike | None = None,
+                    device: torch.device | str = "cpu", trust_code: bool = False,
+                    revision: str | None = None) -> tuple[Config, nn.Module]:
+    """``(config, model in eval mode)`` from a Hub-layout directory or ``hf-hub:user/repo[@revision]``;
+    ``weights`` replaces its ``model.safetensors``, ``overrides`` (``key=value``) its config.
+    ``trust_code`` applies to an override naming ``module:builder`` only: the downloaded config never
+    names code."""
+    from .data import classes_and_palette
+    from .engine.build import build_model
+    from .engine.config import ConfigError
+
+    directory = _local_dir(source, revision)
+    origin = directory / CONFIG_NAME
+    config = _read_config(origin)
+    cfg = _run_config(config, origin, overrides)
+    classes, _ = classes_and_palette(cfg.data)
+    if len(classes) != config["num_classes"]:
+        raise ConfigError(f"{origin}: num_classes {config['num_classes']} but its dataset "
+                          f"{cfg.data.dataset!r} has {len(classes)} classes")
+    model = build_model(cfg.model, len(classes), pretrained=False, trust_code=trust_code, origin=str(origin))
+    weights = Path(weights) if weights is not None else directory / WEIGHTS_NAME
+    if weights.suffix != ".safetensors":
+        raise ConfigError(f"{weights}: weights of a pretrained directory are read from .safetensors files only")
+    load_weights(model, weights)
+    model.hub_config = config
+    return cfg, model.to(device).eval()
+
+
+def from_pretrained(source: str | os.PathLike, *, revision: str | None = None,
+                    device: torch.device | str = "cpu") -> nn.Module:
+    """The model saved by :func:`save_pretrained` in directory ``source``, or in the Hub repository
+    ``"hf-hub:user/repo"`` (``"hf-hub:user/repo@revision"`` or ``revision`` pins a branch, tag or
+    commit), in eval mode on ``device``. Its ``hub_config`` attribute holds the ``config.json``
+    (classes, palette), which :func:`save_pretrained` and :func:`push_to_hub` reuse."""
+    return load_pretrained(source, device=device, revision=revision)[1]
+
+
+def _same_shapes(model: nn.Module, name: str, kwargs: dict, num_classes: int) -> bool:
+    """Whether ``create_model(name, num_classes, **kwargs)`` has ``model``'s state-dict keys and
+    shapes (built on the meta device: no memory, no weights read)."""
+    from .models import create_model
+
+    try:
+        with torch.device("meta"):
+            fresh = create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
+    except (RuntimeError, NotImplementedError):  # an operation the meta device lacks: cannot tell
+        return True
+    shapes = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    return shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _model_config(model: nn.Module, model_name: str | None, model_kwargs: dict | None, num_classes: int | None,
+                  classes: Sequence[str] | None, palette: Sequence[Sequence[int]] | None) -> dict[str, Any]:
+    from .models.segmentation.base import Segmentor
+
+    known = dict(getattr(model, "hub_config", None) or {})
+    if model_name not in (None, known.get("model")):
+        known = {}
+    config = {**known, **{k: v for k, v in {"model": model_name, "model_kwargs": model_kwargs,
+                                            "num_classes": num_classes, "classes": classes, "palette": palette}.items()
+                          if v is not None}}
+    if "model" not in config or "num_classes" not in config:
+        raise ValueError("save_pretrained needs model_name= and num_classes= (and model_kwargs=) for a model "
+                         "not loaded by from_pretrained: the registered name and arguments that rebuild it")
+    config["model_kwargs"] = _model_kwargs(config.get("model_kwargs") or {})
+    config.setdefault("task", "segmentation" if isinstance(model, Segmentor) else "classification")
+    if ":" in config["model"]:
+        raise ValueError(f"model {config['model']!r} is not a registered name: the Hub layout rebuilds models "
+                         "from registered names only")
+    if config.get("classes") is not None and len(config["classes"]) != config["num_classes"]:
+        raise ValueError(f"{len(config['classes'])} classes given for num_classes={config['num_classes']}")
+    if not _same_shapes(model, config["model"], config["model_kwargs"], config["num_classes"]):
+        raise ValueError(f"the model's weights do not fit create_model({config['model']!r}, "
+                         f"num_classes={config['num_classes']}, **{config['model_kwargs']!r}): "
+                         "give the model_name, model_kwargs and num_classes it was built with")
+    return config
+
+
+def _run_config_json(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """``config.json`` of a training run and the weights it offers for inference."""
+    from .data import classes_and_palette
+    from .engine.run_dir import RunDir
+
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    if ":" in cfg.model.name:
+        raise ValueError(f"run {run} builds {cfg.model.name!r}, not a registered model: the Hub layout rebuilds "
+                         "models from registered names only")
+    classes, palette = classes_and_palette(cfg.data)
+    recipe = {k: v for k, v in cfg.to_dict().items() if k != "run"}
+    config = {"model": cfg.model.name, "model_kwargs": _model_kwargs(cfg.model.kwargs), "num_classes": len(classes),
+              "task": cfg.task, "classes": list(classes), "palette": [list(c) for c in palette], "config": recipe}
+    return config, run.inference_weights()
+
+
+def save_pretrained(model_or_run: nn.Module | str | os.PathLike, directory: str | os.PathLike, *,
+                    model_name: str | None = None, model_kwargs: dict | None = None, num_classes: int | None = None,
+                    classes: Sequence[str] | None = None,
+                    palette: Sequence[Sequence[int]] | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` and return it.
+
+    ``model_or_run``: a training run directory (its config and best weights; classes, palette and
+    recipe come along), or a model. A model needs the registered ``model_name``, ``model_kwargs``
+    and ``num_classes`` that rebuild it with :func:`visattn.create_model` (checked against its
+    weights), unless :func:`from_pretrained` loaded it; ``classes`` and ``palette`` are optional.
+    """
+    if isinstance(model_or_run, nn.Module):
+        config = _model_config(model_or_run, model_name, model_kwargs, num_classes, classes, palette)
+        state = model_or_run.state_dict()
+    else:
+        config, weights = _run_config_json(model_or_run)
+        state = read_state_dict(weights)
+    directory = Path(directory)
+    save_state_dict(state, directory / WEIGHTS_NAME)
+    text = json.dumps(config, indent=1) + "\n"
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def push_to_hub(model_or_run: nn.Module | str | os.PathLike, repo_id: str, *, private: bool | None = None,
+                token: str | None = None, revision: str | None = None,
+                commit_message: str = "Upload visattn model", **save_kwargs) -> str:
+    """:func:`save_pretrained` into a temporary directory, then upload it to the Hub repository
+    ``repo_id`` (``user/repo``, created if missing); returns the commit's URL. ``save_kwargs`` go to
+    :func:`save_pretrained`."""
+    from huggingface_hub import HfApi
+
+    repo_id = repo_id.removeprefix(HUB_PREFIX)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model_or_run, tmp, **save_kwargs)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+    return str(getattr(commit, "commit_url", commit))
