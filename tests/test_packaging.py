@@ -120,10 +120,10 @@ def test_dependencies_have_floors_and_no_upper_bounds():
     assert [r for r in requirements if ">=" not in r and not r.startswith("visattn[")] == []
     assert sorted(map(_name, project["dependencies"])) == sorted(
         ["numpy", "pillow", "pyyaml", "safetensors", "timm", "torch", "torchmetrics", "torchvision", "tqdm"])
-    assert extras["all"] == ["visattn[viz,tensorboard,demo]"]
-    assert {"viz", "tensorboard", "demo"} <= set(extras)
-    assert "visattn[all]" in extras["dev"]
-    assert {"pytest", "onnx", "onnxruntime", "onnxscript"} <= set(map(_name, extras["dev"]))
+    assert extras["all"] == ["visattn[viz,tensorboard,demo,export]"]
+    assert {"viz", "tensorboard", "demo", "export"} <= set(extras)
+    assert "visattn[all]" in extras["dev"] and "pytest" in set(map(_name, extras["dev"]))
+    assert {"onnx", "onnxruntime", "onnxscript"} == set(map(_name, extras["export"]))
 
 
 def test_build_backend_supports_the_license_string():

@@ -44,7 +44,7 @@ WEIGHTS_NAME = "model.safetensors"
 _TASKS = ("segmentation", "classification")
 # Builder arguments naming the encoder weights training starts from: trained weights replace them, and
 # the file they name is the training machine's.
-_STARTING_WEIGHTS = ("pretrained_file",)
+_STARTING_WEIGHTS = ("pretrained_file", "encoder_weights")
 
 
 def is_pretrained_source(source: str | os.PathLike) -> bool:

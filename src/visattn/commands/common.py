@@ -7,7 +7,8 @@ import argparse
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--run RUN_DIR`` (or ``--config`` + ``--weights``), ``--set``, ``--device`` and ``--trust-code``."""
-    parser.add_argument("--run", metavar="RUN_DIR", help="a training run directory (its config.yaml and best weights)")
+    parser.add_argument("--run", metavar="RUN_DIR", help="a training run directory (its config.yaml and best weights), "
+                        "a save_pretrained directory, or hf-hub:user/repo")
     parser.add_argument("--config", help="YAML recipe (with --weights, instead of --run)")
     parser.add_argument("--weights", help="weights file (.safetensors or torch.save); default: the run's best")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"visattn eval: error: {err}", file=sys.stderr)
         return 2
     print(format_table(result, classes))
-    out = Path(args.output) if args.output else (Path(args.run) if args.run else Path(".")) / f"eval_{split}.json"
+    run_is_dir = args.run is not None and Path(args.run).is_dir()  # not a hf-hub: id
+    out = Path(args.output) if args.output else (Path(args.run) if run_is_dir else Path(".")) / f"eval_{split}.json"
     record = {"split": split, "dataset": cfg.data.dataset, "model": dataclasses.asdict(cfg.model), **kwargs, **result}
     if "per_class_iou" in result:
         record["per_class_iou"] = dict(zip(classes, result["per_class_iou"]))

@@ -68,11 +68,9 @@ def max_abs_error(path: str | Path, fmt: str, model, x) -> tuple[float, float]:
 
 
 def _onnx_session(path: str | Path):
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError("checking an ONNX export needs onnxruntime: pip install onnxruntime") from None
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from visattn._extras import require
+
+    return require("onnxruntime", extra="export").InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def _input_size(cfg, size: list[int] | None) -> tuple[int, int]:
@@ -89,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if args.format == "onnx" and missing:
-        print(f"visattn export: error: ONNX export needs {', '.join(missing)}: pip install {' '.join(missing)}",
+        print(f"visattn export: error: ONNX export needs {', '.join(missing)}: pip install 'visattn[export]'",
               file=sys.stderr)
         return 2
     try:
