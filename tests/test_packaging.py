@@ -119,7 +119,8 @@ def test_dependencies_have_floors_and_no_upper_bounds():
     assert [r for r in requirements if "<" in r or "==" in r or "~=" in r] == []
     assert [r for r in requirements if ">=" not in r and not r.startswith("visattn[")] == []
     assert sorted(map(_name, project["dependencies"])) == sorted(
-        ["numpy", "pillow", "pyyaml", "safetensors", "timm", "torch", "torchmetrics", "torchvision", "tqdm"])
+        ["huggingface_hub", "numpy", "pillow", "pyyaml", "safetensors", "timm", "torch", "torchmetrics", "torchvision",
+         "tqdm"])
     assert extras["all"] == ["visattn[viz,tensorboard,demo,export]"]
     assert {"viz", "tensorboard", "demo", "export"} <= set(extras)
     assert "visattn[all]" in extras["dev"] and "pytest" in set(map(_name, extras["dev"]))
