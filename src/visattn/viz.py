@@ -1,4 +1,4 @@
-"""Pictures: attention maps over the image, predictions with a legend, training curves.
+"""Pictures: attention maps over the image, predictions with a legend, training curves, confusion matrices.
 
 Two layers, so that what is drawn can be tested against what the modules return:
 
@@ -37,10 +37,12 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
 __all__ = [
     "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
     "to_feature", "to_image", "upsample", "render_attention_map", "save_prediction", "plot_metrics",
-    "read_metrics", "figure_size", "PANEL_PX",
+    "read_metrics", "save_confusion_matrix", "CONFUSION_PX", "MAX_TICK_LABELS", "figure_size", "PANEL_PX",
 ]
 
 PANEL_PX = 256  # pixel size of one square panel; a figure is a row of panels
+CONFUSION_PX = 800  # width and height of a confusion-matrix picture
+MAX_TICK_LABELS = 40  # more classes than this: every k-th class is named on the axes
 _DPI = 100
 
 
@@ -245,6 +247,33 @@ def plot_metrics(run: str | os.PathLike, path: str | os.PathLike) -> Path:
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def save_confusion_matrix(matrix: Sequence[Sequence[int]] | np.ndarray, classes: Sequence[str],
+                          path: str | os.PathLike, title: str = "confusion matrix") -> Path:
+    """Draw a ``(K, K)`` confusion matrix of pixel counts (rows: ground truth, columns: prediction)
+    row-normalised (each row: where that class's pixels went; rows without pixels stay empty) into a
+    ``CONFUSION_PX`` square PNG. Both axes name every class up to ``MAX_TICK_LABELS`` classes, else
+    every k-th one so that at most ``MAX_TICK_LABELS`` names are drawn."""
+    require("matplotlib", extra="viz")
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    rows = counts.sum(1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.full_like(counts, np.nan), where=rows > 0)
+    fig = Figure(figsize=(CONFUSION_PX / _DPI, CONFUSION_PX / _DPI), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    _colorbar(fig, ax, im)
+    step = math.ceil(len(classes) / MAX_TICK_LABELS)
+    ticks = np.arange(0, len(classes), step)
+    fontsize = 7 if len(classes) <= 20 else 5
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=fontsize)
+    ax.set_xlabel("prediction", fontsize=8)
+    ax.set_ylabel("ground truth", fontsize=8)
+    ax.set_title(f"{title} (row-normalised)", fontsize=9)
     return _save(fig, path)
 
 

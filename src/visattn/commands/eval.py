@@ -1,6 +1,9 @@
-"""``visattn eval``: mIoU, per-class IoU and pixel accuracy (or top-1/top-5) of trained weights.
+"""``visattn eval``: per-class IoU, accuracy and Dice, mIoU, mAcc, mDice, pixel accuracy and the
+confusion matrix (or top-1/top-5) of trained weights (see :mod:`visattn.engine.metrics`).
 
-Single or multi-scale (+ flip), whole image or sliding window; prints a table and writes JSON.
+Single or multi-scale (+ flip), whole image or sliding window; prints the tables, writes JSON and,
+for segmentation, the row-normalised confusion matrix as ``confusion_<split>.png`` next to the JSON
+(when matplotlib is installed).
 ``--save-predictions DIR`` also writes each prediction, named after the dataset's image files (by
 default in the dataset's own label ids, e.g. Cityscapes ``*_labelIds.png`` for the benchmark server;
 see :mod:`visattn.engine.predictions`).
@@ -15,6 +18,9 @@ from pathlib import Path
 
 from visattn.commands.common import add_run_arguments, add_segment_arguments, segment_kwargs
 from visattn.commands.predict import add_format_argument
+
+
+MAX_PRINTED_CONFUSION = 20  # more classes than this: the confusion matrix is in the JSON and the PNG only
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from visattn.data import build_dataset, classes_and_palette
     from visattn.engine.config import ConfigError
     from visattn.engine.distributed import resolve_device
-    from visattn.engine.metrics import evaluate, format_table
+    from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
     from visattn.engine.run_dir import load_trained
 
@@ -59,12 +65,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"visattn eval: error: {err}", file=sys.stderr)
         return 2
     print(format_table(result, classes))
+    if "confusion_matrix" in result and len(classes) <= MAX_PRINTED_CONFUSION:
+        print(format_confusion_matrix(result["confusion_matrix"], classes))
     run_is_dir = args.run is not None and Path(args.run).is_dir()  # not a hf-hub: id
     out = Path(args.output) if args.output else (Path(args.run) if run_is_dir else Path(".")) / f"eval_{split}.json"
     record = {"split": split, "dataset": cfg.data.dataset, "model": dataclasses.asdict(cfg.model), **kwargs, **result}
-    if "per_class_iou" in result:
-        record["per_class_iou"] = dict(zip(classes, result["per_class_iou"]))
+    for key in ("per_class_iou", "per_class_acc", "per_class_dice"):
+        if key in result:
+            record[key] = dict(zip(classes, result[key]))
+    if "confusion_matrix" in result:
+        record["classes"] = list(classes)  # names the rows (ground truth) and columns (prediction)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}" + (f" and the predictions under {args.save_predictions}" if args.save_predictions else ""))
+    if "confusion_matrix" in result:
+        _save_confusion_picture(result["confusion_matrix"], classes, out.parent / f"confusion_{split}.png", split)
     return 0
+
+
+def _save_confusion_picture(matrix, classes, path: Path, split: str) -> None:
+    from visattn._extras import MissingExtraError
+    from visattn.viz import save_confusion_matrix
+
+    try:
+        save_confusion_matrix(matrix, classes, path, title=f"{split} confusion matrix")
+    except MissingExtraError as err:
+        print(f"visattn eval: no {path.name} ({err})", file=sys.stderr)
+        return
+    print(f"wrote {path}")

@@ -59,7 +59,7 @@ from .distributed import DistInfo, cleanup_distributed, init_distributed, resolv
 from .inference import segment_options
 from .losses import weighted_loss
 from .metrics import evaluate as evaluate_model
-from .metrics import format_table
+from .metrics import PER_CLASS_KEYS, format_table
 from .run_dir import RunDir
 
 __all__ = ["train", "Trainer", "AMP_DTYPES", "FIXED_ON_RESUME", "NonFiniteLossError"]
@@ -412,7 +412,7 @@ class Trainer:
         metrics = evaluate_model(_unwrap(self.model), self.val_loader, len(self.classes), self.cfg.task, self.device,
                                  self.amp, **self.segment_options)
         if self.info.is_main:
-            self.log.write({"step": self.step, **{k: v for k, v in metrics.items() if k != "per_class_iou"}}, "val")
+            self.log.write({"step": self.step, **{k: v for k, v in metrics.items() if k not in PER_CLASS_KEYS}}, "val")
             if metrics[self.key_metric] > self.best:
                 self.best = metrics[self.key_metric]
                 self.run.save_best(_unwrap(self.model), {"step": self.step, **metrics})
