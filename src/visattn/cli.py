@@ -20,7 +20,7 @@ from visattn._extras import MissingExtraError
 COMMANDS: dict[str, str] = {
     "demo": "build every attention module, run it once and print a table",
     "train": "train a model from a YAML recipe (no arguments: a small segmentor on digit scenes)",
-    "eval": "evaluate trained weights: mIoU, per-class IoU, pixel accuracy (or top-1/top-5)",
+    "eval": "evaluate trained weights: mIoU, mAcc, mDice, per-class scores, confusion matrix (or top-1/top-5)",
     "predict": "segment images, folders or globs into colour masks and overlays",
     "models": "list registered models with their parameter counts",
     "explain": "draw a segmentor's attention maps (PAM, CAM, CCA/RCCA, FLA, BAM, SGE, PSA) over an image",
