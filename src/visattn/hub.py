@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .models.registry import without_starting_weights
 from .weights import atomic_write, load_weights, read_state_dict, save_state_dict
 
 if TYPE_CHECKING:
@@ -42,9 +43,6 @@ HUB_PREFIX = "hf-hub:"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _TASKS = ("segmentation", "classification")
-# Builder arguments naming the encoder weights training starts from: trained weights replace them, and
-# the file they name is the training machine's.
-_STARTING_WEIGHTS = ("pretrained_file", "encoder_weights")
 
 
 def is_pretrained_source(source: str | os.PathLike) -> bool:
@@ -54,10 +52,6 @@ def is_pretrained_source(source: str | os.PathLike) -> bool:
         return True
     path = Path(source)
     return (path / CONFIG_NAME).is_file() and not (path / "config.yaml").exists()
-
-
-def _model_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if k not in _STARTING_WEIGHTS}
 
 
 def _local_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
@@ -126,7 +120,7 @@ def _run_config(config: dict[str, Any], origin: Path, overrides: Iterable[str]) 
                 "classes": config.get("classes"), **data}
     # where it trained is not where it loads
     recipe["train"] = {**(recipe.get("train") or {}), "device": "auto"}
-    model = {"name": config["model"], "kwargs": _model_kwargs(config.get("model_kwargs", {})), "pretrained": False}
+    model = {"name": config["model"], "kwargs": without_starting_weights(config.get("model_kwargs", {})), "pretrained": False}
     recipe.update(task=task, data=data, model=model)
     base = merge_config(Config(), recipe, where=f" in {origin}")
     return load_config(None, overrides, base=base)
@@ -196,7 +190,7 @@ def _model_config(model: nn.Module, model_name: str | None, model_kwargs: dict |
     if "model" not in config or "num_classes" not in config:
         raise ValueError("save_pretrained needs model_name= and num_classes= (and model_kwargs=) for a model "
                          "not loaded by from_pretrained: the registered name and arguments that rebuild it")
-    config["model_kwargs"] = _model_kwargs(config.get("model_kwargs") or {})
+    config["model_kwargs"] = without_starting_weights(config.get("model_kwargs") or {})
     config.setdefault("task", "segmentation" if isinstance(model, Segmentor) else "classification")
     if ":" in config["model"]:
         raise ValueError(f"model {config['model']!r} is not a registered name: the Hub layout rebuilds models "
@@ -222,7 +216,7 @@ def _run_config_json(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
                          "models from registered names only")
     classes, palette = classes_and_palette(cfg.data)
     recipe = {k: v for k, v in cfg.to_dict().items() if k != "run"}
-    config = {"model": cfg.model.name, "model_kwargs": _model_kwargs(cfg.model.kwargs), "num_classes": len(classes),
+    config = {"model": cfg.model.name, "model_kwargs": without_starting_weights(cfg.model.kwargs), "num_classes": len(classes),
               "task": cfg.task, "classes": list(classes), "palette": [list(c) for c in palette], "config": recipe}
     return config, run.inference_weights()
 

@@ -6,6 +6,7 @@ import importlib
 import torch
 from torch import nn
 
+from ..models.registry import without_starting_weights
 from .config import ModelConfig, TrainConfig
 
 __all__ = ["build_model", "build_optimizer", "build_scheduler", "LRSchedule"]
@@ -18,10 +19,7 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = No
     config came from, names it in the refusal). ``pretrained`` overrides ``cfg.pretrained``;
     ``pretrained=False`` (trained weights replace them anyway) also leaves the encoder's weights
     (``encoder_weights``, ``pretrained_file``) unread."""
-    kwargs = dict(cfg.kwargs)
-    if pretrained is False:
-        kwargs.pop("encoder_weights", None)
-        kwargs.pop("pretrained_file", None)
+    kwargs = without_starting_weights(cfg.kwargs) if pretrained is False else dict(cfg.kwargs)
     pretrained = cfg.pretrained if pretrained is None else pretrained
     if ":" in cfg.name:
         module, fn = cfg.name.split(":", 1)

@@ -22,9 +22,19 @@ from ..weights import load_weights, read_state_dict
 
 __all__ = [
     "Weights", "register_model", "create_model", "list_models", "is_model", "released_weights", "load_pretrained",
+    "without_starting_weights",
 ]
 
 Pretrained = bool | str | os.PathLike
+
+# Builder arguments naming the encoder weights training starts from: trained weights replace them,
+# and a file they name is the training machine's.
+STARTING_WEIGHT_ARGUMENTS = ("encoder_weights", "pretrained_file")
+
+
+def without_starting_weights(kwargs: Mapping) -> dict:
+    """Builder arguments less :data:`STARTING_WEIGHT_ARGUMENTS`: what rebuilds a trained model."""
+    return {k: v for k, v in kwargs.items() if k not in STARTING_WEIGHT_ARGUMENTS}
 
 
 @dataclass(frozen=True)
