@@ -108,3 +108,20 @@ def signal_during(point: str, nth: int, signum: int):
     finally:
         trainer.build_model, run_dir.atomic_write = build_model, atomic_write
         update_hook.remove()
+
+
+def make_run(path, num_classes: int = 11, *overrides: str) -> str:
+    """A finished run directory at ``path`` holding a seeded ``TinySeg``'s weights as its best ones
+    (model name ``tinyseg:build``: loading it needs ``trust_code``); ``overrides``: config ``key=value``."""
+    import torch
+
+    from visattn.engine.config import load_config
+    from visattn.engine.run_dir import RunDir
+    from visattn.weights import save_state_dict
+
+    run = RunDir(path)
+    run.write_config(load_config(None, ["model.name=tinyseg:build", "model.kwargs={}", f"run.dir={run.path}",
+                                        "data.workers=0", *overrides]))
+    torch.manual_seed(0)
+    save_state_dict(TinySeg(num_classes).state_dict(), run.best_weights)
+    return str(run.path)

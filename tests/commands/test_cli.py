@@ -1,7 +1,6 @@
 """CLI: train with --set on a tiny config, config errors, eval JSON, predict PNGs, models list.
 Every command that reads a run takes --run RUN_DIR; every command that writes files takes --output."""
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

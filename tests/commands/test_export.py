@@ -8,22 +8,16 @@ from helpers import randomize_
 import visattn
 from visattn.cli import main
 from visattn.commands.export import export, max_abs_error
-from visattn.engine.config import load_config
-from visattn.engine.run_dir import RunDir, load_trained
+from visattn.engine.run_dir import load_trained
 from visattn.models import create_model
-from visattn.weights import save_state_dict
-from tinyseg import TinySeg
+from tinyseg import make_run
 
 TOLERANCE = 1e-4  # of the logits' range
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    run = RunDir(tmp_path_factory.mktemp("export") / "run")
-    run.write_config(load_config(None, ["model.name=tinyseg:build", "model.kwargs={}", f"run.dir={run.path}"]))
-    torch.manual_seed(0)
-    save_state_dict(TinySeg(11).state_dict(), run.best_weights)
-    return str(run.path)
+    return make_run(tmp_path_factory.mktemp("export") / "run")
 
 
 def _within_tolerance(path, fmt, model, x) -> bool:

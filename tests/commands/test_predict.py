@@ -14,26 +14,17 @@ from visattn.data import classes_and_palette, image_to_tensor, voc_palette
 from visattn.engine.config import DataConfig, load_config
 from visattn.engine.run_dir import RunDir, load_trained
 from visattn.weights import save_state_dict
-from tinyseg import TinyCls, TinySeg
-
-
-def _make_run(path, num_classes, *overrides):
-    run = RunDir(path)
-    run.write_config(load_config(None, ["model.name=tinyseg:build", "model.kwargs={}", f"run.dir={run.path}",
-                                        "data.workers=0", *overrides]))
-    torch.manual_seed(0)
-    save_state_dict(TinySeg(num_classes).state_dict(), run.best_weights)
-    return str(run.path)
+from tinyseg import TinyCls, make_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return _make_run(tmp_path_factory.mktemp("predict") / "run", 11)
+    return make_run(tmp_path_factory.mktemp("predict") / "run", 11)
 
 
 @pytest.fixture(scope="module")
 def cityscapes_run(tmp_path_factory):
-    return _make_run(tmp_path_factory.mktemp("predict") / "cityscapes", 19, "data.dataset=cityscapes")
+    return make_run(tmp_path_factory.mktemp("predict") / "cityscapes", 19, "data.dataset=cityscapes")
 
 
 def _image(path, seed, size=(20, 14)):
@@ -142,7 +133,7 @@ def test_trainids_color_and_overlay_formats(tmp_path, run):
 
 @pytest.mark.parametrize("dataset, num_classes", [("ade20k", 150), ("voc", 21)])
 def test_ade20k_and_voc_labelids(tmp_path, dataset, num_classes):
-    run = _make_run(tmp_path / "run", num_classes, f"data.dataset={dataset}")
+    run = make_run(tmp_path / "run", num_classes, f"data.dataset={dataset}")
     image = _image(tmp_path / "in/2007_000032.jpg", 1)
     assert _predict(run, tmp_path / "out", image, "--format", "labelids") == 0
     written = Image.open(tmp_path / "out/2007_000032_labelIds.png")

@@ -157,7 +157,7 @@ def test_resume_after_ctrl_c_is_bit_identical(tmp_path):
     # dropout exercises the RNG; accumulation + interrupt in the middle of a step and of an epoch
     common = TINY + ["model.kwargs.dropout=0.3", "train.accum_steps=2", "train.ckpt_every=100", "data.flip=true",
                      "train.warmup_iters=2"]
-    straight = train(load_config(None, common + [f"run.dir={tmp_path / 'a'}"]), quiet=True, trust_code=True)
+    train(load_config(None, common + [f"run.dir={tmp_path / 'a'}"]), quiet=True, trust_code=True)
     cfg = load_config(None, common + [f"run.dir={tmp_path / 'b'}", "model.kwargs.interrupt_after=5"])
     stopped = train(cfg, quiet=True, trust_code=True)
     assert stopped["interrupted"] and stopped["step"] == 2

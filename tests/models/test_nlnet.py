@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from helpers import randomize_, rel_err
 from visattn._official.mmcv import COUNTERPARTS
-import visattn
 from visattn.models.segmentation.nlnet import NLHead, nlnet, nlnet_r50_d8
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
