@@ -40,6 +40,8 @@ __all__ = ["Config", "ModelConfig", "DataConfig", "DigitsConfig", "TrainConfig",
            "ConfigError", "RULES", "load_config", "validate_config", "apply_overrides", "merge_config", "dump_config"]
 
 _DEFAULT_DATASET = DATASETS["digits"]
+LOSSES = ("ce", "ohem", "dice", "focal", "lovasz")  # the terms train.loss may weight
+CLASS_WEIGHTINGS = ("median_frequency", "inverse_sqrt_frequency")  # computed from the training masks
 
 
 @dataclass
@@ -103,11 +105,20 @@ class TrainConfig:
     min_lr: float = 0.0
     head_lr_mult: float = 1.0  # lr multiplier of everything but model.encoder (DANet: 10)
     loss_weights: dict[str, float] | None = None  # null: the model's loss_weights
-    ohem: bool = False
+    # weighted sum of ce | ohem | dice | focal | lovasz, e.g. {ce: 1, dice: 1}; null: {ce: 1} ({ohem: 1} with ohem)
+    loss: dict[str, float] | None = None
+    class_weights: list[float] | str | None = None  # per class, or median_frequency | inverse_sqrt_frequency
+    focal_gamma: float = 2.0
+    ohem: bool = False  # short for loss: {ohem: 1}
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100000  # per process and micro-batch
     label_smoothing: float = 0.0
     amp: str | None = None  # null | bf16 | fp16
+    clip_grad: float | None = None  # max norm of all gradients together
+    ema: float | None = None  # decay of an exponential moving average of the weights, evaluated and saved
+    grad_checkpointing: bool = False  # the encoder's (timm set_grad_checkpointing)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model (falls back to eager with a warning)
     sync_bn: bool = True  # SyncBatchNorm under DDP on CUDA
     seed: int = 0
     deterministic: bool = False
@@ -383,10 +394,19 @@ RULES: dict[str, Rule] = {
     "train.min_lr": _at_least(0),  # and <= lr
     "train.head_lr_mult": _above(0),
     "train.loss_weights": Rule(lambda v: all(w >= 0 for w in v.values()), "a mapping of output names to numbers >= 0"),
+    "train.loss": Rule(lambda v: bool(v) and set(v) <= set(LOSSES) and all(w >= 0 for w in v.values())
+                       and any(w > 0 for w in v.values()),
+                       f"a mapping of {', '.join(LOSSES)} to numbers >= 0, not all 0"),
+    "train.class_weights": Rule(lambda v: v in CLASS_WEIGHTINGS if isinstance(v, str) else
+                                bool(v) and all(w >= 0 for w in v),
+                                f"{', '.join(CLASS_WEIGHTINGS)} or a list of numbers >= 0, one per class"),
+    "train.focal_gamma": _at_least(0),
     "train.ohem_thresh": _within(0, 1),
     "train.ohem_min_kept": _COUNT,
     "train.label_smoothing": _within(0, 1, high_open=True),
     "train.amp": _one_of("bf16", "fp16"),
+    "train.clip_grad": _above(0),
+    "train.ema": _within(0, 1, high_open=True),
     "train.seed": _COUNT,
     "train.device": Rule(_is_device_name, "auto, cpu, cuda, cuda:N or mps"),  # and present on this machine
     "train.log_every": _POSITIVE_INT,
@@ -462,6 +482,8 @@ def validate_config(cfg: Config) -> Config:
                        f"a multiple of train.accum_steps x processes = {t.accum_steps} x {processes}", t.batch_size)
     if t.min_lr > t.lr:
         raise _invalid("train.min_lr", f"a number in [0, train.lr] = [0, {t.lr}]", t.min_lr)
+    if t.ohem and t.loss is not None and "ohem" not in t.loss:
+        raise _invalid("train.ohem", f"false when train.loss is given without an ohem term ({t.loss})", t.ohem)
     if t.optimizer == "sgd" and t.nesterov and t.momentum == 0:
         raise _invalid("train.nesterov", "false when train.momentum is 0 (Nesterov needs momentum)", t.nesterov)
     if digits.digit_size[1] > digits.size:
