@@ -1,6 +1,8 @@
 """``visattn train``: train from a YAML recipe with ``--set`` overrides; DDP under ``torchrun``.
 
-With no arguments it trains the default small segmentor on the embedded digit scenes.
+With no arguments it trains the default small segmentor on the embedded digit scenes. With
+``--print-config`` it prints the resolved config (defaults, the recipe with its ``_base_`` files,
+``--set``) as YAML and stops there: nothing is trained or written.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default: run.dir, else a new one under run.root)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (recipe, its bases and --set applied) as YAML and exit")
     add_trust_code_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from visattn.engine.config import ConfigError, load_config
+    from visattn.engine.config import ConfigError, dump_config, load_config
     from visattn.engine.run_dir import RunDir
     from visattn.engine.trainer import train
 
@@ -40,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
             cfg = load_config(args.config, args.overrides)
         if args.output:
             cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=args.output))
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return 0
         if main and not args.quiet:
             t = cfg.train
             length = f"{t.epochs} epochs" if t.epochs else f"{t.iters} steps"
