@@ -1,16 +1,19 @@
 """Config: every recipe in configs/ resolves to the values pinned in resolved_configs.json (same
-keys, values and value types), unknown keys are named with the closest valid one, and a recipe's
-dataset brings its own augmentation defaults."""
+keys, values and value types), every file in configs/_base_ serves a recipe, unknown keys are named
+with the closest valid one, and a recipe's dataset brings its own augmentation defaults."""
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from visattn.engine.config import ConfigError, load_config
 
 HERE = Path(__file__).parent
+CONFIGS = HERE.parents[1] / "configs"
 RESOLVED = json.loads((HERE / "resolved_configs.json").read_text())
-RECIPES = sorted((HERE.parents[1] / "configs").glob("*.yaml"))
+RECIPES = sorted(CONFIGS.glob("*.yaml"))  # the recipes; configs/_base_/ holds the files they build on
+BASES = sorted((CONFIGS / "_base_").rglob("*.yaml"))
 
 
 def _same(a, b, path="cfg"):
@@ -33,6 +36,20 @@ def test_every_recipe_is_pinned():
     for a, b in (({"x": 1}, {"x": 1.0}), ({"x": [1]}, {"x": (1,)}), ({"x": 1, "y": 2}, {"y": 2, "x": 1})):
         with pytest.raises(AssertionError):
             _same(a, b)
+
+
+def test_every_base_serves_a_recipe():
+    named, todo = set(), list(RECIPES)
+    while todo:
+        path = todo.pop()
+        bases = yaml.safe_load(path.read_text()).get("_base_", [])
+        for base in [bases] if isinstance(bases, str) else bases:
+            base = (path.parent / base).resolve()
+            assert base.is_file(), f"{path} names {base}"
+            if base not in named:
+                named.add(base)
+                todo.append(base)
+    assert BASES and sorted(named) == [p.resolve() for p in BASES]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
