@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file
 from torch import nn
 
 from visattn.data import DATASETS
 from visattn.engine import LRSchedule, SegmentationMetrics, build_optimizer, segment, train
-from visattn.engine.config import ConfigError, load_config
+from visattn.engine.config import ConfigError, load_config, read_recipe
 from visattn.engine.losses import cross_entropy, ohem_cross_entropy, weighted_loss
 
 HERE = Path(__file__).parent
@@ -216,7 +215,7 @@ def test_recipes_load_and_name_registered_models(recipe):
     if recipe.stem == "digits_danet":  # the no-argument run, written out
         assert cfg == load_config()
     else:  # the papers' recipes train with SGD, whatever the defaults say
-        assert yaml.safe_load(recipe.read_text())["train"]["optimizer"] == "sgd"
+        assert read_recipe(recipe)["train"]["optimizer"] == "sgd"
 
 
 def test_optimizer_choice():
