@@ -393,3 +393,33 @@ def test_predict_on_the_device(tmp_path, run, device):
     expected = np.stack([_expected_mask(run, image) for image in images])
     got = _trainids(run, tmp_path / "out", images, "--device", str(device), "--batch-size", "2")
     assert (got == expected).mean() >= (1.0 if device.type == "cpu" else 0.99)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".avi", ".webm"])
+def test_write_video_round_trip(tmp_path, suffix):
+    pytest.importorskip("av")
+    from visattn.data.video import VideoReader, write_video
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    frames = [np.full((11, 17, 3), colour, np.uint8) for colour in colours]  # odd size: stored as 4:4:4
+    assert write_video(tmp_path / f"v{suffix}", frames, 12.5) == 3
+    with VideoReader(tmp_path / f"v{suffix}") as reader:
+        decoded = list(reader)
+        assert reader.fps == 12.5 and reader.size == (17, 11)
+    assert len(decoded) == 3
+    for frame, colour in zip(decoded, colours):
+        assert frame.shape == (11, 17, 3) and np.abs(frame.astype(int) - colour).max() <= 3
+
+
+def test_write_video_errors_leave_no_file(tmp_path):
+    pytest.importorskip("av")
+    from visattn.data.video import write_video
+
+    frames = [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 10, 3), np.uint8)]
+    with pytest.raises(ValueError, match="frame 1 is 10x8, the first 8x8"):
+        write_video(tmp_path / "v.mp4", frames, 10)
+    with pytest.raises(ValueError, match="no frames"):
+        write_video(tmp_path / "v.mp4", [], 10)
+    with pytest.raises(ValueError, match="extension '.gif' is none of"):
+        write_video(tmp_path / "v.gif", frames[:1], 10)
+    assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,7 @@ starting with ``#`` skipped; relative paths are relative to the list's folder).
 All inputs are listed first (for the output names and the progress bar's total); images are
 decoded as they are needed, read ahead by ``--workers`` processes, and segmented in batches of up to
 ``--batch-size`` consecutive images of one size (a batch's predictions equal those of its images
-one at a time); so are a video's frames.
+one at a time); so are a video's frames. ``--amp bf16|fp16`` runs the model in mixed precision.
 
 The output folder mirrors the inputs' tree below their common root (a folder itself, a file's
 folder, a glob's fixed leading folders), so ``a/x.png`` and ``b/x.png`` give ``a/x_mask.png`` and

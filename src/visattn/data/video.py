@@ -2,10 +2,10 @@
 RGB frames lazily, :func:`write_video` encodes RGB frames into a new file atomically.
 
 Containers and the codecs written into them (:data:`VIDEO_FORMATS`): ``.mp4``, ``.m4v``, ``.mov``,
-``.mkv`` and ``.avi`` get H.264 (libx264), ``.webm`` gets VP9, all at constant quality (CRF 18,
-visually lossless for overlays). Frames of even width and height are stored as YUV 4:2:0, which
-every player shows; odd sizes, which 4:2:0 cannot hold, as YUV 4:4:4. Written videos have a
-constant frame rate (the source's average rate) and no audio.
+``.mkv`` and ``.avi`` get H.264 (libx264), ``.webm`` gets VP9, both at constant quality (CRF 18).
+Frames of even width and height are stored as YUV 4:2:0, which every player shows (colours are
+kept at half resolution, so sharp colour edges blur by a pixel); odd sizes, which 4:2:0 cannot
+hold, as YUV 4:4:4. Written videos have a constant frame rate and no audio.
 """
 from __future__ import annotations
 
