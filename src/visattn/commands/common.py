@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +28,7 @@ def add_amp_argument(parser: argparse.ArgumentParser) -> None:
                         "or fp16 (CUDA only); probabilities are averaged in fp32")
 
 
-def resolve_inference_device(args: argparse.Namespace):
+def resolve_inference_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
     """``(torch.device, autocast dtype or None)`` of ``--device`` and ``--amp`` (``args.amp`` may be
     absent); a device that does not exist here, or fp16 off CUDA, is a ``ValueError``."""
     import torch

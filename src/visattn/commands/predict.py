@@ -181,6 +181,7 @@ class _Pictures:
 
 
 def _as_is(item):
+    """A ``DataLoader``'s ``collate_fn`` that hands each item over unchanged (no tensors)."""
     return item
 
 
@@ -224,11 +225,11 @@ class _Predictor:
         from visattn.data import image_to_tensor
         from visattn.engine.inference import segment
 
-        x = torch.cat([image_to_tensor(rgb, self.cfg.data.mean, self.cfg.data.std) for rgb in pictures])
+        x = torch.cat([image_to_tensor(rgb, self.cfg.data.mean, self.cfg.data.std) for rgb in pictures]).to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             if not self.segmentation:
-                return self.model(x.to(self.device)).float().softmax(1).cpu()
-            return segment(self.model, x.to(self.device), len(self.writer.classes), **self.options).argmax(1).cpu().numpy()
+                return self.model(x).float().softmax(1).cpu()
+            return segment(self.model, x, len(self.writer.classes), **self.options).argmax(1).cpu().numpy()
 
     def image(self, path: Path, base: Path, pred, rgb: np.ndarray) -> str:
         """Write (or print) the prediction ``pred`` of image ``path``; the line to show."""
@@ -258,7 +259,8 @@ class _Predictor:
 
             out = Path(f"{base}_overlay{path.suffix}")
             count = write_video(out, overlays(), reader.fps)
-        return f"{path} -> {out} ({count} frames" + (f"; each one's prediction under {base})" if self.frame_writer else ")")
+        frames = f"; each one's prediction under {base}" if self.frame_writer is not None else ""
+        return f"{path} -> {out} ({count} frames{frames})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -321,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     if skipped:
         kind = "images and videos" if has_videos else "images"
-        print(f"visattn predict: skipped {len(skipped)} of {len(sources)} {kind}:", *skipped, sep="\n  ", file=sys.stderr)
+        print(f"visattn predict: skipped {len(skipped)} of {len(sources)} {kind}:", *skipped, sep="\n  ",
+              file=sys.stderr)
         return 1
     return 0
