@@ -1,8 +1,11 @@
 """``visattn predict``: outputs mirror the input tree, bad images are skipped and reported (exit 1),
 inputs that name no image are an error (exit 2); ``--format`` and ``visattn eval --save-predictions``
-write label files in each dataset's own convention."""
+write label files in each dataset's own convention; batches give the predictions of one image at a
+time; lists of inputs; videos; ``--amp`` and ``--device``."""
 import fnmatch
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,11 +36,18 @@ def _image(path, seed, size=(20, 14)):
     return path
 
 
-def _expected_mask(run, path):
+def _segmentor(run):
+    """The class ids of an RGB image, one image through the run's model at a time."""
     cfg, model = load_trained(run, trust_code=True)
-    x = image_to_tensor(np.array(Image.open(path).convert("RGB")), cfg.data.mean, cfg.data.std)
-    with torch.no_grad():
-        return model(x).argmax(1)[0].numpy()
+
+    def predict(rgb):
+        with torch.no_grad():
+            return model(image_to_tensor(np.array(rgb), cfg.data.mean, cfg.data.std)).argmax(1)[0].numpy()
+    return predict
+
+
+def _expected_mask(run, path):
+    return _segmentor(run)(Image.open(path).convert("RGB"))
 
 
 def _predict(run, out, *inputs):
@@ -117,18 +127,22 @@ def test_cityscapes_labelids_as_the_benchmark_expects(tmp_path, cityscapes_run):
         np.testing.assert_array_equal(np.asarray(written), np.array(CITYSCAPES_LABEL_IDS)[expected])
 
 
-def test_trainids_color_and_overlay_formats(tmp_path, run):
+def test_trainids_mask_color_and_overlay_formats(tmp_path, run):
     image = _image(tmp_path / "in/a.png", 1)
     rgb = np.asarray(Image.open(image).convert("RGB")).astype(float)
     expected = _expected_mask(run, image)
     colours = np.array(classes_and_palette(DataConfig())[1])[expected]
-    for fmt, name, want in (("trainids", "a_trainIds.png", expected), ("color", "a_color.png", colours),
+    for fmt, name, want in (("trainids", "a_trainIds.png", expected), ("mask", "a_mask.png", expected),
+                            ("color", "a_color.png", colours),
                             ("overlay", "a_overlay.png", np.round(0.7 * rgb + 0.3 * colours))):
         out = tmp_path / fmt
         assert main(["predict", str(image), "--run", run, "--output", str(out), "--device", "cpu", "--trust-code",
                      "--format", fmt, "--alpha", "0.3"]) == 0
         assert [p.name for p in out.iterdir()] == [name]
         np.testing.assert_array_equal(np.asarray(Image.open(out / name)), want)
+    mask = Image.open(tmp_path / "mask/a_mask.png")  # the class ids, shown in the dataset's colours
+    assert mask.mode == "P"
+    np.testing.assert_array_equal(np.asarray(mask.convert("RGB")), colours)
 
 
 @pytest.mark.parametrize("dataset, num_classes", [("ade20k", 150), ("voc", 21)])
@@ -146,13 +160,28 @@ def test_ade20k_and_voc_labelids(tmp_path, dataset, num_classes):
         np.testing.assert_array_equal(np.asarray(written), expected)
 
 
-def test_format_is_for_segmentors(tmp_path, capsys):
+def test_classifiers_print_their_top5_and_take_no_format_nor_video(tmp_path, capsys):
     run = RunDir(tmp_path / "cls")
     run.write_config(load_config(None, ["model.name=tinyseg:build_cls", "model.kwargs={}", "task=classification",
-                                        "data.dataset=digits_cls", f"run.dir={run.path}"]))
+                                        "data.dataset=digits_cls", f"run.dir={run.path}", "data.workers=0"]))
+    torch.manual_seed(0)
     save_state_dict(TinyCls(10).state_dict(), run.best_weights)
-    assert _predict(str(run.path), tmp_path / "out", _image(tmp_path / "a.png", 1), "--format", "labelids") == 2
+    images = [_image(tmp_path / f"in/{i}.png", i) for i in range(3)]
+    assert _predict(str(run.path), tmp_path / "out", *images, "--batch-size", "2") == 0
+    cfg, model = load_trained(str(run.path), trust_code=True)
+    with torch.no_grad():
+        p = model(torch.cat([image_to_tensor(np.array(Image.open(i)), cfg.data.mean, cfg.data.std) for i in images]))
+    top = p.softmax(1).topk(5)
+    assert capsys.readouterr().out.splitlines() == [
+        f"{image}: " + ", ".join(f"{i} {100 * v:.1f}%" for v, i in zip(values.tolist(), indices.tolist()))
+        for image, values, indices in zip(images, top.values, top.indices)]
+    assert not (tmp_path / "out").exists()
+
+    assert _predict(str(run.path), tmp_path / "out", images[0], "--format", "labelids") == 2
     assert "--format applies to segmentation models" in capsys.readouterr().err
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    assert _predict(str(run.path), tmp_path / "out", tmp_path / "clip.mp4") == 2
+    assert "videos need a segmentation model; 'tinyseg:build_cls' is a classifier" in capsys.readouterr().err
 
 
 def _eval(run, root, *args):
@@ -175,3 +204,222 @@ def test_eval_saves_the_predictions_predict_writes(tmp_path, cityscapes_run):
             np.testing.assert_array_equal(np.asarray(Image.open(saved / name)), np.asarray(Image.open(predicted / name)))
         assert json.loads((tmp_path / f"{fmt}.json").read_text())["per_class_iou"] == \
             json.loads((tmp_path / "plain.json").read_text())["per_class_iou"]
+
+
+def test_format_choices_are_the_formats():
+    import argparse
+
+    from visattn.commands.predict import add_format_argument
+    from visattn.engine.predictions import FORMATS
+
+    parser = argparse.ArgumentParser()
+    add_format_argument(parser, "")
+    assert parser._option_string_actions["--format"].choices == tuple(FORMATS)
+
+
+@pytest.fixture
+def forwards(monkeypatch):
+    """``(batch size, output dtype)`` of each forward of the model the commands load; a forward of a
+    batch holding a constant (all-black) image fails."""
+    import visattn.engine.run_dir as run_dir
+
+    calls, load_trained = [], run_dir.load_trained
+
+    def refuse_constant_images(module, inputs):
+        if inputs[0].flatten(2).std(2).eq(0).all(1).any():
+            calls.append((inputs[0].shape[0], None))
+            raise RuntimeError("a constant image")
+
+    def load(*args, **kwargs):
+        cfg, model = load_trained(*args, **kwargs)
+        model.register_forward_pre_hook(refuse_constant_images)
+        model.register_forward_hook(lambda module, inputs, output: calls.append((inputs[0].shape[0], output.dtype)))
+        return cfg, model
+
+    monkeypatch.setattr(run_dir, "load_trained", load)
+    return calls
+
+
+def _masks(out):
+    return {p.relative_to(out).as_posix(): np.asarray(Image.open(p)) for p in sorted(out.rglob("*_mask.png"))}
+
+
+def test_batched_predictions_equal_one_at_a_time(tmp_path, run, forwards):
+    sizes = [(20, 14), (20, 14), (17, 23), (20, 14), (17, 23), (17, 23), (20, 14)]
+    images = [_image(tmp_path / f"in/{i}.png", i, size) for i, size in enumerate(sizes)]
+    one_at_a_time = _predict(run, tmp_path / "single", tmp_path / "in", "--format", "mask", "--batch-size", "1")
+    assert one_at_a_time == 0 and [n for n, _ in forwards] == [1] * 7
+    forwards.clear()
+    assert _predict(run, tmp_path / "batched", tmp_path / "in", "--format", "mask", "--batch-size", "4",
+                    "--workers", "2") == 0
+    assert [n for n, _ in forwards] == [2, 1, 1, 2, 1]  # runs of one size, at most 4
+    single, batched = _masks(tmp_path / "single"), _masks(tmp_path / "batched")
+    assert sorted(batched) == [f"{i}_mask.png" for i in range(7)]
+    segment = _segmentor(run)
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(batched[f"{i}_mask.png"], single[f"{i}_mask.png"])
+        np.testing.assert_array_equal(batched[f"{i}_mask.png"], segment(Image.open(image).convert("RGB")))
+
+
+def test_a_failing_batch_is_retried_image_by_image(tmp_path, run, forwards, capsys):
+    _image(tmp_path / "in/a.png", 1)
+    Image.new("RGB", (20, 14)).save(tmp_path / "in/b.png")
+    _image(tmp_path / "in/c.png", 3)
+    assert _predict(run, tmp_path / "out", tmp_path / "in", "--batch-size", "3", "--format", "trainids") == 1
+    assert forwards == [(3, None), (1, torch.float32), (1, None), (1, torch.float32)]
+    err = capsys.readouterr().err
+    assert "skipped 1 of 3 images" in err and f"{tmp_path / 'in/b.png'}: a constant image" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_trainIds.png", "c_trainIds.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/c_trainIds.png")),
+                                  _expected_mask(run, tmp_path / "in/c.png"))
+
+
+def test_list_of_inputs(tmp_path, run, capsys, monkeypatch):
+    data = tmp_path / "data"
+    a, b, c = _image(data / "a/x.png", 1), _image(data / "b/x.png", 2), _image(data / "b/y.jpg", 3)
+    _image(data / "b/z.png", 4)  # not listed
+    (data / "list.txt").write_text(f"# images to segment\n\na/x.png\n  b/x.*  \n{c}\n")
+    monkeypatch.chdir(tmp_path)  # the entries are relative to the list's folder, not to here
+    assert _predict(run, tmp_path / "out", f"@{data / 'list.txt'}", "--format", "trainids") == 0
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert written == ["a/x_trainIds.png", "b/x_trainIds.png", "b/y_trainIds.png"]
+    for image, name in ((a, "a/x"), (b, "b/x"), (c, "b/y")):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"out/{name}_trainIds.png")),
+                                      _expected_mask(run, image))
+
+    (data / "bad.txt").write_text("a/x.png\n# next: a typo\nb/q.png\n")
+    assert _predict(run, tmp_path / "out2", "@data/bad.txt") == 2
+    assert f"{Path('data/bad.txt')}, line 3: no image matches" in capsys.readouterr().err
+    assert _predict(run, tmp_path / "out2", "@data/none.txt") == 2
+    assert "cannot read the list @data/none.txt" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
+def _video(path, frames=30, fps=10, size=64):
+    """A video of a moving gradient and a moving disc, written with PyAV directly."""
+    av = pytest.importorskip("av")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[:size, :size]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(frames):
+            disc = (x - 2 * t) ** 2 + (y - size // 2) ** 2 < size
+            rgb = np.stack([(x * 4 + t * 8) % 256, y * 4 % 256, np.where(disc, 255, 40)], -1).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _decode(path):
+    """The frames of a video as RGB arrays, and its frame rate."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)], stream.average_rate
+
+
+def test_video_overlay_and_frames(tmp_path, run, forwards, capsys):
+    clip = _video(tmp_path / "in/clip.mp4")
+    _image(tmp_path / "in/still.png", 1)
+    assert _predict(run, tmp_path / "out", tmp_path / "in", "--frames", "--batch-size", "4") == 0
+    assert f"{tmp_path / 'in/clip.mp4'} -> {tmp_path / 'out/clip_overlay.mp4'} (30 frames" in capsys.readouterr().out
+    assert [n for n, _ in forwards] == [4] * 7 + [2] + [1]  # the frames, then the image
+    frames, fps = _decode(clip)
+    overlays, overlay_fps = _decode(tmp_path / "out/clip_overlay.mp4")
+    assert len(overlays) == len(frames) == 30 and overlay_fps == fps == 10
+    assert all(o.shape == (64, 64, 3) for o in overlays)
+
+    segment, palette = _segmentor(run), np.array(classes_and_palette(DataConfig())[1])
+    masks = _masks(tmp_path / "out/clip")
+    assert sorted(masks) == [f"{i:06d}_mask.png" for i in range(30)]
+    for i in (0, 17, 29):
+        expected = segment(frames[i])
+        assert len(np.unique(expected)) > 1
+        np.testing.assert_array_equal(masks[f"{i:06d}_mask.png"], expected)
+        blended = np.round(0.5 * frames[i] + 0.5 * palette[expected])
+        error, plain = np.abs(overlays[i] - blended).mean(), np.abs(overlays[i].astype(float) - frames[i]).mean()
+        assert error < 5 and plain > 8 * error  # the colours are there, to within the codec's loss (4:2:0 chroma)
+    assert (tmp_path / "out/still_mask.png").is_file()
+
+
+def test_video_formats_and_errors(tmp_path, run, capsys, monkeypatch):
+    _video(tmp_path / "in/clip.mp4", frames=3, size=32)
+    (tmp_path / "in/broken.avi").write_bytes(b"not a video")
+    assert _predict(run, tmp_path / "out", tmp_path / "in", "--frames", "--format", "labelids") == 1
+    err = capsys.readouterr().err
+    assert "skipped 1 of 2 images and videos" in err and f"{tmp_path / 'in/broken.avi'}: cannot read video" in err
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert written == ["clip/000000_labelIds.png", "clip/000001_labelIds.png", "clip/000002_labelIds.png",
+                       "clip_overlay.mp4"]
+
+    monkeypatch.setitem(sys.modules, "av", None)
+    assert _predict(run, tmp_path / "out2", tmp_path / "in/clip.mp4") == 2
+    assert "pip install 'visattn[video]'" in capsys.readouterr().err
+
+
+def _trainids(run, out, images, *args):
+    assert _predict(run, out, *images, "--format", "trainids", *args) == 0
+    return np.stack([np.asarray(Image.open(out / f"{Path(i).stem}_trainIds.png")) for i in images])
+
+
+def test_amp_bf16_on_cpu_is_close_to_fp32(tmp_path, run, forwards):
+    images = [_image(tmp_path / f"in/{i}.png", i, (48, 40)) for i in range(3)]
+    fp32 = _trainids(run, tmp_path / "fp32", images)
+    assert {dtype for _, dtype in forwards} == {torch.float32}
+    forwards.clear()
+    bf16 = _trainids(run, tmp_path / "bf16", images, "--amp", "bf16")
+    assert {dtype for _, dtype in forwards} == {torch.bfloat16}
+    assert (bf16 == fp32).mean() >= 0.95
+
+
+def test_amp_fp16_and_unknown_devices_are_refused(tmp_path, run, capsys):
+    image = _image(tmp_path / "a.png", 1)
+    assert _predict(run, tmp_path / "out", image, "--amp", "fp16") == 2
+    assert "--amp fp16 needs a CUDA device, the device is cpu" in capsys.readouterr().err
+    argv = ["predict", str(image), "--run", run, "--trust-code", "--output", str(tmp_path / "out")]
+    assert main([*argv, "--device", "gpu"]) == 2
+    assert "--device 'gpu' is not a device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*argv, "--device", "cuda"]) == 2
+        assert "--device cuda: CUDA is not available here" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_on_the_device(tmp_path, run, device):
+    images = [_image(tmp_path / f"in/{i}.png", i, (48, 40)) for i in range(3)]
+    expected = np.stack([_expected_mask(run, image) for image in images])
+    got = _trainids(run, tmp_path / "out", images, "--device", str(device), "--batch-size", "2")
+    assert (got == expected).mean() >= (1.0 if device.type == "cpu" else 0.99)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".avi", ".webm"])
+def test_write_video_round_trip(tmp_path, suffix):
+    pytest.importorskip("av")
+    from visattn.data.video import VideoReader, write_video
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    frames = [np.full((11, 17, 3), colour, np.uint8) for colour in colours]  # odd size: stored as 4:4:4
+    assert write_video(tmp_path / f"v{suffix}", frames, 12.5) == 3
+    with VideoReader(tmp_path / f"v{suffix}") as reader:
+        decoded = list(reader)
+        assert reader.fps == 12.5 and reader.size == (17, 11)
+    assert len(decoded) == 3
+    for frame, colour in zip(decoded, colours):
+        assert frame.shape == (11, 17, 3) and np.abs(frame.astype(int) - colour).max() <= 3
+
+
+def test_write_video_errors_leave_no_file(tmp_path):
+    pytest.importorskip("av")
+    from visattn.data.video import write_video
+
+    frames = [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 10, 3), np.uint8)]
+    with pytest.raises(ValueError, match="frame 1 is 10x8, the first 8x8"):
+        write_video(tmp_path / "v.mp4", frames, 10)
+    with pytest.raises(ValueError, match="no frames"):
+        write_video(tmp_path / "v.mp4", [], 10)
+    with pytest.raises(ValueError, match="extension '.gif' is none of"):
+        write_video(tmp_path / "v.gif", frames[:1], 10)
+    assert list(tmp_path.iterdir()) == []

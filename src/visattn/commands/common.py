@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +17,39 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="weights file (.safetensors or torch.save); default: the run's best")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (default: CUDA when "
+                        "there is one, else CPU)")
     add_trust_code_argument(parser)
+
+
+def add_amp_argument(parser: argparse.ArgumentParser) -> None:
+    """``--amp bf16|fp16``: the model runs under ``torch.autocast`` in that precision."""
+    parser.add_argument("--amp", choices=("bf16", "fp16"), help="run the model in mixed precision: bf16 (CUDA or CPU) "
+                        "or fp16 (CUDA only); probabilities are averaged in fp32")
+
+
+def resolve_inference_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
+    """``(torch.device, autocast dtype or None)`` of ``--device`` and ``--amp`` (``args.amp`` may be
+    absent); a device that does not exist here, or fp16 off CUDA, is a ``ValueError``."""
+    import torch
+
+    from visattn.engine.distributed import resolve_device
+    from visattn.engine.trainer import AMP_DTYPES
+
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N, mps or auto): {err}") from None
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        found = torch.cuda.device_count()
+        raise ValueError(f"--device {args.device}: " + (f"there is no CUDA device {device.index} ({found} found)"
+                                                        if found else "CUDA is not available here"))
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {args.device}: MPS is not available here")
+    amp = AMP_DTYPES[getattr(args, "amp", None)]
+    if amp is torch.float16 and device.type != "cuda":
+        raise ValueError(f"--amp fp16 needs a CUDA device, the device is {device}; use --amp bf16 there")
+    return device, amp
 
 
 def add_trust_code_argument(parser: argparse.ArgumentParser) -> None:

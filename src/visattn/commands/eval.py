@@ -1,9 +1,9 @@
 """``visattn eval``: per-class IoU, accuracy and Dice, mIoU, mAcc, mDice, pixel accuracy and the
 confusion matrix (or top-1/top-5) of trained weights (see :mod:`visattn.engine.metrics`).
 
-Single or multi-scale (+ flip), whole image or sliding window; prints the tables, writes JSON and,
-for segmentation, the row-normalised confusion matrix as ``confusion_<split>.png`` next to the JSON
-(when matplotlib is installed).
+Single or multi-scale (+ flip), whole image or sliding window, optionally in mixed precision
+(``--amp bf16|fp16``); prints the tables, writes JSON and, for segmentation, the row-normalised
+confusion matrix as ``confusion_<split>.png`` next to the JSON (when matplotlib is installed).
 ``--save-predictions DIR`` also writes each prediction, named after the dataset's image files (by
 default in the dataset's own label ids, e.g. Cityscapes ``*_labelIds.png`` for the benchmark server;
 see :mod:`visattn.engine.predictions`).
@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from visattn.commands.common import add_run_arguments, add_segment_arguments, segment_kwargs
+from visattn.commands.common import (add_amp_argument, add_run_arguments, add_segment_arguments,
+                                     resolve_inference_device, segment_kwargs)
 from visattn.commands.predict import add_format_argument
 
 
@@ -25,6 +26,7 @@ MAX_PRINTED_CONFUSION = 20  # more classes than this: the confusion matrix is in
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
+    add_amp_argument(parser)
     add_segment_arguments(parser)
     parser.add_argument("--split", help="dataset split (default data.val_split)")
     parser.add_argument("--batch-size", type=int, help="default eval.batch_size")
@@ -40,13 +42,12 @@ def run(args: argparse.Namespace) -> int:
 
     from visattn.data import build_dataset, classes_and_palette
     from visattn.engine.config import ConfigError
-    from visattn.engine.distributed import resolve_device
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
     from visattn.engine.run_dir import load_trained
 
     try:
-        device = resolve_device(args.device)
+        device, amp = resolve_inference_device(args)
         cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
         split = args.split or cfg.data.val_split
         dataset = build_dataset(cfg.data, split, train=False)
@@ -54,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
         loader = DataLoader(dataset, batch_size=args.batch_size or cfg.eval.batch_size, num_workers=cfg.data.workers)
         kwargs = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
         if args.save_predictions is None:
-            result = evaluate(model, tqdm(loader, desc=f"eval {split}"), len(classes), cfg.task, device, **kwargs)
+            result = evaluate(model, tqdm(loader, desc=f"eval {split}"), len(classes), cfg.task, device, amp, **kwargs)
         elif cfg.task != "segmentation":
             raise ValueError(f"--save-predictions applies to segmentation models; {cfg.model.name!r} is a classifier")
         else:
             writer = PredictionWriter(cfg.data, args.format)
             result = evaluate_and_save(model, tqdm(loader, desc=f"eval {split}"), len(classes), dataset_names(dataset),
-                                       writer, args.save_predictions, device, cfg.data.mean, cfg.data.std, **kwargs)
+                                       writer, args.save_predictions, device, cfg.data.mean, cfg.data.std, amp,
+                                       **kwargs)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"visattn eval: error: {err}", file=sys.stderr)
         return 2
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_confusion_matrix(result["confusion_matrix"], classes))
     run_is_dir = args.run is not None and Path(args.run).is_dir()  # not a hf-hub: id
     out = Path(args.output) if args.output else (Path(args.run) if run_is_dir else Path(".")) / f"eval_{split}.json"
-    record = {"split": split, "dataset": cfg.data.dataset, "model": dataclasses.asdict(cfg.model), **kwargs, **result}
+    record = {"split": split, "dataset": cfg.data.dataset, "model": dataclasses.asdict(cfg.model), "amp": args.amp,
+              **kwargs, **result}
     for key in ("per_class_iou", "per_class_acc", "per_class_dice"):
         if key in result:
             record[key] = dict(zip(classes, result[key]))

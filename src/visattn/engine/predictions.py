@@ -12,11 +12,12 @@ labelids   ``_labelIds.png``     the dataset's own label values
                                  (``reduce_zero_label`` undone), VOC class ids in a palette PNG
                                  with the VOC colours; train ids for other datasets
 trainids   ``_trainIds.png``     the model's class indices ``0..K-1``, single channel
+mask       ``_mask.png``         the class indices in a palette PNG with the dataset's colours
 color      ``_color.png``        RGB, each class in the dataset's colour
 overlay    ``_overlay.png``      those colours blended over the image
-``None``   ``_mask.png``,        the picture set: a palette PNG of the class indices in the
-           ``_overlay.png``,     dataset's colours, the overlay, and image, mask and overlay
-           ``_legend.png``       with the names of the classes found
+``None``   ``_mask.png``,        the picture set: the mask, the overlay, and image, mask and
+           ``_overlay.png``,     overlay with the names of the classes found
+           ``_legend.png``
 ========== ===================== ==============================================================
 
 Each single format writes one file per image, so a folder of ``labelids`` predictions of
@@ -39,6 +40,7 @@ from torch import nn
 
 from ..data.palettes import colorize
 from ..data.registry import SeededTransform, classes_and_palette, label_convention
+from ..weights import atomic_write
 from .inference import segment
 from .metrics import SegmentationMetrics
 
@@ -47,7 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "PredictionWriter", "output_names", "dataset_names", "evaluate_and_save"]
 
-FORMATS = {"labelids": "_labelIds.png", "trainids": "_trainIds.png", "color": "_color.png", "overlay": "_overlay.png"}
+FORMATS = {"labelids": "_labelIds.png", "trainids": "_trainIds.png", "mask": "_mask.png", "color": "_color.png",
+           "overlay": "_overlay.png"}
 
 
 def _palette_png(values: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
@@ -75,13 +78,11 @@ class PredictionWriter:
         """Write ``pred`` (train ids) of the ``(H, W, 3)`` uint8 image ``rgb`` (needed by the overlay
         and the picture set) to ``<base><ending>``; returns that file (the picture set: the mask)."""
         pred = np.asarray(pred, dtype=np.uint8)
-        Path(base).parent.mkdir(parents=True, exist_ok=True)
         if self.format is None:
             from ..viz import save_prediction
 
-            path = Path(f"{base}_mask.png")
-            _palette_png(pred, self.palette).save(path)
-            self._overlay(rgb, pred).save(f"{base}_overlay.png")
+            path = _save_png(_palette_png(pred, self.palette), f"{base}{FORMATS['mask']}")
+            _save_png(Image.fromarray(self.overlay(rgb, pred)), f"{base}{FORMATS['overlay']}")
             save_prediction(rgb, pred, self.classes, self.palette, f"{base}_legend.png", self.alpha)
             return path
         if self.format == "labelids":
@@ -89,19 +90,24 @@ class PredictionWriter:
             image = Image.fromarray(values) if self.label_palette is None else _palette_png(values, self.label_palette)
         elif self.format == "trainids":
             image = Image.fromarray(pred)
+        elif self.format == "mask":
+            image = _palette_png(pred, self.palette)
         elif self.format == "color":
             image = Image.fromarray(colorize(pred, self.palette))
         else:
-            image = self._overlay(rgb, pred)
-        path = Path(f"{base}{FORMATS[self.format]}")
-        image.save(path)
-        return path
+            image = Image.fromarray(self.overlay(rgb, pred))
+        return _save_png(image, f"{base}{FORMATS[self.format]}")
 
-    def _overlay(self, rgb: np.ndarray | None, pred: np.ndarray) -> Image.Image:
+    def overlay(self, rgb: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
+        """The class colours of ``pred`` blended over ``rgb`` with opacity ``alpha``, ``(H, W, 3)`` uint8."""
         if rgb is None:
             raise ValueError("an overlay needs the image")
         blended = (1 - self.alpha) * rgb + self.alpha * colorize(pred, self.palette)
-        return Image.fromarray(blended.round().astype(np.uint8))
+        return blended.round().astype(np.uint8)
+
+
+def _save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def output_names(images: Sequence[tuple[Path, Path]]) -> list[Path]:
@@ -134,10 +140,11 @@ def _unnormalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float
 def evaluate_and_save(model: nn.Module, batches: Iterable, num_classes: int, names: Sequence[str | os.PathLike],
                       writer: PredictionWriter, out_dir: str | os.PathLike, device: torch.device | str = "cpu",
                       mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                      **segment_kwargs) -> dict:
+                      amp_dtype: torch.dtype | None = None, **segment_kwargs) -> dict:
     """:func:`visattn.engine.metrics.evaluate` of a segmentor that also writes the prediction of the
     ``i``-th image of ``batches`` with ``writer`` as ``out_dir / names[i]`` (e.g. :func:`dataset_names`
-    of an unshuffled loader's dataset). ``mean``/``std``: the normalisation to undo for overlays."""
+    of an unshuffled loader's dataset). ``mean``/``std``: the normalisation to undo for overlays;
+    ``amp_dtype``: run the model under ``torch.autocast`` in that precision."""
     device = torch.device(device)
     names = iter(names)
     was_training = model.training
@@ -145,7 +152,8 @@ def evaluate_and_save(model: nn.Module, batches: Iterable, num_classes: int, nam
     metrics = SegmentationMetrics(num_classes, device)
     try:
         for image, target in batches:
-            pred = segment(model, image.to(device), num_classes, **segment_kwargs).argmax(1)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                pred = segment(model, image.to(device), num_classes, **segment_kwargs).argmax(1)
             metrics.update(pred, target.to(device))
             rgb = _unnormalise(image, mean, std) if writer.needs_image() else [None] * len(pred)
             for p, picture in zip(pred.cpu().numpy(), rgb):

@@ -1,0 +1,73 @@
+"""``visattn eval --amp`` and ``--device``: bf16 autocast on CPU stays close to fp32 and reaches the
+model; fp16 off CUDA and devices that do not exist are refused before anything is written."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visattn.cli import main
+from tinyseg import make_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("eval") / "run", 11, "data.digits.val_length=4", "data.digits.size=48")
+
+
+@pytest.fixture
+def forward_dtypes(monkeypatch):
+    """The output dtype of each forward of the model the command loads."""
+    import visattn.engine.run_dir as run_dir
+
+    dtypes, load_trained = [], run_dir.load_trained
+
+    def load(*args, **kwargs):
+        cfg, model = load_trained(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+        return cfg, model
+
+    monkeypatch.setattr(run_dir, "load_trained", load)
+    return dtypes
+
+
+def _eval(run, out, *args):
+    return main(["eval", "--run", run, "--trust-code", "--device", "cpu", "--batch-size", "2", "--output",
+                 str(out / "eval.json"), "--save-predictions", str(out), "--format", "trainids", *args])
+
+
+def _predictions(out):
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*_trainIds.png"))])
+
+
+def test_eval_amp_bf16_on_cpu_is_close_to_fp32(tmp_path, run, forward_dtypes):
+    assert _eval(run, tmp_path / "fp32") == 0
+    assert set(forward_dtypes) == {torch.float32}
+    forward_dtypes.clear()
+    assert _eval(run, tmp_path / "bf16", "--amp", "bf16") == 0
+    assert set(forward_dtypes) == {torch.bfloat16}
+    fp32, bf16 = _predictions(tmp_path / "fp32"), _predictions(tmp_path / "bf16")
+    assert fp32.shape == bf16.shape == (4, 48, 48)
+    assert (bf16 == fp32).mean() >= 0.95
+    record = json.loads((tmp_path / "bf16/eval.json").read_text())
+    assert record["amp"] == "bf16" and json.loads((tmp_path / "fp32/eval.json").read_text())["amp"] is None
+    assert abs(record["pixel_acc"] - json.loads((tmp_path / "fp32/eval.json").read_text())["pixel_acc"]) <= 0.05
+
+
+def test_eval_refuses_fp16_off_cuda_and_unknown_devices(tmp_path, run, capsys):
+    assert _eval(run, tmp_path / "out", "--amp", "fp16") == 2
+    assert "--amp fp16 needs a CUDA device, the device is cpu; use --amp bf16" in capsys.readouterr().err
+    assert _eval(run, tmp_path / "out", "--device", "tpu9") == 2
+    assert "--device 'tpu9' is not a device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert _eval(run, tmp_path / "out", "--device", "cuda:1") == 2
+        assert "--device cuda:1: CUDA is not available here" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_on_the_device(tmp_path, run, device):
+    assert _eval(run, tmp_path / "cpu") == 0
+    assert _eval(run, tmp_path / "device", "--device", str(device)) == 0
+    agree = (_predictions(tmp_path / "device") == _predictions(tmp_path / "cpu")).mean()
+    assert agree >= (1.0 if device.type == "cpu" else 0.99)
