@@ -121,8 +121,8 @@ def test_dependencies_have_floors_and_no_upper_bounds():
     assert sorted(map(_name, project["dependencies"])) == sorted(
         ["huggingface_hub", "numpy", "pillow", "pyyaml", "safetensors", "timm", "torch", "torchmetrics", "torchvision",
          "tqdm"])
-    assert extras["all"] == ["visattn[viz,tensorboard,demo,export]"]
-    assert {"viz", "tensorboard", "demo", "export"} <= set(extras)
+    assert extras["all"] == ["visattn[viz,tensorboard,demo,export,video]"]
+    assert {"viz", "tensorboard", "demo", "export", "video"} <= set(extras)
     assert "visattn[all]" in extras["dev"] and "pytest" in set(map(_name, extras["dev"]))
     assert {"onnx", "onnxruntime", "onnxscript"} == set(map(_name, extras["export"]))
 

@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "demo": "build every attention module, run it once and print a table",
     "train": "train a model from a YAML recipe (no arguments: a small segmentor on digit scenes)",
     "eval": "evaluate trained weights: mIoU, mAcc, mDice, per-class scores, confusion matrix (or top-1/top-5)",
-    "predict": "segment images, folders or globs into colour masks and overlays",
+    "predict": "segment images, videos, folders, globs or @lists into colour masks and overlays",
     "models": "list registered models with their parameter counts",
     "explain": "draw a segmentor's attention maps (PAM, CAM, CCA/RCCA, FLA, BAM, SGE, PSA) over an image",
     "plot": "draw a run's training curves (loss, mIoU, learning rate) as a PNG",

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from visattn.commands.common import add_run_arguments
+from visattn.commands.common import add_run_arguments, resolve_inference_device
 
 
 def _point(text: str) -> tuple[int, int]:
@@ -50,11 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     from visattn.data import IMAGENET_MEAN, IMAGENET_STD, read_image
     from visattn.engine.config import ConfigError
-    from visattn.engine.distributed import resolve_device
     from visattn.viz import explain
 
     try:
-        device = resolve_device(args.device)
+        device, _ = resolve_inference_device(args)
         model_options = {"--model": args.model, "--attention": args.attention, "--encoder": args.encoder,
                          "--num-classes": args.num_classes}
         if args.run is not None or args.config is not None:
