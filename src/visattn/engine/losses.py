@@ -135,38 +135,40 @@ def dice_loss(logits: Tensor, target: Tensor, class_weights: Tensor | None = Non
     """Soft Dice loss: ``1 - D_c`` averaged (weighted) over the classes present in ``target``
     (module docstring)."""
     logits, target = _pixels(logits, target)
-    valid = (target != IGNORE_INDEX)[:, None]
-    prob = logits.softmax(1) * valid
-    onehot = F.one_hot(torch.where(valid[:, 0], target, 0), logits.shape[1]) * valid
-    found = onehot.sum(0)
-    dice = 2 * (prob * onehot).sum(0) / (prob.sum(0) + found).clamp_min(1)  # >= 1 for every present class
+    prob = logits.softmax(1)
+    valid = (target != IGNORE_INDEX).float()
+    target = torch.where(valid > 0, target, 0)
+    # sums per class without a (P, C) one-hot: sum_i p_ic g_ic adds each pixel's p_i,yi to class y_i
+    intersection = prob.new_zeros(prob.shape[1]).index_add(0, target, prob.gather(1, target[:, None])[:, 0] * valid)
+    found = prob.new_zeros(prob.shape[1]).index_add(0, target, valid)
+    dice = 2 * intersection / (valid @ prob + found).clamp_min(1)  # >= 1 for every present class
     return _present_class_mean(1 - dice, found > 0, class_weights)
 
 
 def _lovasz_gradient(foreground_sorted: Tensor) -> Tensor:
-    """``Delta({1..k}) - Delta({1..k-1})`` for ``k = 1..P``: the Jaccard loss's increments as the
-    pixels, sorted by decreasing error, are counted as mispredicted one by one (Berman et al.,
-    Algorithm 1)."""
-    found = foreground_sorted.sum()
+    """``Delta({1..k}) - Delta({1..k-1})`` for ``k = 1..P`` in each column of ``(P, K)``: the Jaccard
+    loss's increments as the pixels, sorted by decreasing error, are counted as mispredicted one by
+    one (Berman et al., Algorithm 1)."""
+    found = foreground_sorted.sum(0)
     intersection = found - foreground_sorted.cumsum(0)
     union = found + (1 - foreground_sorted).cumsum(0)
     jaccard = 1 - intersection / union
-    return torch.diff(jaccard, prepend=jaccard.new_zeros(1))
+    return torch.diff(jaccard, dim=0, prepend=jaccard.new_zeros(1, jaccard.shape[1]))
 
 
 def lovasz_softmax(logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
     """Lovász-Softmax loss (Berman et al. 2018) averaged (weighted) over the classes present in
-    ``target`` (module docstring)."""
+    ``target`` (module docstring). The present classes are sorted together: a few
+    ``(pixels, present classes)`` tensors at once."""
     logits, target = _pixels(logits, target)
     valid = target != IGNORE_INDEX
     prob, target = logits.softmax(1)[valid], target[valid]
     present = torch.bincount(target, minlength=prob.shape[1]) > 0
-    losses = prob.sum(0) * 0  # zeros on the graph: an all-ignored batch still backpropagates
-    for c in present.nonzero().flatten().tolist():
-        foreground = (target == c).float()
-        errors, order = (foreground - prob[:, c]).abs().sort(descending=True)
-        losses[c] = errors @ _lovasz_gradient(foreground[order])
-    return _present_class_mean(losses, present, class_weights)
+    classes = present.nonzero()[:, 0]
+    foreground = (target[:, None] == classes).float()
+    errors, order = (foreground - prob[:, classes]).abs().sort(0, descending=True)
+    losses = (errors * _lovasz_gradient(foreground.gather(0, order))).sum(0)
+    return _present_class_mean(prob.new_zeros(prob.shape[1]).index_copy(0, classes, losses), present, class_weights)
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ class LossTerms:
 
     def terms(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The value of every term with a non-zero weight."""
-        w = self.class_weights
+        w = None if self.class_weights is None else self.class_weights.to(logits.device)
 
         def ohem() -> Tensor:
             if logits.dim() != 4:
