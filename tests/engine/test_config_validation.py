@@ -10,6 +10,9 @@ import torch
 from visattn.cli import main
 from visattn.engine.config import RULES, Config, ConfigError, load_config, validate_config
 
+LOSS_RANGE = "null or a mapping of ce, ohem, dice, focal, lovasz to numbers >= 0, not all 0"
+CLASS_WEIGHTS_RANGE = "null or median_frequency, inverse_sqrt_frequency or a list of numbers >= 0, one per class"
+
 # (override, key, allowed range, value as the message shows it)
 INVALID = [
     ("train.lr=0", "train.lr", "a number > 0", "0"),
@@ -45,6 +48,15 @@ INVALID = [
     ("train.deterministic=3", "train.deterministic", "true or false", "3"),
     ("train.loss_weights={out: -1}", "train.loss_weights", "null or a mapping of output names to numbers >= 0",
      "{'out': -1}"),
+    ("train.loss={dice: -1}", "train.loss", LOSS_RANGE, "{'dice': -1}"),
+    ("train.loss={bogus: 1}", "train.loss", LOSS_RANGE, "{'bogus': 1}"),
+    ("train.loss={ce: 0, dice: 0}", "train.loss", LOSS_RANGE, "{'ce': 0, 'dice': 0}"),
+    ("train.loss={}", "train.loss", LOSS_RANGE, "{}"),
+    ("train.loss=[ce, dice]", "train.loss", "null or a mapping", "['ce', 'dice']"),
+    ("train.class_weights=bogus", "train.class_weights", CLASS_WEIGHTS_RANGE, "'bogus'"),
+    ("train.class_weights=[]", "train.class_weights", CLASS_WEIGHTS_RANGE, "[]"),
+    ("train.class_weights=[1, -0.5]", "train.class_weights", CLASS_WEIGHTS_RANGE, "[1, -0.5]"),
+    ("train.focal_gamma=-1", "train.focal_gamma", "a number >= 0", "-1"),
     ("task=detection", "task", "one of segmentation, classification", "'detection'"),
     ("data.dataset=cifar", "data.dataset", "one of digits, cityscapes", "'cifar'"),
     ("data.crop_size=[0, 64]", "data.crop_size", "an integer > 0 or [height, width], integers > 0", "[0, 64]"),
@@ -84,6 +96,10 @@ def test_invalid_value_names_key_and_range(override, key, allowed, shown):
 def test_relation_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"^config key 'train\.nesterov' must be false when train\.momentum is 0"):
         load_config(None, ["train.optimizer=sgd", "train.nesterov=true", "train.momentum=0"])
+    with pytest.raises(ConfigError, match=r"^config key 'train\.ohem' must be false when train\.loss is given without "
+                                          r"an ohem term \(\{'dice': 1\}\), got True$"):
+        load_config(None, ["train.ohem=true", "train.loss={dice: 1}"])
+    assert load_config(None, ["train.ohem=true", "train.loss={ohem: 1, dice: 1}"]).train.loss == {"ohem": 1, "dice": 1}
 
 
 @pytest.mark.parametrize("override, key, value", [
@@ -98,6 +114,10 @@ def test_relation_errors_name_the_key():
     ("train.min_lr=0.002", "min_lr", 0.002),
     ("train.device=cpu", "device", "cpu"),
     ("train.lr_steps=['30', 60]", "lr_steps", [30, 60]),
+    ("train.loss={ce: 1, lovasz: 0}", "loss", {"ce": 1, "lovasz": 0}),
+    ("train.class_weights=median_frequency", "class_weights", "median_frequency"),
+    ("train.class_weights=[1, 0]", "class_weights", [1, 0]),
+    ("train.focal_gamma=0", "focal_gamma", 0),
 ])
 def test_boundary_values_are_accepted(override, key, value):
     got = getattr(load_config(None, [override]).train, key)
@@ -200,7 +220,7 @@ def test_validate_config_accepts_the_defaults_and_refuses_a_bad_one():
 
 
 @pytest.mark.parametrize("override", ["train.lr=0", "train.iters=-5", "train.batch_size=2.5", "model.kwargs.depth=3",
-                                      "train.betas=abc"])
+                                      "train.betas=abc", "train.class_weights=[1, 2]"])
 def test_cli_train_exits_2_with_one_line_and_no_run_directory(tmp_path, capsys, override):
     root = tmp_path / "runs"
     assert main(["train", "--quiet", "--set", override, "--set", f"run.root={root}"]) == 2

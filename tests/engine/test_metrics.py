@@ -104,14 +104,28 @@ TINY = ["model.name=tinyseg:build", "model.kwargs={}", "data.digits.train_length
         "train.iters=2", "eval.batch_size=4"]
 
 
-def test_eval_writes_every_metric_and_the_confusion_matrix(tmp_path, capsys):
+# cross-entropy alone, and cross-entropy + Dice with median-frequency class weights
+LOSSES = {"ce": [], "ce+dice": ["train.class_weights=median_frequency", "train.loss={ce: 1, dice: 1}"]}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_eval_writes_every_metric_and_the_confusion_matrix(tmp_path, capsys, loss):
     from visattn.data import build_dataset
     from visattn.engine.run_dir import load_trained
 
     run = tmp_path / "run"
-    assert main(["train", "--quiet", "--trust-code", *[a for s in TINY for a in ("--set", s)], "--output", str(run)]) == 0
-    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" not in line]
+    sets = [a for s in TINY + LOSSES[loss] for a in ("--set", s)]
+    assert main(["train", "--quiet", "--trust-code", *sets, "--output", str(run)]) == 0
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in log if "loss" not in r]
     assert val and all({"mIoU", "mAcc", "mDice"} <= set(r) and "confusion_matrix" not in r for r in val)
+    trained = [r for r in log if "loss" in r]
+    assert trained and all(math.isfinite(r["loss"]) for r in trained)
+    if loss == "ce+dice":
+        assert all(r["loss_out"] == pytest.approx(r["loss_out_ce"] + r["loss_out_dice"], rel=1e-5) for r in trained)
+        assert json.loads((run / "class_weights.json").read_text())["method"] == "median_frequency"
+    else:
+        assert not (run / "class_weights.json").exists()
     capsys.readouterr()
 
     assert main(["eval", "--run", str(run), "--trust-code"]) == 0

@@ -11,6 +11,7 @@ Layout::
     best.safetensors       weights with the best validation mIoU (top-1 for classification)
     best.json              that evaluation's metrics and step
     model.safetensors      the final weights
+    class_weights.json     computed train.class_weights: the method, the weights, the pixel counts
     lock                   "PID HOST" of the process training in it, while it trains
 
 Every file is written atomically (:func:`visattn.weights.atomic_write`): a reader, or a run killed
@@ -75,6 +76,7 @@ class RunDir:
     best_weights = property(lambda self: self.path / "best.safetensors")
     best_metrics = property(lambda self: self.path / "best.json")
     final_weights = property(lambda self: self.path / "model.safetensors")
+    class_weights = property(lambda self: self.path / "class_weights.json")
     lock_file = property(lambda self: self.path / "lock")
 
     # -- one process at a time, new runs in empty directories

@@ -54,10 +54,11 @@ from .._extras import MissingExtraError, require
 from ..data import build_dataset, dataset_info, dataset_spec
 from ..data.validate import bad_files_error, dataset_files, find_bad_files
 from .build import build_model, build_optimizer, build_scheduler
+from .class_weights import resolve_class_weights, save_class_weights
 from .config import Config, ConfigError
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
 from .inference import segment_options
-from .losses import weighted_loss
+from .losses import LossTerms, weighted_loss
 from .metrics import evaluate as evaluate_model
 from .metrics import PER_CLASS_KEYS, format_table
 from .run_dir import RunDir
@@ -140,6 +141,10 @@ class Trainer:
         model = build_model(cfg.model, len(self.classes), trust_code=trust_code,
                             origin=str(self.run.config) if self.resumed else "the config").to(device)
         self.loss_weights = dict(t.loss_weights or getattr(model, "loss_weights", None) or {"out": 1.0})
+        class_weights, self._new_class_weights = resolve_class_weights(
+            t.class_weights, self.train_set, self.classes, self.run.class_weights if self.resumed else None, info,
+            device, quiet)
+        self.criterion = LossTerms.from_config(t, class_weights, device)
         self.optimizer = build_optimizer(model, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.total, self.iters_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
@@ -188,6 +193,8 @@ class Trainer:
                     self.run.ensure_empty()
                 ran = dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, dir=str(self.run)))
                 self.run.write_config(ran)
+                if self._new_class_weights is not None:
+                    save_class_weights(self.run.class_weights, self._new_class_weights)
             except OSError as err:
                 self._held.close()
                 error = err
@@ -344,8 +351,7 @@ class Trainer:
             with self.model.no_sync() if self.info.enabled and not last else contextlib.nullcontext():
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     outputs = self.model(image)
-                loss, terms = weighted_loss(outputs, target, self.loss_weights, t.ohem, t.ohem_thresh,
-                                            t.ohem_min_kept, t.label_smoothing)
+                loss, terms = weighted_loss(outputs, target, self.loss_weights, self.criterion)
                 self.scaler.scale(loss / self.accum).backward()
             losses.append(loss.detach())
         # checked after backward (gradients are not applied yet) so that DDP processes stay in step:
