@@ -100,12 +100,18 @@ class SegmentationDataset(Dataset):
         """The raw ``(H, W, 3)`` uint8 image and ``(H, W)`` uint8 train-id mask of item ``index``."""
         img_path, mask_path = self.pairs[index]
         image = read_image(img_path)
+        mask = self.load_mask(index)
+        if image.size != (mask.shape[1], mask.shape[0]):
+            raise ValueError(f"image {img_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} "
+                             f"is {mask.shape[1]}x{mask.shape[0]}")
+        return np.array(image), mask
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The ``(H, W)`` uint8 train-id mask of item ``index`` alone (its image is not decoded)."""
+        mask_path = self.pairs[index][1]
         mask_img = read_image(mask_path, mode=None)
         if mask_img.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"mask {mask_path} has mode {mask_img.mode!r}: expected a single-channel label image")
-        if image.size != mask_img.size:
-            raise ValueError(f"image {img_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} "
-                             f"is {mask_img.size[0]}x{mask_img.size[1]}")
         raw = np.asarray(mask_img)
         if raw.max(initial=0) > 255:
             raise ValueError(f"mask {mask_path} has label values > 255: {np.unique(raw[raw > 255])[:10].tolist()}")
@@ -115,7 +121,7 @@ class SegmentationDataset(Dataset):
             known = _value_ranges(np.flatnonzero((self.lut >= 0) & (np.arange(256) != IGNORE_INDEX)))
             raise ValueError(f"mask {mask_path} has label values {bad}; {type(self).__name__} masks hold "
                              f"{self.mask_values} {known} and {IGNORE_INDEX} (ignore)")
-        return np.array(image), mask.astype(np.uint8)
+        return mask.astype(np.uint8)
 
     def __getitem__(self, index: int):
         image, mask = self.load(index)

@@ -9,11 +9,12 @@ optimizer, schedule), :mod:`~visattn.engine.trainer` (:class:`Trainer`, :func:`t
 from .build import LRSchedule, build_model, build_optimizer, build_scheduler
 from .config import Config, ConfigError, load_config
 from .inference import segment
-from .losses import cross_entropy, ohem_cross_entropy, weighted_loss
+from .losses import LossTerms, cross_entropy, dice_loss, focal_loss, lovasz_softmax, ohem_cross_entropy, weighted_loss
 from .metrics import ClassificationMetrics, SegmentationMetrics, evaluate, format_table
 from .run_dir import RunDir, load_trained
 from .trainer import Trainer, train
 
 __all__ = ["Config", "ConfigError", "load_config", "train", "Trainer", "RunDir", "load_trained", "build_model",
            "build_optimizer", "build_scheduler", "LRSchedule", "evaluate", "segment", "format_table",
-           "SegmentationMetrics", "ClassificationMetrics", "cross_entropy", "ohem_cross_entropy", "weighted_loss"]
+           "SegmentationMetrics", "ClassificationMetrics", "cross_entropy", "ohem_cross_entropy", "focal_loss", "dice_loss",
+           "lovasz_softmax", "LossTerms", "weighted_loss"]

@@ -19,8 +19,8 @@ Only labelled pixels count: the ignored ones (255) belong to no class and to no 
 class that never appears in the training set gets weight 0 under both weightings (its frequency
 is 0: no finite weight follows, and no training pixel would carry it); evaluation still scores it.
 
-Masks are read as the dataset stores them (its ``load(index)``: no augmentation, no crop), once per
-run and with a progress bar; under DDP each process counts its share of the items and the counts
+Masks are read as the dataset stores them (its ``load_mask(index)`` or ``load(index)``: no
+augmentation, no crop), once per run and with a progress bar; under DDP each process counts its share of the items and the counts
 are summed (all-reduce). The weights, the counts and the method are kept in the run directory's
 ``class_weights.json`` (:attr:`~visattn.engine.run_dir.RunDir.class_weights`), which a resumed run
 reads instead of counting again.
@@ -67,6 +67,8 @@ def _masks_of(dataset: Dataset) -> tuple[Dataset, Callable[[int], np.ndarray]]:
     if not hasattr(base, "load"):
         raise ConfigError(f"config key 'train.class_weights' must be null or a list of numbers for "
                           f"{type(base).__name__}: {', '.join(CLASS_WEIGHTINGS)} count the pixels of segmentation masks")
+    if hasattr(base, "load_mask"):  # folder datasets: without decoding the images
+        return base, lambda index: np.asarray(base.load_mask(index))
     return base, lambda index: np.asarray(base.load(index)[1])
 
 
