@@ -168,7 +168,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, t, self.total, self.iters_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
         self.step, self.best = 0, -math.inf
-        self.module = model  # the bare network: its weights are the ones saved
+        self.module = model  # the bare network, whose weights the checkpoints hold
         self.memory_format = torch.channels_last if t.channels_last else torch.preserve_format
         if t.channels_last:
             model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same parameters
