@@ -81,6 +81,14 @@ INVALID = [
     ("train.accum_steps=3", "train.batch_size", "a multiple of train.accum_steps x processes = 3 x 1", "8"),
     ("data.digits.digit_size=[8, 100]", "data.digits.digit_size",
      "[low, high], integers with 1 <= low <= high <= data.digits.size = 64", "[8, 100]"),
+    ("train.clip_grad=0", "train.clip_grad", "null or a number > 0", "0"),
+    ("train.clip_grad=-1.5", "train.clip_grad", "null or a number > 0", "-1.5"),
+    ("train.ema=1.0", "train.ema", "null or a number in [0, 1)", "1.0"),
+    ("train.ema=-0.1", "train.ema", "null or a number in [0, 1)", "-0.1"),
+    ("train.ema=true", "train.ema", "null or a number in [0, 1)", "True"),
+    ("train.grad_checkpointing=3", "train.grad_checkpointing", "true or false", "3"),
+    ("train.channels_last=nchw", "train.channels_last", "true or false", "'nchw'"),
+    ("train.compile=1", "train.compile", "true or false", "1"),
 ]
 
 

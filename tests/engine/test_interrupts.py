@@ -98,6 +98,25 @@ def test_sigkill_at_any_point_resumes_exactly(tmp_path, straight, point):
     assert_same_run(run_dir, straight)
 
 
+def test_weight_average_resumes_exactly(tmp_path):
+    """train.ema's average is part of the checkpoint: stopped by SIGTERM inside step 3 and resumed,
+    the run ends with the uninterrupted run's average (model.safetensors), trained weights and
+    checkpointed average, bit for bit."""
+    assert _run(tmp_path / "straight", "train.ema=0.6")["step"] == 6
+    with tinyseg.signal_during("update", 3, signal.SIGTERM):
+        assert _run(tmp_path / "run", "train.ema=0.6")["step"] == 3
+    assert _resume(tmp_path / "run")["step"] == 6
+    assert_same_run(tmp_path / "run", tmp_path / "straight")
+    checkpoints = [tmp_path / run / "checkpoints" for run in ("straight", "run")]
+    a, b = (load_file(c / "step_0000006.safetensors") for c in checkpoints)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    a, b = (torch.load(c / "step_0000006.state.pt", weights_only=True)["ema"] for c in checkpoints)
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    average = load_file(tmp_path / "straight/model.safetensors")
+    trained = load_file(checkpoints[0] / "step_0000006.safetensors")
+    assert not torch.equal(average["body.weight"], trained["body.weight"])  # the average is saved, not the weights
+
+
 def test_keyboard_interrupt_raised_mid_step_rolls_back_batchnorm(tmp_path, straight):
     """A KeyboardInterrupt raised by code in the second forward of step 3, after the first forward
     updated the BatchNorm statistics: step 2 is saved as it was and the resumed run is exact."""

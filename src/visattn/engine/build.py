@@ -9,7 +9,7 @@ from torch import nn
 from ..models.registry import without_starting_weights
 from .config import ModelConfig, TrainConfig
 
-__all__ = ["build_model", "build_optimizer", "build_scheduler", "LRSchedule"]
+__all__ = ["build_model", "enable_grad_checkpointing", "build_optimizer", "build_scheduler", "LRSchedule"]
 
 
 def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = None, trust_code: bool = False,
@@ -32,6 +32,23 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = No
     from ..models import create_model
 
     return create_model(cfg.name, num_classes=num_classes, pretrained=pretrained, **kwargs)
+
+
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """Turn on gradient (activation) checkpointing in ``model.encoder``, or in ``model`` itself when
+    it has no encoder, through timm's ``set_grad_checkpointing``: the stages of a timm feature
+    extractor (all but its first and last module) keep no activations for backward and run again
+    there, trading up to one more encoder forward per step for memory. The gradients are
+    unchanged; BatchNorm layers in those stages update their running statistics in the second run
+    too (``torch.utils.checkpoint`` recomputes the forward as it was). ``ValueError`` naming the
+    model ``name`` if neither offers it."""
+    target = getattr(model, "encoder", model)
+    if not callable(getattr(target, "set_grad_checkpointing", None)):
+        where = "its encoder" if target is not model else "it"
+        raise ValueError(f"train.grad_checkpointing=true: model {name!r} does not support gradient checkpointing "
+                         f"({where}, {type(target).__name__}, has no timm set_grad_checkpointing); "
+                         "set train.grad_checkpointing=false")
+    target.set_grad_checkpointing(True)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -6,8 +6,8 @@ Layout::
     metrics.jsonl          one JSON line per log step and per evaluation
     tb/                    TensorBoard events
     checkpoints/           step_XXXXXXX.safetensors (weights) + step_XXXXXXX.state.pt (optimizer,
-                           scheduler, step, RNG states; torch.save, loadable with weights_only=True)
-                           and ``latest`` naming the newest complete pair
+                           scheduler, step, RNG states, with train.ema the weight average; torch.save,
+                           loadable with weights_only=True) and ``latest`` naming the newest complete pair
     best.safetensors       weights with the best validation mIoU (top-1 for classification)
     best.json              that evaluation's metrics and step
     model.safetensors      the final weights
@@ -20,6 +20,9 @@ directory (:meth:`RunDir.lock`), and a new run only starts in an empty one
 (:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
 safetensors and ``weights_only`` pickles, and a config naming code to import
 (``model.name: "module:builder"``) builds only with ``trust_code=True``.
+
+With ``train.ema`` the evaluated weights, and so best.safetensors and model.safetensors, are the
+weight average (:mod:`visattn.engine.ema`); the checkpoints' .safetensors keep the trained weights.
 """
 from __future__ import annotations
 

@@ -2,6 +2,28 @@
 losses, AMP, gradient accumulation, DDP, checkpoints that resume exactly, and a run directory that
 keeps everything (:class:`~visattn.engine.run_dir.RunDir`).
 
+Switches (``train.*``):
+
+- ``clip_grad``: the gradients of a step (all of them together, after accumulation, and unscaled
+  under fp16 AMP) are scaled down to this norm when above it, before the update; the train log's
+  ``grad_norm`` is the mean norm before clipping since the previous log line.
+- ``ema``: an exponential moving average of the weights (:mod:`visattn.engine.ema`), updated after
+  every optimizer step. It is what the periodic and final evaluations measure and what
+  best.safetensors and model.safetensors hold; the checkpoints keep both the trained weights
+  (step_*.safetensors) and the average (``"ema"`` in step_*.state.pt).
+- ``grad_checkpointing``: the encoder recomputes its activations in backward
+  (:func:`~visattn.engine.build.enable_grad_checkpointing`).
+- ``channels_last``: the model and the training batches in ``torch.channels_last`` memory format.
+- ``compile``: the training forward and backward run through ``torch.compile``; if the first step
+  fails compiled (no C compiler, an error raised by the compiler), one warning says why and the
+  run trains eagerly from that step on. Evaluation and the saved weights use the uncompiled
+  module, so no key carries ``_orig_mod.``.
+
+``channels_last`` and ``compile`` change the floating-point summation order (not the math), and
+``grad_checkpointing`` leaves the gradients as they are but updates the running statistics of the
+recomputed BatchNorm layers a second time in backward. No checkpoint records these three: a
+resumed run may switch them, and then differs from the uninterrupted run by as much.
+
 :class:`Trainer` reads top-down: the constructor builds the data, the model, the optimizer and the
 schedule (or restores them from a checkpoint); :meth:`Trainer.fit` loops over
 :meth:`Trainer.train_step`, logging, :meth:`Trainer.evaluate` and :meth:`Trainer.checkpoint`.
@@ -53,10 +75,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from .._extras import MissingExtraError, require
 from ..data import build_dataset, dataset_info, dataset_spec
 from ..data.validate import bad_files_error, dataset_files, find_bad_files
-from .build import build_model, build_optimizer, build_scheduler
+from .build import build_model, build_optimizer, build_scheduler, enable_grad_checkpointing
 from .class_weights import resolve_class_weights, save_class_weights
 from .config import Config, ConfigError
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
+from .ema import create_ema
 from .inference import segment_options
 from .losses import LossTerms, weighted_loss
 from .metrics import evaluate as evaluate_model
@@ -67,11 +90,12 @@ __all__ = ["train", "Trainer", "AMP_DTYPES", "FIXED_ON_RESUME", "NonFiniteLossEr
 
 AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# train.* keys a resumed run must keep: the checkpoint restores the optimizer's hyperparameters and
-# the learning-rate schedule, its step counts batches of this size, and the seed orders the samples.
+# train.* keys a resumed run must keep: the checkpoint restores the optimizer's hyperparameters, the
+# learning-rate schedule and the weights' average, its step counts batches of this size, the seed
+# orders the samples, and gradient clipping belongs to the update rule as the learning rate does.
 FIXED_ON_RESUME = ("iters", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum", "nesterov", "betas",
                    "weight_decay", "schedule", "power", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor",
-                   "min_lr", "head_lr_mult")
+                   "min_lr", "head_lr_mult", "clip_grad", "ema")
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -149,9 +173,16 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, t, self.total, self.iters_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
         self.step, self.best = 0, -math.inf
+        self.module = model  # the bare network, whose weights the checkpoints hold
+        self.memory_format = torch.channels_last if t.channels_last else torch.preserve_format
+        if t.channels_last:
+            model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same parameters
+        if t.grad_checkpointing:
+            enable_grad_checkpointing(model, cfg.model.name)
+        self.ema = create_ema(model, t.ema) if t.ema is not None else None
         if self.resumed:
             self._restore(model)
-        self.model = self._distribute(model)
+        self.model = self._training_model(model)
 
         self.sampler = _ShardSampler(self.train_set, info, self.seed, self.iters_per_epoch * self.micro_batch * self.accum)
         self.loader = DataLoader(self.train_set, batch_size=self.micro_batch, sampler=self.sampler,
@@ -223,17 +254,25 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.step, self.best = int(state["step"]), float(state["best"])
+            if self.ema is not None:
+                if "ema" not in state:
+                    raise ValueError("it holds no weight average (train.ema)")
+                self.ema.load_state_dict(state["ema"])
             if state["rng"]["world_size"] == self.info.world_size:
                 torch.set_rng_state(state["rng"]["torch"][self.info.rank])
         except Exception as err:  # a checkpoint is input: report it, whatever it holds
             raise ValueError(f"checkpoint {name} in {self.run.checkpoints} does not fit this run: {err}") from err
 
-    def _distribute(self, model: nn.Module) -> nn.Module:
-        if not self.info.enabled:
-            return model
-        if self.device.type == "cuda" and self.cfg.train.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+    def _training_model(self, model: nn.Module) -> nn.Module:
+        """``model`` as it trains: wrapped in DDP under ``torchrun``, then compiled with ``train.compile``
+        (the eager one is kept in case the first step fails compiled)."""
+        if self.info.enabled:
+            if self.device.type == "cuda" and self.cfg.train.sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"
+                                                        else None)
+        self._eager_model = model if self.cfg.train.compile else None
+        return torch.compile(model) if self.cfg.train.compile else model
 
     def _check_files(self) -> None:
         """Every item of the training and validation sets opens and has its mask's size (file
@@ -266,14 +305,14 @@ class Trainer:
         self._boundary_buffers, self._updating = None, False
         previous_handlers = self._catch_stop_signals()
         metrics, interrupted = {}, False
-        self._losses, self._since = [], time.perf_counter()
+        self._losses, self._grad_norms, self._since = [], [], time.perf_counter()
         try:
             self.model.train()
             batches = None
             while self.step < self.total and not interrupted:
                 if batches is None:
                     batches = self._epoch_batches()
-                terms, lr = self.train_step(batches)
+                terms, lr = self.train_step(batches) if self._eager_model is None else self._first_compiled_step(batches)
                 if self.step % self.iters_per_epoch == 0:
                     batches = None
                 self.bar.update(1)
@@ -294,7 +333,7 @@ class Trainer:
                                   else "stopped by a signal to another process")
             else:
                 if self.info.is_main:
-                    self.run.save_final(_unwrap(self.model))
+                    self.run.save_final(self.released_module)
                 metrics = self.evaluate()
         except NonFiniteLossError:
             self.bar.close()
@@ -342,11 +381,12 @@ class Trainer:
         t = self.cfg.train
         torch.manual_seed((self.seed * 1_000_003 + self.info.rank) * 10_000_019 + self.step)
         micro_batches = self._next_micro_batches(batches)
-        self._boundary_buffers = [b.detach().clone() for b in _unwrap(self.model).buffers()]
+        self._boundary_buffers = [b.detach().clone() for b in self.module.buffers()]
         self.optimizer.zero_grad(set_to_none=True)
         losses = []
         for a, (image, target) in enumerate(micro_batches):
-            image, target = image.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+            image = image.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            target = target.to(self.device, non_blocking=True)
             last = a == self.accum - 1
             with self.model.no_sync() if self.info.enabled and not last else contextlib.nullcontext():
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
@@ -362,15 +402,41 @@ class Trainer:
             self._restore_boundary_buffers()
             raise NonFiniteLossError(f"the loss is not finite at step {self.step + 1} "
                                      f"({', '.join(f'{float(x):g}' for x in losses)}); lower train.lr or disable AMP")
+        if t.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)  # the norm of the true gradients; scaler.step does not unscale twice
+            self._grad_norms.append(nn.utils.clip_grad_norm_(self.module.parameters(), t.clip_grad).detach())
         self._losses += losses
         lr = self.optimizer.param_groups[0]["lr"]
         self._updating = True
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
         self.step += 1
         self._updating, self._boundary_buffers = False, None
         return terms, lr
+
+    def _first_compiled_step(self, batches: Iterator) -> tuple[dict[str, Tensor], float]:
+        """The first :meth:`train_step` of a compiled model. Should it fail before the update, the
+        step runs again eagerly on the same micro-batches (buffers rolled back, the step's RNG seed
+        set again), and if that succeeds the compiler was at fault: the run trains eagerly, and
+        one warning names the compiler's error. An error of the eager step is raised as it is."""
+        micro_batches = self._next_micro_batches(batches)
+        eager, self._eager_model = self._eager_model, None
+        try:
+            return self.train_step(iter(micro_batches))
+        except Exception as compile_error:
+            if self._updating:
+                raise
+            self._restore_boundary_buffers()
+            self.model = eager
+            result = self.train_step(iter(micro_batches))
+            if self.info.is_main:
+                reason = (str(compile_error).strip().splitlines() or [""])[0]
+                warnings.warn(f"train.compile: torch.compile failed ({type(compile_error).__name__}: {reason}); "
+                              "training without compiling", stacklevel=2)
+            return result
 
     def _next_micro_batches(self, batches: Iterator) -> list:
         """The step's ``accum_steps`` micro-batches, read before anything changes. A reading error
@@ -400,49 +466,59 @@ class Trainer:
         if self._boundary_buffers is None:
             return
         with torch.no_grad():
-            for buffer, saved in zip(_unwrap(self.model).buffers(), self._boundary_buffers):
+            for buffer, saved in zip(self.module.buffers(), self._boundary_buffers):
                 buffer.copy_(saved)
         self._boundary_buffers = None
 
     def _log_training(self, terms: dict[str, Tensor], lr: float) -> None:
-        """Mean loss since the last log line, the last terms, the learning rate and the time per step."""
+        """Mean loss since the last log line, the last terms, the learning rate, the time per step and,
+        with ``train.clip_grad``, the mean gradient norm before clipping."""
         mean_loss = float(torch.stack(self._losses).mean())
+        grad_norm = {"grad_norm": float(torch.stack(self._grad_norms).mean())} if self._grad_norms else {}
         self.log.write({"step": self.step, "epoch": self.step / self.iters_per_epoch, "lr": lr, "loss": mean_loss,
-                        **{f"loss_{k}": float(v) for k, v in terms.items()},
+                        **{f"loss_{k}": float(v) for k, v in terms.items()}, **grad_norm,
                         "sec_per_step": (time.perf_counter() - self._since) / len(self._losses) * self.accum}, "train")
         self.bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
-        self._losses, self._since = [], time.perf_counter()
+        self._losses, self._grad_norms, self._since = [], [], time.perf_counter()
+
+    @property
+    def released_module(self) -> nn.Module:
+        """The weights evaluated and saved as best and final: the average with ``train.ema``, else the trained ones."""
+        return self.module if self.ema is None else self.ema.module
 
     def evaluate(self) -> dict:
-        """Metrics on the validation set (shared out over the processes); logged, and the best weights kept."""
-        metrics = evaluate_model(_unwrap(self.model), self.val_loader, len(self.classes), self.cfg.task, self.device,
+        """Metrics of :attr:`released_module` on the validation set (shared out over the processes);
+        logged, and the best weights kept."""
+        metrics = evaluate_model(self.released_module, self.val_loader, len(self.classes), self.cfg.task, self.device,
                                  self.amp, **self.segment_options)
         if self.info.is_main:
             self.log.write({"step": self.step, **{k: v for k, v in metrics.items() if k not in PER_CLASS_KEYS}}, "val")
             if metrics[self.key_metric] > self.best:
                 self.best = metrics[self.key_metric]
-                self.run.save_best(_unwrap(self.model), {"step": self.step, **metrics})
+                self.run.save_best(self.released_module, {"step": self.step, **metrics})
         return metrics
 
     # -- checkpoints
 
     def training_state(self, gather: bool = True) -> dict:
-        """Everything but the weights that the next step depends on. ``gather``: every process's RNG
-        state (a collective: all processes call it), else this process's alone."""
+        """Everything but the weights that the next step depends on (with ``train.ema``, the
+        average's state dict as ``"ema"``). ``gather``: every process's RNG state (a collective:
+        all processes call it), else this process's alone."""
         rng = [torch.get_rng_state()]
         if gather and self.info.enabled:
             rng = [None] * self.info.world_size
             dist.all_gather_object(rng, torch.get_rng_state())
+        ema = {} if self.ema is None else {"ema": self.ema.state_dict()}
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "best": self.best, "seed": self.seed,
-                "rng": {"torch": rng, "world_size": len(rng)}}
+                "rng": {"torch": rng, "world_size": len(rng)}, **ema}
 
     def checkpoint(self, gather: bool = True) -> None:
         """Save the weights and the training state of the current step (every process calls it,
         unless not ``gather``: then the main process alone, with its own RNG state)."""
         state = self.training_state(gather)
         if self.info.is_main:
-            self.run.save_checkpoint(self.step, _unwrap(self.model), state, self.cfg.train.keep_ckpts)
+            self.run.save_checkpoint(self.step, self.module, state, self.cfg.train.keep_ckpts)
         self._saved_step = self.step
 
     def _checkpoint_after_error(self, why: str) -> None:
@@ -525,7 +601,3 @@ def _ignore_stop_signals(worker_id: int) -> None:
     training process, which stops them at a step boundary."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
