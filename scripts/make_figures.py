@@ -5,12 +5,16 @@
     python scripts/make_figures.py --run runs/danet-digits-...   # use an existing run directory
     python scripts/make_figures.py --set train.iters=5     # a quick check: override the training config
     python scripts/make_figures.py --ccnet-run RUN_DIR     # criss-cross pictures from a trained CCNet
+    python scripts/make_figures.py --datasets              # only the dataset samples of docs/datasets.md
 
 Pictures of the trained run (DANet on the embedded digit scenes by default): predictions on
 validation scenes next to their ground truth, PAM of two query points placed on digits, CAM, and
 the training curves. Pictures with random (seeded) weights: CCNet's criss-cross pass and RCCA
 reach (trained weights with ``--ccnet-run``), FLANet's FLA, and the ``attnet`` head with BAM, SGE
 and PSA. File names are fixed (see :data:`FIGURES`); existing files are overwritten.
+
+``--datasets`` draws the embedded datasets' scenes with their labels instead (:data:`DATASET_FIGURES`,
+no training): digit scenes, and occluded digit scenes each drawn with three identities.
 """
 from __future__ import annotations
 
@@ -19,6 +23,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0  # of the random weights
@@ -42,6 +50,9 @@ FIGURES = {
     **{name: 2 for _, _, maps in RANDOM_MODELS for name in maps.values()},
     "train_curves": 3,
 }
+DATASET_SCENES = (0, 1, 2)  # validation scenes drawn by --datasets (digit scenes)
+IDENTITY_SHIFTS = (0, 3, 6)  # occluded digit scene 0 drawn with its own identity + these (mod 10)
+DATASET_FIGURES = {"dataset_digits": 2 * len(DATASET_SCENES), "dataset_occluded_digits": 2 * len(IDENTITY_SHIFTS)}
 
 
 def train_default(overrides: list[str], quiet: bool = False) -> Path:
@@ -144,6 +155,44 @@ def make_figures(run: Path, out: Path, ccnet_run: Path | None = None) -> list[Pa
     return written
 
 
+def draw_panels(panels: list[tuple[str, np.ndarray]], path: Path) -> Path:
+    """``(title, uint8 (H, W, 3) picture)`` panels side by side, one PNG of :func:`visattn.viz.figure_size`."""
+    from matplotlib.figure import Figure
+
+    from visattn.viz import figure_size
+
+    width, height = figure_size(len(panels))
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100, layout="constrained")
+    for ax, (title, picture) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def make_dataset_figures(out: Path) -> list[Path]:
+    """Write the pictures of :data:`DATASET_FIGURES` into ``out``: validation scenes and their labels."""
+    from visattn.data import DigitScenes, OccludedDigitScenes, colorize
+
+    out.mkdir(parents=True, exist_ok=True)
+    digits = DigitScenes("val", length=max(DATASET_SCENES) + 1)
+    panels = []
+    for i in DATASET_SCENES:
+        image, mask, _ = digits.scene(i)
+        panels += [(f"scene {i}", image), ("labels", colorize(mask, digits.palette))]
+    written = [draw_panels(panels, out / "dataset_digits.png")]
+
+    occluded = OccludedDigitScenes("val", length=1)
+    own = occluded.scene(0)[2][0][0]
+    panels = []
+    for identity in ((own + shift) % 10 for shift in IDENTITY_SHIFTS):  # only the clean digits change
+        image, mask, _ = occluded.scene(0, identity=identity)
+        panels += [(f"identity {identity}", image), (f"labels (all {identity})", colorize(mask, occluded.palette))]
+    written.append(draw_panels(panels, out / "dataset_occluded_digits.png"))
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,9 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config key, e.g. --set train.iters=5 (repeatable; without --run)")
     parser.add_argument("--quiet", action="store_true", help="no training progress bar")
+    parser.add_argument("--datasets", action="store_true",
+                        help="draw only the dataset samples of docs/datasets.md (no training)")
     args = parser.parse_args(argv)
     if args.run is not None and args.overrides:
         parser.error("--set configures the training; it cannot be combined with --run")
+    if args.datasets and (args.run or args.ccnet_run or args.overrides):
+        parser.error("--datasets draws the datasets alone; it cannot be combined with --run, --ccnet-run or --set")
+    if args.datasets:
+        for path in make_dataset_figures(args.output):
+            print(path)
+        return 0
 
     from visattn.engine.config import ConfigError
 

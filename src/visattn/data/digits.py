@@ -93,7 +93,7 @@ def _paste(rng: np.random.Generator, canvas: np.ndarray, ink: np.ndarray, y: int
 class DigitScenes(Dataset):
     """Scenes of handwritten digits with per-pixel labels (11 classes, 0 = background).
 
-    Items are ``(tv_tensors.Image uint8 (3, S, S), tv_tensors.Mask int64 (S, S))`` passed through
+    Items are ``(tv_tensors.Image uint8 (3, S, S), tv_tensors.Mask uint8 (S, S))`` passed through
     ``transforms(image, mask)`` when given.
 
     Args:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .digits import DigitClassification, DigitScenes
+from .occluded_digits import OccludedDigitScenes
 from .palettes import (ADE20K_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, DIGIT_CLASSES, VOC_CLASSES,
                        voc_palette)
 from .segmentation import (ADE20K, ADE20K_LABEL_IDS, CITYSCAPES_LABEL_IDS, Cityscapes, MaskFolder, PascalVOC,
@@ -64,10 +65,10 @@ def _root(cfg: DataConfig) -> str:
     return cfg.root
 
 
-def _digit_scenes(cfg: DataConfig, split: str) -> Dataset:
+def _digit_scenes(cfg: DataConfig, split: str, scenes: type[DigitScenes] = DigitScenes) -> Dataset:
     d = cfg.digits
-    return DigitScenes(split, length=d.train_length if split == "train" else d.val_length, size=d.size,
-                       digits_per_image=tuple(d.digits_per_image), digit_size=tuple(d.digit_size), seed=d.seed)
+    return scenes(split, length=d.train_length if split == "train" else d.val_length, size=d.size,
+                  digits_per_image=tuple(d.digits_per_image), digit_size=tuple(d.digit_size), seed=d.seed)
 
 
 def _digit_classification(cfg: DataConfig, split: str) -> Dataset:
@@ -101,6 +102,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "voc": DatasetSpec("segmentation", lambda cfg, split: PascalVOC(_root(cfg), split), VOC_CLASSES, voc_palette(21),
                        (512, 512), (0.5, 2.0), True, label_palette=voc_palette(256)),
     "folder": DatasetSpec("segmentation", _mask_folder, None, None, (512, 512), (0.5, 2.0), True),
+    "occluded_digits": DatasetSpec("segmentation", lambda cfg, split: _digit_scenes(cfg, split, OccludedDigitScenes),
+                                   DIGIT_CLASSES, voc_palette(11), (64, 64), (1.0, 1.0), False),
     "digits_cls": DatasetSpec("classification", _digit_classification, DIGIT_CLASSES[1:], voc_palette(10), (64, 64),
                               (1.0, 1.0), False),
     # RandomResizedCrop zooms on its own
