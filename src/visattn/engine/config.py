@@ -63,7 +63,7 @@ class ModelConfig:
 
 @dataclass
 class DigitsConfig:
-    """The embedded digit scenes (:class:`visattn.data.DigitScenes`)."""
+    """The embedded digit scenes (:class:`visattn.data.DigitScenes`, :class:`visattn.data.OccludedDigitScenes`)."""
 
     train_length: int = 2000
     val_length: int = 200
