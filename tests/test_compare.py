@@ -258,3 +258,16 @@ def test_compare_dir_layout(tmp_path):
     entry = Entry("attnet-bam", "attnet", "bam")
     assert cdir.run(entry, 2).path == tmp_path / "runs" / "attnet-bam" / "seed2"
     assert cdir.log(entry, 2) == tmp_path / "logs" / "attnet-bam-seed2.log"
+
+
+def test_a_failed_worker_is_reported_and_nothing_more_starts(tmp_path):
+    from visattn.compare import RunFailedError, _Job, _Progress, _train_in_parallel
+
+    base = load_config(CONFIG, [*TINY, "data.dataset=folder"])  # no data.root: the worker's training fails
+    cdir, lines = CompareDir(tmp_path), []
+    jobs = [_Job(e, 0, entry_config(base, e, 0, cdir.run(e, 0).path), cdir.run(e, 0), cdir.log(e, 0)) for e in ENTRIES]
+    with pytest.raises(RunFailedError, match=r"1 run\(s\) failed: fcn seed 0 \(exit 1: ValueError: dataset 'folder' "
+                                             r"needs data.root.*fcn-seed0.log"):
+        _train_in_parallel(jobs, 1, 0, _Progress(2, lines.append))
+    assert lines[0].startswith("start fcn seed 0 (") and lines[-1].startswith("fcn seed 0 failed")
+    assert not cdir.log(ENTRIES[1], 0).exists()  # the second run never started

@@ -33,6 +33,7 @@ per-seed differences (paired: seed ``k`` of both saw the same data).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -294,7 +295,7 @@ def _train_sequentially(jobs: Sequence[_Job], progress: _Progress) -> dict[tuple
         start = time.perf_counter()
         try:
             record = train_run(job.cfg, job.run.path)
-        except BaseException:
+        except Exception:
             progress.log(f"{job.label} stopped by an error (run directory {job.run})")
             raise
         if record is None:
@@ -314,7 +315,7 @@ def _train_in_parallel(jobs: Sequence[_Job], workers: int, gpus: int, progress: 
     threads = max(1, _cpu_count() // workers)
     queue, running, records, failed = list(jobs), {}, {}, []
     try:
-        while queue or running:
+        while running or (queue and not failed):
             for slot in range(workers):
                 if slot not in running and queue and not failed:
                     job = queue.pop(0)
@@ -328,8 +329,9 @@ def _train_in_parallel(jobs: Sequence[_Job], workers: int, gpus: int, progress: 
                         proc = subprocess.Popen([sys.executable, "-m", "visattn.compare", "train", str(job.run.path),
                                                  str(threads)], stdin=subprocess.PIPE, stdout=out,
                                                 stderr=subprocess.STDOUT, env=env, text=True)
-                    proc.stdin.write(dump_config(job.cfg))
-                    proc.stdin.close()
+                    with contextlib.suppress(BrokenPipeError):  # a worker that died at once: its log tells why
+                        proc.stdin.write(dump_config(job.cfg))
+                        proc.stdin.close()
                     running[slot] = (proc, job, time.perf_counter())
                     progress.log(f"start {job.label} ({where})")
             time.sleep(0.2)
@@ -560,7 +562,7 @@ def measure_cost(configs: dict[str, Config], device: torch.device, warmup: int =
     order = list(steps)
     for rep in range(reps):
         for name in order[rep % len(order):] + order[:rep % len(order)]:
-            times[name].append(_timed(lambda: steps[name](images, targets)))  # noqa: B023 (called at once)
+            times[name].append(_timed(functools.partial(steps[name], images, targets)))
     for name, ts in times.items():
         out[name]["ms_per_step"] = 1e3 * statistics.median(ts)
     setup = {"device": str(device), "threads": threads, "batch": list(images.shape), "eval_size": list(size),
@@ -613,14 +615,14 @@ def mean_and_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def paired_difference(values: Sequence[float], reference: Sequence[float], level: float = CONFIDENCE) -> dict:
-    """``values - reference`` seed by seed: ``{"per_seed", "mean", "low", "high"}``, the interval
-    ``mean ± t_{(1+level)/2, n-1} * sd / sqrt(n)`` (``low``/``high`` ``None`` for one seed)."""
+    """``values - reference`` seed by seed: ``{"per_seed", "mean", "low", "high", "level"}``, the
+    interval ``mean ± t_{(1+level)/2, n-1} * sd / sqrt(n)`` (``low``/``high`` ``None`` for one seed)."""
     diffs = [v - r for v, r in zip(values, reference, strict=True)]
     mean, sd = mean_and_std(diffs)
     if sd is None:
-        return {"per_seed": diffs, "mean": mean, "low": None, "high": None}
+        return {"per_seed": diffs, "mean": mean, "low": None, "high": None, "level": level}
     half = t_quantile((1 + level) / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs))
-    return {"per_seed": diffs, "mean": mean, "low": mean - half, "high": mean + half}
+    return {"per_seed": diffs, "mean": mean, "low": mean - half, "high": mean + half, "level": level}
 
 
 def _class_means(runs: Sequence[dict]) -> list[float | None]:
@@ -648,7 +650,7 @@ def summarise(entries: Sequence[Entry], configs: dict[str, Config], records: dic
         rows.append({
             "name": entry.name, "model": cfg.model.name, "kwargs": cfg.model.kwargs, "runs": runs,
             "mIoU": dict(zip(("mean", "std"), mean_and_std(miou))), "mAcc": dict(zip(("mean", "std"), mean_and_std(macc))),
-            "delta_mIoU": None if entry is entries[0] else {**paired_difference(miou, reference), "level": CONFIDENCE},
+            "delta_mIoU": None if entry is entries[0] else paired_difference(miou, reference),
             "per_class_iou": classes,
             "per_class_iou_delta": [None if a is None or b is None else a - b for a, b in zip(classes, reference_classes)],
         })
@@ -697,8 +699,8 @@ def _markdown(report: dict) -> str:
     where = setup.get("gpu") or f"{report['machine']['cpu']}, {setup['threads']} threads"
     reference = report["entries"][0]["name"]
     ci = (f"ΔmIoU: the mean over seeds of each seed's mIoU minus {reference}'s (points), with its "
-          f"{100 * CONFIDENCE:.0f}% Student t interval over the {n} per-seed differences ({n - 1} degrees of "
-          "freedom); an interval that excludes 0 is a difference the seeds do not explain."
+          f"{100 * CONFIDENCE:.0f}% Student t interval over the {n} per-seed differences ({n - 1} "
+          f"degree{'s' if n > 2 else ''} of freedom); an interval that excludes 0 is a difference the seeds do not explain."
           if n > 1 else f"ΔmIoU: mIoU minus {reference}'s (points); one seed, so no interval.")
     maps = "; ".join(f"{row['name']}: {m['module']} {m['map']}" if (m := row["attention_map"]) else
                      f"{row['name']}: none" for row in report["entries"])
