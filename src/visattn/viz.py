@@ -364,6 +364,8 @@ def save_attention_maps(panels: Sequence[tuple[str, AttentionMap | None]], image
             ax.imshow(amap.values, cmap="viridis", aspect="auto", interpolation="nearest")
             ax.set_xlabel(amap.xlabel, fontsize=6)
             ax.set_ylabel(amap.ylabel, fontsize=6)
+            if amap.yticklabels is not None:
+                ax.set_yticks(range(len(amap.yticklabels)), amap.yticklabels)
             ax.tick_params(labelsize=5)
         else:
             ax.imshow(image)
