@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "models": "list registered models with their parameter counts",
     "explain": "draw a segmentor's attention maps (PAM, CAM, CCA/RCCA, FLA, BAM, SGE, PSA) over an image",
     "plot": "draw a run's training curves (loss, mIoU, learning rate) as a PNG",
+    "compare": "train models and attention heads under one recipe and several seeds; mIoU with confidence intervals and cost",
     "bench": "time and peak memory of attention modules: naive published code vs visattn",
     "export": "export trained weights as ONNX (checked against onnxruntime) or a torch.export program (.pt2)",
 }

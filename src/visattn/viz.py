@@ -38,6 +38,7 @@ __all__ = [
     "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
     "to_feature", "to_image", "upsample", "render_attention_map", "save_prediction", "plot_metrics",
     "read_metrics", "save_confusion_matrix", "CONFUSION_PX", "MAX_TICK_LABELS", "figure_size", "PANEL_PX",
+    "attention_map_of", "save_attention_maps", "save_miou_vs_cost", "save_per_class_iou_delta", "COMPARE_PLOT_PX",
 ]
 
 PANEL_PX = 256  # pixel size of one square panel; a figure is a row of panels
@@ -324,3 +325,106 @@ def explain(
         for amap in attention_maps(module, feat, cells):
             written.append(render_attention_map(amap, image, Path(out_dir) / f"{prefix}{name.replace('.', '_')}_{amap.key}.png"))
     return written
+
+
+# ---------------------------------------------------------------------------------------------
+# comparisons of several models (visattn compare)
+
+COMPARE_PLOT_PX = 480  # side of one panel of the comparison plots (labelled points need more room than PANEL_PX)
+
+
+def attention_map_of(model: nn.Module, image: np.ndarray, point: tuple[int, int], mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> tuple[str, AttentionMap] | None:
+    """One map that shows how ``model`` attends on ``image`` (uint8 ``(H, W, 3)``): of its first
+    attention module that runs, the first map of the query pixel ``point`` ``(row, col)``, else its
+    first spatial map, else its first map. ``(module name, map)``; ``None`` for a model without
+    attention modules (an FCN)."""
+    modules = find_attention_modules(model)
+    if not modules:
+        return None
+    device = next(model.parameters()).device
+    model.eval()
+    _, inputs = capture_inputs(model, image_to_tensor(image, mean, std).to(device), modules)
+    name = next(n for n in modules if n in inputs)
+    feat = inputs[name]
+    maps = attention_maps(modules[name], feat, [to_feature(point, image.shape[:2], tuple(feat.shape[-2:]))])
+    chosen = next((m for m in maps if m.point is not None), None) or next((m for m in maps if m.spatial), maps[0])
+    return name, chosen
+
+
+def save_attention_maps(panels: Sequence[tuple[str, AttentionMap | None]], image: np.ndarray,
+                        point: tuple[int, int], path: str | os.PathLike, alpha: float = 0.55) -> Path:
+    """One panel per ``(label, map)``, side by side: a spatial map upsampled over ``image`` with the
+    query ``point`` (image pixel) marked, a matrix as it is; a ``None`` map: the image and "no
+    attention module"."""
+    fig, axes = _figure(len(panels))
+    size = image.shape[:2]
+    for ax, (label, amap) in zip(axes, panels):
+        if amap is not None and not amap.spatial:
+            ax.imshow(amap.values, cmap="viridis", aspect="auto", interpolation="nearest")
+            ax.set_xlabel(amap.xlabel, fontsize=6)
+            ax.set_ylabel(amap.ylabel, fontsize=6)
+            if amap.yticklabels is not None:
+                ax.set_yticks(range(len(amap.yticklabels)), amap.yticklabels)
+            ax.tick_params(labelsize=5)
+        else:
+            ax.imshow(image)
+            if amap is not None:
+                ax.imshow(upsample(amap.values, size), cmap="jet", alpha=alpha)
+            ax.plot(point[1], point[0], marker="*", markersize=10, color="white", markeredgecolor="black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_title(f"{label}\n{'no attention module' if amap is None else amap.title}", fontsize=7)
+    return _save(fig, path)
+
+
+def _plots(panels: int, width_px: int | None = None):
+    require("matplotlib", extra="viz")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=((width_px or COMPARE_PLOT_PX * panels) / _DPI, COMPARE_PLOT_PX / _DPI), dpi=_DPI,
+                 layout="constrained")
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def save_miou_vs_cost(names: Sequence[str], miou: Sequence[float], miou_std: Sequence[float],
+                      ms_per_step: Sequence[float], params_m: Sequence[float], path: str | os.PathLike) -> Path:
+    """mIoU (with ``miou_std`` error bars) against milliseconds per training step and against
+    millions of parameters: one labelled point per model."""
+    fig, axes = _plots(2)
+    for ax, cost, label in ((axes[0], ms_per_step, "ms per training step"), (axes[1], params_m, "parameters (M)")):
+        for i, name in enumerate(names):
+            ax.errorbar(cost[i], miou[i], yerr=miou_std[i], fmt="o", capsize=3, color=f"C{i % 10}")
+            ax.annotate(name, (cost[i], miou[i]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("mIoU (%)", fontsize=8)
+        ax.ticklabel_format(useOffset=False, style="plain")
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("mIoU against training time", fontsize=9)
+    axes[1].set_title("mIoU against size", fontsize=9)
+    return _save(fig, path)
+
+
+def save_per_class_iou_delta(classes: Sequence[str], names: Sequence[str], deltas: Sequence[Sequence[float]],
+                             reference: str, path: str | os.PathLike) -> Path:
+    """Grouped bars: per class, each model's IoU minus ``reference``'s (``deltas[i][c]``, points;
+    NaN: undefined, no bar). Without models besides the reference, a note says so."""
+    fig, (ax,) = _plots(1, min(4 * COMPARE_PLOT_PX, max(COMPARE_PLOT_PX, 12 * len(classes) * max(1, len(names)) + 160)))
+    x = np.arange(len(classes))
+    width = 0.8 / max(1, len(names))
+    for i, (name, delta) in enumerate(zip(names, deltas)):
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, np.asarray(delta, dtype=float), width, label=name,
+               color=f"C{(i + 1) % 10}")
+    if names:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, f"only {reference}: nothing to compare", ha="center", va="center", transform=ax.transAxes)
+    ax.axhline(0, color="black", lw=0.8)
+    step = math.ceil(len(classes) / MAX_TICK_LABELS)
+    ax.set_xticks(x[::step], [classes[i] for i in x[::step]], rotation=90 if len(classes) > 12 else 0, fontsize=7)
+    ax.set_ylabel(f"IoU − IoU of {reference} (points)", fontsize=8)
+    ax.set_title(f"per-class IoU difference to {reference} (mean over seeds)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
