@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from visattn._official import counterparts
 
-__all__ = ["Case", "NETWORKS", "MODULES", "matmul_peak", "run_cases", "format_table", "machine_info"]
+__all__ = ["Case", "NETWORKS", "MODULES", "PeakMemoryMeter", "matmul_peak", "run_cases", "format_table", "machine_info"]
 
 MODULES = tuple(counterparts())
 NETWORKS = ("danet_r50_d8", "ccnet_r50_d8")
@@ -244,27 +244,50 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
+class PeakMemoryMeter:
+    """Peak memory from :meth:`start` on: CUDA ``max_memory_allocated``; CPU the peak RSS
+    (``VmHWM`` after resetting it through ``/proc/self/clear_refs``; ``ru_maxrss`` of a fresh
+    process without ``/proc``), both minus the memory in use at :meth:`start`."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.method, self.base = "max_memory_allocated", torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.method, self.base = "VmHWM", _status_kb("VmRSS") * 1024
+        except OSError:
+            self.method, self.base = "ru_maxrss", self._max_rss()
+
+    def peak_mb(self) -> float:
+        if self.method == "max_memory_allocated":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _status_kb("VmHWM") * 1024 if self.method == "VmHWM" else self._max_rss()
+        return (peak - self.base) / 2**20
+
+    @staticmethod
+    def _max_rss() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def _measure_memory(case: Case, impl: str) -> dict:
     """Peak extra resident memory of one call (run in a fresh process)."""
     model, x = _build(case, impl)
     tiny_model, tiny_x = _build(case, impl, 16, 16)  # initialise libraries outside the measurement
     _call(tiny_model, tiny_x, case.train)
     del tiny_model, tiny_x
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_kb("VmRSS")
-        seconds = _timed(lambda: _call(model, x, case.train))
-        peak_kb = _status_kb("VmHWM") - base
-        method = "VmHWM"
-    except OSError:  # no /proc: ru_maxrss of this fresh process (KiB on Linux, bytes on macOS)
-        scale = 1024 if sys.platform == "darwin" else 1
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // scale
-        seconds = _timed(lambda: _call(model, x, case.train))
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // scale - base
-        method = "ru_maxrss"
-    return {"peak_mb": peak_kb / 1024, "seconds": seconds, "method": method}
+    meter = PeakMemoryMeter(torch.device("cpu"))
+    meter.start()
+    seconds = _timed(lambda: _call(model, x, case.train))
+    return {"peak_mb": meter.peak_mb(), "seconds": seconds, "method": meter.method}
 
 
 # glibc raises its mmap threshold as large blocks are freed, after which freed blocks stay in the

@@ -37,13 +37,11 @@ import contextlib
 import dataclasses
 import difflib
 import functools
-import gc
 import hashlib
 import inspect
 import json
 import math
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -414,14 +412,18 @@ def _training_step(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, 
     optimizer step as the trainer takes it (``accum_steps`` micro-batches, the AMP dtype, the
     weighted loss), synchronised on CUDA."""
     from .engine.build import build_model, build_optimizer
-    from .engine.losses import weighted_loss
+    from .engine.losses import LossTerms, output_weights, weighted_loss
     from .engine.trainer import AMP_DTYPES
 
     t = cfg.train
     torch.manual_seed(t.seed)
-    model = build_model(cfg.model, _num_classes(cfg), pretrained=False).to(device).train()
+    num_classes = _num_classes(cfg)
+    model = build_model(cfg.model, num_classes, pretrained=False).to(device).train()
     optimizer = build_optimizer(model, t)
-    weights = dict(t.loss_weights or getattr(model, "loss_weights", None) or {"out": 1.0})
+    weights = output_weights(t, model)
+    # a weighting computed from the masks costs what any list of weights does
+    class_weights = [1.0] * num_classes if isinstance(t.class_weights, str) else t.class_weights
+    criterion = LossTerms.from_config(t, class_weights, device)
     amp = AMP_DTYPES[t.amp]
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> None:
@@ -429,8 +431,7 @@ def _training_step(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, 
         for image, target in zip(images.chunk(t.accum_steps), targets.chunk(t.accum_steps)):
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 outputs = model(image)
-            loss, _ = weighted_loss(outputs, target, weights, t.ohem, t.ohem_thresh, t.ohem_min_kept,
-                                    t.label_smoothing)
+            loss, _ = weighted_loss(outputs, target, weights, criterion)
             (loss / t.accum_steps).backward()
         optimizer.step()
         if device.type == "cuda":
@@ -454,49 +455,12 @@ def count_gflops(cfg: Config, size: tuple[int, int], device: torch.device) -> fl
         return _count_flops(model.eval(), torch.zeros(1, 3, *size, device=device)) / 1e9
 
 
-class _PeakMeter:
-    """Peak memory from :meth:`start` on: CUDA ``max_memory_allocated``; CPU the peak RSS
-    (:mod:`visattn.benchmark`'s method: ``VmHWM`` after resetting it through ``/proc/self/clear_refs``,
-    ``ru_maxrss`` without ``/proc``), both minus the memory in use at :meth:`start`."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def start(self) -> None:
-        from .benchmark import _status_kb
-
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.method, self.base = "max_memory_allocated", torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.method, self.base = "VmHWM", _status_kb("VmRSS") * 1024
-        except OSError:
-            self.method, self.base = "ru_maxrss", self._max_rss()
-
-    def peak_mb(self) -> float:
-        from .benchmark import _status_kb
-
-        if self.method == "max_memory_allocated":
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = _status_kb("VmHWM") * 1024 if self.method == "VmHWM" else self._max_rss()
-        return (peak - self.base) / 2**20
-
-    @staticmethod
-    def _max_rss() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def _peak_memory_main(threads: str) -> int:
     """``python -m visattn.compare peak-memory THREADS`` with an entry's config on stdin: print
     ``{"peak_mb", "method"}``, the peak memory of two training steps of a fresh model on the
     recipe's batch (weights, gradients, optimizer state, activations), after a step at 32x32 that
     initialises the libraries."""
+    from .benchmark import PeakMemoryMeter
     from .engine.distributed import resolve_device
 
     cfg = _config_from_text(sys.stdin.read())
@@ -506,7 +470,7 @@ def _peak_memory_main(threads: str) -> int:
     warm_up = _training_step(cfg, device)[1]  # the model lives in the closure only: freed with it
     warm_up(images[:2, :, :32, :32].to(device), targets[:2, :32, :32].to(device))
     del warm_up
-    meter = _PeakMeter(device)
+    meter = PeakMemoryMeter(device)
     meter.start()
     _, step = _training_step(cfg, device)
     images, targets = images.to(device), targets.to(device)

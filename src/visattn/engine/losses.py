@@ -58,12 +58,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data import IGNORE_INDEX
 from .config import LOSSES, TrainConfig
 
-__all__ = ["cross_entropy", "ohem_cross_entropy", "focal_loss", "dice_loss", "lovasz_softmax", "LossTerms",
+__all__ = ["output_weights", "cross_entropy", "ohem_cross_entropy", "focal_loss", "dice_loss", "lovasz_softmax", "LossTerms",
            "weighted_loss"]
 
 
@@ -169,6 +169,12 @@ def lovasz_softmax(logits: Tensor, target: Tensor, class_weights: Tensor | None 
     errors, order = (foreground - prob[:, classes]).abs().sort(0, descending=True)
     losses = (errors * _lovasz_gradient(foreground.gather(0, order))).sum(0)
     return _present_class_mean(prob.new_zeros(prob.shape[1]).index_copy(0, classes, losses), present, class_weights)
+
+
+def output_weights(train: TrainConfig, model: nn.Module) -> dict[str, float]:
+    """The weight of each model output in the loss: ``train.loss_weights``, else the model's
+    ``loss_weights`` (e.g. DANet's out/pam/cam), else ``{"out": 1}``."""
+    return dict(train.loss_weights or getattr(model, "loss_weights", None) or {"out": 1.0})
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ from .config import Config, ConfigError
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
 from .ema import create_ema
 from .inference import segment_options
-from .losses import LossTerms, weighted_loss
+from .losses import LossTerms, output_weights, weighted_loss
 from .metrics import evaluate as evaluate_model
 from .metrics import PER_CLASS_KEYS, format_table
 from .run_dir import RunDir
@@ -164,7 +164,7 @@ class Trainer:
         torch.manual_seed(self.seed)  # identical initial weights in every process
         model = build_model(cfg.model, len(self.classes), trust_code=trust_code,
                             origin=str(self.run.config) if self.resumed else "the config").to(device)
-        self.loss_weights = dict(t.loss_weights or getattr(model, "loss_weights", None) or {"out": 1.0})
+        self.loss_weights = output_weights(t, model)
         class_weights, self._new_class_weights = resolve_class_weights(
             t.class_weights, self.train_set, self.classes, self.run.class_weights if self.resumed else None, info,
             device, quiet)
