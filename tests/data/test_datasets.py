@@ -258,3 +258,15 @@ def test_image_to_tensor_is_the_evaluation_transform():
         tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1)), tv_tensors.Mask(torch.zeros(5, 7, dtype=torch.int64)))
     x = image_to_tensor(rgb, mean, std)
     assert x.shape == (1, 3, 5, 7) and torch.allclose(x[0], expected, atol=1e-6)
+
+
+def test_read_image_names_an_image_too_large_to_decode(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from visattn.data import read_image
+
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 3)  # PIL refuses above twice the limit
+    with pytest.raises(ValueError, match=r"cannot read image .*huge\.png"):
+        read_image(path)

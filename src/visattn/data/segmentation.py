@@ -36,7 +36,7 @@ def read_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image
         with Image.open(path) as img:
             img.load()
             return img.convert(mode) if mode is not None and img.mode != mode else img.copy()
-    except (OSError, SyntaxError, ValueError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
