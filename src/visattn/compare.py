@@ -413,7 +413,7 @@ def _training_step(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, 
     weighted loss), synchronised on CUDA."""
     from .engine.build import build_model, build_optimizer
     from .engine.losses import LossTerms, output_weights, weighted_loss
-    from .engine.trainer import AMP_DTYPES
+    from .engine.trainer import amp_dtype
 
     t = cfg.train
     torch.manual_seed(t.seed)
@@ -424,7 +424,7 @@ def _training_step(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, 
     # a weighting computed from the masks costs what any list of weights does
     class_weights = [1.0] * num_classes if isinstance(t.class_weights, str) else t.class_weights
     criterion = LossTerms.from_config(t, class_weights, device)
-    amp = AMP_DTYPES[t.amp]
+    amp = amp_dtype(t.amp, device)
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)

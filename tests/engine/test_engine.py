@@ -228,3 +228,15 @@ def test_optimizer_choice():
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["lr"] == 0.01
     with pytest.raises(ValueError, match="train.optimizer must be 'sgd' or 'adamw', got 'adam'"):
         build_optimizer(model, dataclasses.replace(t, optimizer="adam"))
+
+
+def test_amp_dtype_names_the_option_it_refuses():
+    from visattn.engine.trainer import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype(None, cpu) is None and amp_dtype("bf16", cpu) is torch.bfloat16
+    assert amp_dtype("fp16", torch.device("cuda")) is torch.float16  # a device object needs no CUDA here
+    with pytest.raises(ValueError, match=r"^train\.amp fp16 needs a CUDA device, the device is cpu; use train\.amp bf16"):
+        amp_dtype("fp16", cpu)
+    with pytest.raises(ValueError, match=r"^--amp must be null, bf16 or fp16, got 'fp8'"):
+        amp_dtype("fp8", cpu, option="--amp")

@@ -34,7 +34,7 @@ def resolve_inference_device(args: argparse.Namespace) -> tuple[torch.device, to
     import torch
 
     from visattn.engine.distributed import resolve_device
-    from visattn.engine.trainer import AMP_DTYPES
+    from visattn.engine.trainer import amp_dtype
 
     try:
         device = resolve_device(args.device)
@@ -46,10 +46,7 @@ def resolve_inference_device(args: argparse.Namespace) -> tuple[torch.device, to
                                                         if found else "CUDA is not available here"))
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {args.device}: MPS is not available here")
-    amp = AMP_DTYPES[getattr(args, "amp", None)]
-    if amp is torch.float16 and device.type != "cuda":
-        raise ValueError(f"--amp fp16 needs a CUDA device, the device is {device}; use --amp bf16 there")
-    return device, amp
+    return device, amp_dtype(getattr(args, "amp", None), device, option="--amp")
 
 
 def add_trust_code_argument(parser: argparse.ArgumentParser) -> None:

@@ -86,7 +86,7 @@ from .metrics import evaluate as evaluate_model
 from .metrics import PER_CLASS_KEYS, format_table
 from .run_dir import RunDir
 
-__all__ = ["train", "Trainer", "AMP_DTYPES", "FIXED_ON_RESUME", "NonFiniteLossError"]
+__all__ = ["train", "Trainer", "AMP_DTYPES", "amp_dtype", "FIXED_ON_RESUME", "NonFiniteLossError"]
 
 AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -96,6 +96,17 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FIXED_ON_RESUME = ("iters", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum", "nesterov", "betas",
                    "weight_decay", "schedule", "power", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor",
                    "min_lr", "head_lr_mult", "clip_grad", "ema")
+
+
+def amp_dtype(name: str | None, device: torch.device, option: str = "train.amp") -> torch.dtype | None:
+    """The autocast dtype of the mixed-precision setting ``name`` (null, bf16, fp16) on ``device``;
+    an unknown name, or fp16 off CUDA, is a ``ValueError`` naming ``option``."""
+    if name not in AMP_DTYPES:
+        raise ValueError(f"{option} must be null, bf16 or fp16, got {name!r}")
+    dtype = AMP_DTYPES[name]
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError(f"{option} fp16 needs a CUDA device, the device is {device}; use {option} bf16 there")
+    return dtype
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -132,11 +143,7 @@ class Trainer:
     def __init__(self, cfg: Config, device: torch.device, info: DistInfo = DistInfo(),
                  resume: str | os.PathLike | None = None, quiet: bool = False, trust_code: bool = False) -> None:
         t = cfg.train
-        if t.amp not in AMP_DTYPES:
-            raise ValueError(f"train.amp must be null, bf16 or fp16, got {t.amp!r}")
-        self.amp = AMP_DTYPES[t.amp]
-        if self.amp is torch.float16 and device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+        self.amp = amp_dtype(t.amp, device)
         if dataset_spec(cfg.data.dataset).task != cfg.task:
             raise ValueError(f"task {cfg.task!r} does not match dataset {cfg.data.dataset!r}")
         if t.deterministic:
