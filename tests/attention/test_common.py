@@ -4,6 +4,8 @@ Value tests against independent formulations live in each module's own test file
 shared rules: shapes at odd sizes, batch independence, gradients, bad input, and the export and
 layout paths (torch.compile, torch.export, ONNX, channels_last; bf16 autocast is in
 ``test_precision.py``). Every module is built with its default arguments at ``CHANNELS`` channels.
+The parametrisations read the registry when the tests are collected, so a module registers and is
+tested.
 """
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import pytest
 import torch
 
 import visattn
+from visattn.attention import AttentionTraits, attention_traits
 from visattn.attention._common import check_input
 from helpers import CHANNELS, randomize_
 
-NAMES = visattn.list_attentions()
+
+def registered_names() -> list[str]:
+    return visattn.list_attentions()
 
 
 def build(name: str, seed: int = 0, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -25,13 +30,28 @@ def test_registry_maps_names_to_classes():
     from visattn.attention.pam import PositionAttention
 
     assert visattn.get_attention_class("PAM") is PositionAttention
-    for name in NAMES:
+    for name in registered_names():
         cls = visattn.get_attention_class(name)
         assert isinstance(visattn.create_attention(name, CHANNELS), cls)
         assert callable(cls.attention_weights) and callable(cls.attention_maps)
+        assert isinstance(attention_traits(name), AttentionTraits)
 
 
-@pytest.mark.parametrize("name", NAMES)
+def test_traits_are_read_from_the_class_and_checked(throwaway, monkeypatch):
+    assert attention_traits(throwaway) == AttentionTraits(
+        identity_at_init=True, maps_drawn=("throwaway_gate",), query_maps_drawn=("throwaway_similarity_q",))
+    cls = visattn.get_attention_class(throwaway)
+    monkeypatch.setattr(cls, "float32_weights", ("gate",), raising=False)
+    with pytest.raises(ValueError, match=r"^ThrowawayGate: float32_weights \('gate',\) without has_softmax$"):
+        attention_traits(throwaway)
+    monkeypatch.delattr(cls, "float32_weights")
+    monkeypatch.setattr(cls, "maps_drawn", ())
+    monkeypatch.setattr(cls, "query_maps_drawn", ())
+    with pytest.raises(ValueError, match="^ThrowawayGate: an attention module draws at least one map"):
+        attention_traits(throwaway)
+
+
+@pytest.mark.parametrize("name", registered_names())
 @pytest.mark.parametrize("size", [(1, 1), (2, 2), (7, 13), (33, 47)])
 def test_shape_and_finite(name, size, device):
     x = torch.randn(2, CHANNELS, *size, device=device)
@@ -41,7 +61,7 @@ def test_shape_and_finite(name, size, device):
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_batch_independence_in_eval(name, device):
     m = build(name, device=device)
     x = torch.randn(3, CHANNELS, 5, 7, device=device)
@@ -52,21 +72,21 @@ def test_batch_independence_in_eval(name, device):
                 torch.testing.assert_close(y[i : i + 1], m(x[i : i + 1]), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_not_identity_once_trained(name, device):
     x = torch.randn(1, CHANNELS, 6, 5, device=device)
     with torch.no_grad():
         assert (build(name, device=device)(x) - x).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_gradcheck_float64(name):
     m = build(name).double()
     x = torch.randn(1, CHANNELS, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_parameter_gradients_flow(name, device):
     m = build(name, device=device).train()
     x = torch.randn(2, CHANNELS, 5, 6, device=device)
@@ -75,7 +95,7 @@ def test_parameter_gradients_flow(name, device):
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_channels_last(name, device):
     m = build(name, device=device)
     x = torch.randn(2, CHANNELS, 9, 11, device=device)
@@ -87,7 +107,7 @@ def test_channels_last(name, device):
     torch.testing.assert_close(out_cl_module, ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_attention_weights(name, device):
     m = build(name, device=device)
     x = torch.randn(2, CHANNELS, 5, 6, device=device)
@@ -98,7 +118,7 @@ def test_attention_weights(name, device):
         assert not w.requires_grad
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_wrong_rank_and_channels_raise(name, device):
     m = build(name, device=device)
     with pytest.raises(ValueError, match="4-D"):
@@ -107,7 +127,7 @@ def test_wrong_rank_and_channels_raise(name, device):
         m(torch.randn(1, CHANNELS + 8, 5, 5, device=device))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_empty_feature_map_raises_and_empty_batch_passes(name, device):
     m = build(name, device=device)
     for shape in ((1, CHANNELS, 0, 5), (2, CHANNELS, 5, 0)):
@@ -117,13 +137,13 @@ def test_empty_feature_map_raises_and_empty_batch_passes(name, device):
         assert m(torch.randn(0, CHANNELS, 5, 6, device=device)).shape == (0, CHANNELS, 5, 6)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_integer_input_raises(name, device):
     with pytest.raises(ValueError, match="expected a floating-point input, got torch.int64"):
         build(name, device=device)(torch.ones(1, CHANNELS, 5, 5, dtype=torch.long, device=device))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_input_into_fp32_module_raises(name, dtype, device):
     m = build(name, device=device)
@@ -159,7 +179,7 @@ def test_unknown_argument_lists_valid_ones():
         visattn.create_attention("fla", 64, reduction=4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_torch_compile_fullgraph(name):
     m = build(name)
     x = torch.randn(2, CHANNELS, 7, 9)
@@ -168,7 +188,7 @@ def test_torch_compile_fullgraph(name):
         torch.testing.assert_close(compiled(x), m(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_torch_export(name):
     m = build(name)
     x = torch.randn(2, CHANNELS, 7, 9)
@@ -178,7 +198,7 @@ def test_torch_export(name):
         torch.testing.assert_close(program.module()(x2), m(x2), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_onnx_export_matches_onnxruntime(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -190,3 +210,20 @@ def test_onnx_export_matches_onnxruntime(name, tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), m(x), rtol=1e-3, atol=1e-4)
+
+
+def test_a_registered_module_is_covered_by_the_contract(throwaway, tmp_path):
+    assert throwaway in registered_names()
+    cpu = torch.device("cpu")
+    test_shape_and_finite(throwaway, (7, 13), cpu)
+    test_batch_independence_in_eval(throwaway, cpu)
+    test_not_identity_once_trained(throwaway, cpu)
+    test_gradcheck_float64(throwaway)
+    test_parameter_gradients_flow(throwaway, cpu)
+    test_channels_last(throwaway, cpu)
+    test_attention_weights(throwaway, cpu)
+    test_wrong_rank_and_channels_raise(throwaway, cpu)
+    test_empty_feature_map_raises_and_empty_batch_passes(throwaway, cpu)
+    test_integer_input_raises(throwaway, cpu)
+    test_low_precision_input_into_fp32_module_raises(throwaway, torch.bfloat16, cpu)
+    test_torch_export(throwaway)

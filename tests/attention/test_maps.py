@@ -1,7 +1,8 @@
 """Every registered mechanism's pictures (``attention_maps``): what they hold, against its ``attention_weights``.
 
-The structural checks run over the registry, so a new mechanism is checked without an entry here.
-``EXPECTED`` gives, for the mechanisms defined alongside these tests, each map's values computed
+The structural checks run over the registry and read each class's traits (the maps it declares it
+draws, once or per query point), so a new mechanism is checked without an entry here. ``EXPECTED``
+gives, for the mechanisms defined alongside these tests, each map's values computed
 independently from the module's ``attention_weights`` (and the input, for CAM's gathered channel);
 a mechanism added later checks its values in its own test file.
 """
@@ -16,9 +17,9 @@ from torch import Tensor, nn
 
 import visattn
 from helpers import CHANNELS, randomize_
+from visattn.attention import attention_traits
 from visattn.attention._common import AttentionMap
 
-NAMES = visattn.list_attentions()
 H, W = 5, 7
 POINTS = [(0, 0), (2, 5), (4, 6)]
 
@@ -100,15 +101,33 @@ def _array(v: np.ndarray | Tensor) -> np.ndarray:
     return v.double().cpu().numpy() if isinstance(v, Tensor) else v
 
 
-@pytest.mark.parametrize("name", NAMES)
+def registered_names() -> list[str]:
+    return visattn.list_attentions()
+
+
+def query_map_names() -> list[str]:
+    """The mechanisms that draw maps per query point."""
+    return [n for n in visattn.list_attentions() if attention_traits(n).query_maps_drawn]
+
+
+def declared_maps(name: str, points: list) -> dict[str, tuple[int, int] | None]:
+    """Each map key ``name`` declares it draws for ``points``, with the query point it belongs to."""
+    traits = attention_traits(name)
+    keys: dict[str, tuple[int, int] | None] = dict.fromkeys(traits.maps_drawn)
+    keys.update({f"{prefix}{i}": p for prefix in traits.query_maps_drawn for i, p in enumerate(points)})
+    return keys
+
+
+@pytest.mark.parametrize("name", registered_names())
 def test_maps_are_well_formed(name, device):
     maps = build(name, device).attention_maps(feature(device), POINTS)
-    assert maps and len({a.key for a in maps}) == len(maps)  # each key once
+    assert len({a.key for a in maps}) == len(maps)  # each key once
+    assert {a.key: a.point for a in maps} == declared_maps(name, POINTS)
     for a in maps:
         assert isinstance(a, AttentionMap) and a.values.dtype == np.float32
         assert np.isfinite(a.values).all(), a.key
         assert a.values.ndim == 2 and (a.values.shape == (H, W) or not a.spatial), a.key
-        assert a.point is None or (a.point in POINTS and (a.spatial or a.grid == (H, W))), a.key
+        assert a.point is None or (a.spatial or a.grid == (H, W)), a.key
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -121,7 +140,7 @@ def test_maps_equal_the_attention_weights(name, device):
         np.testing.assert_allclose(a.values, _array(expected[a.key]), rtol=1e-5, atol=1e-6, err_msg=a.key)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", registered_names())
 def test_default_point_is_the_centre_and_one_map_is_required(name):
     m, x = build(name), feature()
     centred = m.attention_maps(x)
@@ -131,10 +150,31 @@ def test_default_point_is_the_centre_and_one_map_is_required(name):
         m.attention_maps(torch.cat([x, x]))
 
 
-@pytest.mark.parametrize("name", ["pam", "cam", "cca", "rcca", "fla", "dual", "nonlocal"])
+@pytest.mark.parametrize("name", query_map_names())
 def test_query_outside_the_map_is_refused(name):
     with pytest.raises(ValueError, match=r"query cells \[\(5, 0\)\] outside the 5x7 feature map"):
         build(name).attention_maps(feature(), [(H, 0)])
+
+
+@pytest.mark.parametrize("name", sorted(set(registered_names()) - set(query_map_names())))
+def test_points_are_ignored_without_query_maps(name):
+    m, x = build(name), feature()
+    outside = m.attention_maps(x, [(H, 0)])
+    assert [(a.key, a.point) for a in outside] == [(a.key, a.point) for a in m.attention_maps(x)]
+    for a, b in zip(outside, m.attention_maps(x)):
+        np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_a_registered_module_is_covered_by_its_traits(throwaway, monkeypatch):
+    assert throwaway in registered_names() and throwaway in query_map_names()
+    assert throwaway not in EXPECTED  # no expected-value function: the generic checks alone
+    test_maps_are_well_formed(throwaway, torch.device("cpu"))
+    test_default_point_is_the_centre_and_one_map_is_required(throwaway)
+    test_query_outside_the_map_is_refused(throwaway)
+    # A declaration that does not match what the module draws fails.
+    monkeypatch.setattr(visattn.get_attention_class(throwaway), "maps_drawn", ("throwaway_other",))
+    with pytest.raises(AssertionError):
+        test_maps_are_well_formed(throwaway, torch.device("cpu"))
 
 
 def test_pam_maps_are_distributions():

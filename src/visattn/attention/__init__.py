@@ -4,6 +4,6 @@ Build by name with :func:`create_attention`; every module has ``attention_weight
 the weights it computed as a dict of tensors, for inspection (no cost to ``forward``), and
 ``attention_maps(x, points)`` turning them into the pictures :mod:`visattn.viz` draws.
 """
-from .factory import create_attention, get_attention_class, list_attentions
+from .factory import AttentionTraits, attention_traits, create_attention, get_attention_class, list_attentions
 
-__all__ = ["create_attention", "get_attention_class", "list_attentions"]
+__all__ = ["AttentionTraits", "attention_traits", "create_attention", "get_attention_class", "list_attentions"]

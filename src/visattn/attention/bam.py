@@ -108,6 +108,8 @@ class BAM(nn.Module):
             weights) to merge the channel and spatial logits.
     """
 
+    maps_drawn = ("bam_gate", "bam_spatial")
+
     def __init__(self, channels: int, reduction: int = 16, dilation: int = 4, combine: str = "sum") -> None:
         super().__init__()
         if combine not in _COMBINES:

@@ -71,6 +71,12 @@ class ChannelAttention(nn.Module):
         channels: input and output channels C (used to check inputs; CAM has no projections).
     """
 
+    identity_at_init = True
+    maps_drawn = ("cam_matrix",)
+    query_maps_drawn = ("cam_q",)
+    has_softmax = True
+    float32_weights = ("channel",)
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = check_positive("ChannelAttention", "channels", channels)

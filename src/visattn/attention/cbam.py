@@ -80,6 +80,8 @@ class CBAM(nn.Module):
         kernel_size: odd kernel size of the spatial gate's conv (7 in the paper).
     """
 
+    maps_drawn = ("cbam_spatial",)
+
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
         super().__init__()
         if check_positive("CBAM", "kernel_size", kernel_size) % 2 == 0:

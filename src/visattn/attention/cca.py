@@ -293,6 +293,11 @@ class CrissCrossAttention(nn.Module):
         reduction: query/key width is ``C // reduction`` (8 in the paper).
     """
 
+    identity_at_init = True
+    query_maps_drawn = ("cca_q",)
+    has_softmax = True
+    float32_weights = ("column", "row")
+
     def __init__(self, channels: int, reduction: int = 8) -> None:
         super().__init__()
         hidden = reduced_channels("CrissCrossAttention", channels, reduction)
@@ -350,6 +355,11 @@ class RecurrentCrissCrossAttention(nn.Module):
         reduction: query/key width is ``C // reduction`` (8 in the paper).
         recurrence: number of passes (2 in the paper; the released R=2 models need 2).
     """
+
+    identity_at_init = True
+    query_maps_drawn = ("rcca_pass1_q", "rcca_reach_q")
+    has_softmax = True
+    float32_weights = ("column_1", "row_1", "column_2", "row_2")
 
     def __init__(self, channels: int, reduction: int = 8, recurrence: int = 2) -> None:
         super().__init__()

@@ -37,6 +37,12 @@ class DualAttention(nn.Module):
             :class:`PositionAttention`).
     """
 
+    identity_at_init = True
+    maps_drawn = ("cam_matrix",)
+    query_maps_drawn = ("pam_q", "cam_q")
+    has_softmax = True
+    float32_weights = ("position", "channel")
+
     def __init__(self, channels: int, reduction: int = 8, chunk_size: int | None = None) -> None:
         super().__init__()
         self.channels = channels

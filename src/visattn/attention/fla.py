@@ -99,6 +99,12 @@ class FullyAttentional(nn.Module):
         channels: input and output channels C (512 in FLANet).
     """
 
+    identity_at_init = "conv"
+    query_maps_drawn = ("fla_q", "fla_column_q", "fla_row_q")
+    has_softmax = True
+    float32_weights = ("column", "row")
+    output_in_autocast_dtype = True
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         check_positive("FullyAttentional", "channels", channels)

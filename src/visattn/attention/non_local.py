@@ -82,6 +82,11 @@ class NonLocal2d(nn.Module):
             gives the same result.
     """
 
+    identity_at_init = True
+    query_maps_drawn = ("nonlocal_q",)
+    has_softmax = True
+    float32_weights = ("position",)
+
     def __init__(
         self,
         channels: int,

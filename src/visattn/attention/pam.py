@@ -60,6 +60,11 @@ class PositionAttention(nn.Module):
             gives the same result, larger ones trade memory for fewer, larger matmuls.
     """
 
+    identity_at_init = True
+    query_maps_drawn = ("pam_q",)
+    has_softmax = True
+    float32_weights = ("position",)
+
     def __init__(self, channels: int, reduction: int = 8, chunk_size: int | None = None) -> None:
         super().__init__()
         hidden = reduced_channels("PositionAttention", channels, reduction)

@@ -57,6 +57,10 @@ class PyramidSqueezeAttention(nn.Module):
         reduction: the shared SE's hidden width is ``(out_channels // n_branches) // reduction``.
     """
 
+    maps_drawn = ("psa_branch",)
+    has_softmax = True  # its branch weights are cast back to the features' dtype
+    output_in_autocast_dtype = True
+
     def __init__(
         self,
         channels: int,

@@ -25,6 +25,8 @@ class SqueezeExcite(nn.Module):
         reduction: hidden width is ``C // reduction`` (16 in the paper).
     """
 
+    maps_drawn = ("se_channel",)
+
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         hidden = reduced_channels("SqueezeExcite", channels, reduction)

@@ -37,6 +37,8 @@ class SpatialGroupEnhance(nn.Module):
         groups: number of groups G (64 in the paper).
     """
 
+    maps_drawn = ("sge_gate", "sge_group0")
+
     def __init__(self, channels: int, groups: int = 64) -> None:
         super().__init__()
         check_positive("SpatialGroupEnhance", "channels", channels)
