@@ -1,12 +1,13 @@
 """``visattn explain``: draw where a segmentor's attention modules look on an image.
 
-Runs the model once on the image, captures the input of each attention module (PAM, CAM, CCA/RCCA,
-FLA, BAM, SGE, PSA) with a forward hook and renders its ``attention_weights`` over the image:
-one PNG per map in ``--output`` (see :func:`visattn.viz.explain`). The model is a training run's
-(``--run``, or ``--config`` with ``--weights``), or a registered segmentor named by ``--model``
-with ``--weights`` or random (seeded) weights, which show the mechanics: the cross of one
-criss-cross pass, the whole image reached by two. (SGE is initialised to a constant gate,
-``sigmoid(1)``: its picture is flat until it is trained.)
+Runs the model once on the image, captures the input of each registered attention module (every
+one draws the maps its class declares in ``maps_drawn`` and ``query_maps_drawn``) with a forward
+hook and renders its ``attention_maps`` over the image: one PNG per map in ``--output`` (see
+:func:`visattn.viz.explain`). The model is a training run's (``--run``, or ``--config`` with
+``--weights``), or a registered segmentor named by ``--model`` with ``--weights`` or random
+(seeded) weights, which show the mechanics: the cross of one criss-cross pass, the whole image
+reached by two. (SGE is initialised to a constant gate, ``sigmoid(1)``: its picture is flat until
+it is trained.)
 """
 from __future__ import annotations
 
