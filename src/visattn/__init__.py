@@ -24,9 +24,11 @@ _LAZY = {
     "push_to_hub": "visattn.hub",
     "save_pretrained": "visattn.hub",
     "compare": "visattn.compare",
+    "Predictor": "visattn.engine.inference",
 }
 
 __all__ = [
+    "Predictor",
     "compare",
     "create_attention",
     "create_model",
@@ -45,6 +47,7 @@ __all__ = [
 if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from .attention import create_attention, get_attention_class, list_attentions
     from .compare import compare
+    from .engine.inference import Predictor
     from .hub import from_pretrained, push_to_hub, save_pretrained
     from .models import create_model, list_models
     from .models.insert import insert_attention, timm_attn_layer

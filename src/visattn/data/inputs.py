@@ -1,0 +1,135 @@
+"""What ``visattn predict`` reads: the images and videos that files, folders, globs and ``@LIST``
+files name, and a dataset that decodes them one by one (in ``DataLoader`` workers) for batching.
+
+``@LIST`` names a text file of inputs, one file, folder or glob per line (blank lines and lines
+starting with ``#`` skipped; relative paths are relative to the list's folder). Each input found
+comes with its root (a folder itself, a file's folder, a glob's fixed leading folders), below which
+the output folder mirrors it (:func:`visattn.engine.predictions.output_names`).
+"""
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from .segmentation import IMAGE_EXTENSIONS, read_image
+from .video import VIDEO_EXTENSIONS, is_video
+
+__all__ = ["LIST_PREFIX", "find_inputs", "Pictures", "picture_loader", "same_size_batches"]
+
+T = TypeVar("T")
+LIST_PREFIX = "@"
+_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+
+
+def find_inputs(inputs: Sequence[str], exclude: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+    """``(file, root)`` for each image and video the inputs name, in order, without repeats and
+    without the files under the folder ``exclude`` (the output folder). An input that names none
+    is a ``FileNotFoundError``."""
+    found: dict[Path, tuple[Path, Path]] = {}
+    for item in inputs:
+        groups = _read_list(Path(item[len(LIST_PREFIX):]), exclude) if item.startswith(LIST_PREFIX) else \
+            [_files(item, exclude)]
+        for files, root in groups:
+            for file in files:
+                found.setdefault(Path(os.path.abspath(file)), (file, root))
+    return list(found.values())
+
+
+def _files(item: str, exclude: str | os.PathLike | None) -> tuple[list[Path], Path]:
+    """The images and videos one input (a file, folder or glob) names, and their root."""
+    def wanted(p: Path) -> bool:
+        return p.suffix.lower() in _EXTENSIONS and p.is_file() and not (exclude is not None and _inside(p, exclude))
+
+    path = Path(item)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if wanted(p))
+        if not files:
+            raise FileNotFoundError(f"no images in folder {item!r} (extensions: {', '.join(_EXTENSIONS)})")
+        return files, path
+    if path.is_file():
+        return [path], path.parent
+    files = sorted(p for p in map(Path, glob.glob(item, recursive=True)) if wanted(p))
+    if not files:
+        raise FileNotFoundError(f"no image matches {item!r}")
+    return files, _glob_root(item)
+
+
+def _read_list(path: Path, exclude: str | os.PathLike | None) -> list[tuple[list[Path], Path]]:
+    """:func:`_files` of each line of the list file ``path``."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise FileNotFoundError(f"cannot read the list {LIST_PREFIX}{path}: {err}") from None
+    groups = []
+    for number, line in enumerate(lines, 1):
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            try:
+                groups.append(_files(str(path.parent / entry), exclude))
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{path}, line {number}: {err}") from None
+    if not groups:
+        raise FileNotFoundError(f"the list {LIST_PREFIX}{path} names no file")
+    return groups
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern searches: its leading parts without wildcards."""
+    fixed = []
+    for part in Path(pattern).parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _inside(path: Path, folder: str | os.PathLike) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+
+
+class Pictures(Dataset):
+    """The decoded files: an image's ``(H, W, 3)`` uint8 array, or the message why it cannot be
+    read; ``None`` for a video (decoded frame by frame where it is used)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray | str | None:
+        path = self.paths[index]
+        if is_video(path):
+            return None
+        try:
+            return np.array(read_image(path))
+        except ValueError as err:
+            return str(err)
+
+
+def _as_is(item):
+    """A ``DataLoader``'s ``collate_fn`` that hands each item over unchanged (no tensors)."""
+    return item
+
+
+def picture_loader(paths: Sequence[str | os.PathLike], workers: int = 0) -> DataLoader:
+    """The :class:`Pictures` of ``paths`` in order, one at a time, read ahead by ``workers`` processes."""
+    return DataLoader(Pictures(paths), batch_size=None, collate_fn=_as_is, num_workers=workers)
+
+
+def same_size_batches(items: Iterable[tuple[T, np.ndarray]], batch_size: int) -> Iterator[list[tuple[T, np.ndarray]]]:
+    """Runs of up to ``batch_size`` consecutive ``(key, picture)`` items whose pictures share a shape."""
+    batch: list = []
+    for item in items:
+        if batch and (len(batch) == batch_size or item[1].shape != batch[0][1].shape):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
