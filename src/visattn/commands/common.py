@@ -9,9 +9,12 @@
 ``--set KEY=VALUE``         one config override per flag, repeatable
 ``--batch-size N``          images (or random inputs) per forward pass
 ``--amp bf16|fp16``         run the model under ``torch.autocast`` (mixed precision)
+``bench --dtype DTYPE``     cast the module and its input to that dtype (no autocast)
 ``--device DEVICE``         where the model runs
 ``--size H W``              the size of the random input a command builds (demo, bench, export)
 ``--crop-size H W``         the sliding window of test-time segmentation
+``bench --modules NAME``    registered attention modules (or networks) to time
+``explain --module-paths``  modules of the model, by their path in it (``head.sa``), to draw
 ==========================  ==================================================================
 
 Other spellings of these meanings are hidden aliases (:func:`add_hidden_alias`): they parse, and
