@@ -7,13 +7,13 @@ speak one dialect (:mod:`visattn.commands.common`).
 Exit status, decided here for every command:
 
 - 0: done;
-- 1: done, but some inputs failed (``predict`` skipped a file, ``export`` differs from the eager
-  model): what ``run`` returns;
+- 1: some inputs failed (``predict`` skipped a file, ``export`` differs from the eager model,
+  ``compare`` has runs that failed): what ``run`` returns;
 - 2: a bad input, as for a bad command line: ``run`` raised a ``ValueError`` (a config, weights,
   option or input that cannot be used; :class:`~visattn.engine.config.ConfigError` and
   :class:`~visattn.weights.WeightsError` among them), a ``FileNotFoundError`` or ``FileExistsError``,
-  a :class:`~visattn._extras.MissingExtraError` (the message names the ``pip install`` that brings
-  the module) or a :class:`~visattn.compare.RunFailedError`; the message is one line on stderr;
+  or a :class:`~visattn._extras.MissingExtraError` (the message names the ``pip install`` that brings
+  the module); the message is one line on stderr;
 - 130: interrupted (``KeyboardInterrupt``; its message, if any, says how to continue).
 
 Any other exception keeps its traceback.
@@ -27,6 +27,8 @@ import sys
 from visattn._extras import MissingExtraError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+# the errors whose message is all the user needs: exit 2
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MissingExtraError)
 
 # name -> one-line help; the module visattn.commands.<name> implements it
 COMMANDS: dict[str, str] = {
@@ -65,18 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"visattn {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as err:
-        if not isinstance(err, _user_errors()):
-            raise
+    except USER_ERRORS as err:
         print(f"visattn {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The errors whose message is all the user needs (imported only when one is raised: they bring torch)."""
-    from visattn.compare import RunFailedError
-
-    return ValueError, FileNotFoundError, FileExistsError, MissingExtraError, RunFailedError
 
 
 if __name__ == "__main__":

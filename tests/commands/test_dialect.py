@@ -11,6 +11,7 @@ import visattn.commands.demo
 from visattn._extras import MissingExtraError
 from visattn.cli import COMMANDS, main
 from visattn.commands.common import given_run
+from visattn.compare import RunFailedError
 
 # meaning -> (its spelling, the commands that take it, spellings of it that --help must not list)
 SHARED = {
@@ -148,6 +149,20 @@ def test_main_passes_results_and_keeps_tracebacks_of_bugs(monkeypatch):
     monkeypatch.setattr(visattn.commands.demo, "run", run)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["demo"])
+
+
+@pytest.mark.parametrize(("raised", "code", "message"), [
+    (KeyboardInterrupt(), 130, "visattn compare: interrupted; run the same command again to continue\n"),
+    (RunFailedError("1 run(s) failed: fcn seed 0 (exit 1: see its log)"), 1,
+     "visattn compare: 1 run(s) failed: fcn seed 0 (exit 1: see its log)\n"),
+])
+def test_compare_says_how_to_continue(monkeypatch, capsys, raised, code, message):
+    def compare(*args):
+        raise raised
+
+    monkeypatch.setattr(importlib.import_module("visattn.compare"), "compare", compare)
+    assert main(["compare", "--models", "fcn"]) == code
+    assert capsys.readouterr().err == message
 
 
 def test_bad_option_values_exit_2_before_running(capsys):

@@ -3,12 +3,15 @@ measure their cost side by side, and report which attention helps on this data (
 
     visattn compare --config configs/digits_danet.yaml --models fcn danet ccnet --attentions bam sge psa --seeds 3
 
-Re-running the same command continues: complete runs are skipped, interrupted ones resumed.
+Re-running the same command continues: complete runs are skipped, interrupted ones resumed. Exit
+status (:mod:`visattn.cli`): 1 when some runs failed (each named with its log), 130 when interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
+from visattn.cli import EXIT_SOME_FAILED
 from visattn.commands.common import add_output_dir_argument, add_set_argument, int_at_least
 
 
@@ -35,12 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visattn.compare import compare, format_table
+    from visattn.compare import RunFailedError, compare, format_table
 
     try:
         report = compare(args.config, args.models, args.attentions, args.seeds, args.overrides, args.output_dir,
                          args.jobs)
     except KeyboardInterrupt:
         raise KeyboardInterrupt("run the same command again to continue") from None
+    except RunFailedError as err:  # the complete runs are kept; the same command again retries the others
+        print(f"visattn compare: {err}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     print(format_table(report))
     return 0
