@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, metavar="RUN_DIR",
                         help="an existing run of the default model (DANet on the digit scenes; default: train one first)")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "img", help="output folder (default docs/img)")
+    parser.add_argument("--output-dir", type=Path, metavar="DIR", default=ROOT / "docs" / "img",
+                        help="the folder to write into (default docs/img)")
+    parser.add_argument("--output", type=Path, dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--ccnet-run", type=Path, metavar="RUN_DIR",
                         help="a trained CCNet run for the criss-cross pictures (default: random seeded weights)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.datasets and (args.run or args.ccnet_run or args.overrides):
         parser.error("--datasets draws the datasets alone; it cannot be combined with --run, --ccnet-run or --set")
     if args.datasets:
-        for path in make_dataset_figures(args.output):
+        for path in make_dataset_figures(args.output_dir):
             print(path)
         return 0
 
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = args.run if args.run is not None else train_default(args.overrides, args.quiet)
-        for path in make_figures(run, args.output, args.ccnet_run):
+        for path in make_figures(run, args.output_dir, args.ccnet_run):
             print(path)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         print(f"make_figures: error: {err}", file=sys.stderr)

@@ -1,12 +1,22 @@
 """The ``visattn`` command: one subcommand per workflow step.
 
 Each subcommand lives in ``visattn.commands.<name>`` with ``add_arguments(parser)`` and
-``run(args) -> int``; it is imported only when used, so ``visattn --help`` stays fast.
+``run(args) -> int``; it is imported only when used, so ``visattn --help`` stays fast. The options
+speak one dialect (:mod:`visattn.commands.common`).
 
-A configuration or weights error (:class:`~visattn.engine.config.ConfigError`,
-:class:`~visattn.weights.WeightsError`) is one line on stderr and exit code 2; any other exception
-keeps its traceback. A missing optional dependency (:class:`~visattn._extras.MissingExtraError`) is
-one line too, naming the ``pip install 'visattn[...]'`` that brings it.
+Exit status, decided here for every command:
+
+- 0: done;
+- 1: some inputs failed (``predict`` skipped a file, ``export`` differs from the eager model,
+  ``compare`` has runs that failed): what ``run`` returns;
+- 2: a bad input, as for a bad command line: ``run`` raised a ``ValueError`` (a config, weights,
+  option or input that cannot be used; :class:`~visattn.engine.config.ConfigError` and
+  :class:`~visattn.weights.WeightsError` among them), a ``FileNotFoundError`` or ``FileExistsError``,
+  or a :class:`~visattn._extras.MissingExtraError` (the message names the ``pip install`` that brings
+  the module); the message is one line on stderr;
+- 130: interrupted (``KeyboardInterrupt``; its message, if any, says how to continue).
+
+Any other exception keeps its traceback.
 """
 from __future__ import annotations
 
@@ -15,6 +25,10 @@ import importlib
 import sys
 
 from visattn._extras import MissingExtraError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+# the errors whose message is all the user needs: exit 2
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MissingExtraError)
 
 # name -> one-line help; the module visattn.commands.<name> implements it
 COMMANDS: dict[str, str] = {
@@ -48,25 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(selected if selected in COMMANDS else None).parse_args(argv)
     if args.command is None:
         _parser(None).print_help()
-        return 2
+        return EXIT_BAD_INPUT
     try:
-        return importlib.import_module(f"visattn.commands.{args.command}").run(args) or 0
-    except MissingExtraError as err:
-        print(f"visattn {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        if not isinstance(err, _user_errors()):
-            raise
+        return importlib.import_module(f"visattn.commands.{args.command}").run(args) or EXIT_OK
+    except KeyboardInterrupt as err:
+        print(f"visattn {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as err:
         print(f"visattn {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-
-
-def _user_errors() -> tuple[type[ValueError], ...]:
-    """The errors whose message is all the user needs (imported only when one is raised: they bring torch)."""
-    from visattn.engine.config import ConfigError
-    from visattn.weights import WeightsError
-
-    return ConfigError, WeightsError
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """CLI: train with --set on a tiny config, config errors, eval JSON, predict PNGs, models list.
-Every command that reads a run takes --run RUN_DIR; every command that writes files takes --output."""
+Every command that reads a run takes --run RUN_DIR; one that writes a file takes --output FILE, one that
+writes into a folder --output-dir DIR."""
 import json
 
 import numpy as np
@@ -19,7 +20,7 @@ def _sets(items):
 
 def test_train_eval_predict(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--quiet", "--trust-code", *_sets(TINY), "--output", str(run)]) == 0
+    assert main(["train", "--quiet", "--trust-code", *_sets(TINY), "--output-dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and "after 3 steps" in out and str(run) in out
     assert (run / "model.safetensors").is_file() and (run / "config.yaml").is_file()
@@ -34,7 +35,7 @@ def test_train_eval_predict(tmp_path, capsys):
     for name, size in (("a.png", (40, 30)), ("b.jpg", (17, 23))):
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(images / name)
     out_dir = tmp_path / "pred"
-    assert main(["predict", str(images), "--run", str(run), "--trust-code", "--output", str(out_dir), "--mode", "slide",
+    assert main(["predict", str(images), "--run", str(run), "--trust-code", "--output-dir", str(out_dir), "--mode", "slide",
                  "--crop-size", "16", "16"]) == 0
     for stem, size in (("a", (40, 30)), ("b", (17, 23))):
         mask = Image.open(out_dir / f"{stem}_mask.png")
@@ -53,7 +54,7 @@ def test_train_rejects_unknown_key_and_keeps_runs(tmp_path, capsys):
     before = (run / "model.safetensors").read_bytes()
     assert main(["train", "--quiet", "--trust-code", *_sets(TINY), "--set", f"run.dir={run}"]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
-    assert main(["train", "--resume", str(run), "--output", str(tmp_path / "elsewhere")]) == 2
+    assert main(["train", "--resume", str(run), "--output-dir", str(tmp_path / "elsewhere")]) == 2
     assert "--resume continues RUN_DIR" in capsys.readouterr().err
     assert (run / "model.safetensors").read_bytes() == before
     assert main(["train", "--quiet", "--set", "data.dataset=cityscapes", "--set", f"data.root={tmp_path / 'no'}",

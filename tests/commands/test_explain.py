@@ -22,7 +22,7 @@ def _image(path, size=32):
 
 def test_registered_model_writes_one_png_per_map(tmp_path, capsys):
     image, out = _image(tmp_path / "img.png"), tmp_path / "explain"
-    argv = ["explain", image, *CCNET, "--num-classes", "3", "--points", "3,4", "30,30", "--output", str(out),
+    argv = ["explain", image, *CCNET, "--num-classes", "3", "--points", "3,4", "30,30", "--output-dir", str(out),
             "--device", "cpu"]
     assert main(argv) == 0
     written = sorted(p.name for p in out.glob("*.png"))
@@ -30,9 +30,9 @@ def test_registered_model_writes_one_png_per_map(tmp_path, capsys):
                        "img_head_rcca_rcca_reach_q0.png", "img_head_rcca_rcca_reach_q1.png"]
     for name in written:
         check_png(out / name, figure_size(2))
-    assert main(["explain", image, "--points", "99,0", "--encoder", "resnet10t", "--output", str(out)]) == 2
+    assert main(["explain", image, "--points", "99,0", "--encoder", "resnet10t", "--output-dir", str(out)]) == 2
     assert "outside" in capsys.readouterr().err
-    assert main(argv + ["--modules", "head.sa"]) == 2
+    assert main(argv + ["--module-paths", "head.sa"]) == 2
     assert "no attention module named 'head.sa' (this model has: head.rcca)" in capsys.readouterr().err
 
 
@@ -43,10 +43,10 @@ def test_run_directory_equals_model_and_weights(tmp_path, capsys):
     torch.manual_seed(1)  # not the --seed of random weights: the pictures differ unless the weights load
     save_state_dict(create_model("ccnet", num_classes=11, encoder="resnet10t").state_dict(), run.best_weights)
     image = _image(tmp_path / "img.png")
-    assert main(["explain", image, "--run", str(run), "--output", str(tmp_path / "a"), "--device", "cpu"]) == 0
-    assert main(["explain", image, *CCNET, "--weights", str(run.best_weights), "--output", str(tmp_path / "b"),
+    assert main(["explain", image, "--run", str(run), "--output-dir", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    assert main(["explain", image, *CCNET, "--weights", str(run.best_weights), "--output-dir", str(tmp_path / "b"),
                  "--device", "cpu"]) == 0
-    assert main(["explain", image, *CCNET, "--output", str(tmp_path / "c"), "--device", "cpu"]) == 0
+    assert main(["explain", image, *CCNET, "--output-dir", str(tmp_path / "c"), "--device", "cpu"]) == 0
     names = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
     assert names and names == sorted(p.name for p in (tmp_path / "b").glob("*.png"))
 

@@ -41,18 +41,19 @@ def test_cli_exports_a_run_to_onnx_and_pt2(tmp_path, run, capsys):
     pytest.importorskip("onnxruntime")
     _, model = load_trained(run, trust_code=True)
     onnx_file, pt2_file = tmp_path / "tiny.onnx", tmp_path / "tiny.pt2"
-    assert main(["export", run, "--size", "32", "48", "--dynamic", "--output", str(onnx_file), "--trust-code"]) == 0
+    argv = ["export", "--run", run, "--size", "32", "48", "--dynamic", "--output", str(onnx_file), "--trust-code"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"wrote {onnx_file} (input 2x3x32x48; dynamic: batch, height, width)" in printed
     assert "on 2x3x32x48: max abs error" in printed and "on 3x3x64x80: max abs error" in printed
     assert _within_tolerance(onnx_file, "onnx", model, torch.randn(1, 3, 40, 24))
-    argv = ["export", run, "--format", "pt2", "--size", "32", "32", "--output", str(pt2_file), "--trust-code"]
+    argv = ["export", "--run", run, "--format", "pt2", "--size", "32", "32", "--output", str(pt2_file), "--trust-code"]
     assert main(argv) == 0
     assert "dynamic: none" in capsys.readouterr().out
     assert _within_tolerance(pt2_file, "pt2", model, torch.randn(1, 3, 32, 32))
     with pytest.raises(AssertionError, match="Guard failed"):  # a static export keeps its traced size
         torch.export.load(str(pt2_file)).module()(torch.randn(1, 3, 32, 40))
-    assert main(["export", run, "--format", "pt2", "--output", str(pt2_file)]) == 2
+    assert main(["export", "--run", run, "--format", "pt2", "--output", str(pt2_file)]) == 2
     assert "--trust-code" in capsys.readouterr().err
 
 
@@ -61,6 +62,6 @@ def test_cli_exports_a_pretrained_directory(tmp_path, capsys):
     model = randomize_(create_model("danet", num_classes=3, **kwargs)).eval()
     saved = visattn.save_pretrained(model, tmp_path / "saved", model_name="danet", model_kwargs=kwargs, num_classes=3)
     out = tmp_path / "danet.pt2"
-    assert main(["export", str(saved), "--format", "pt2", "--size", "64", "64", "--output", str(out)]) == 0
+    assert main(["export", "--run", str(saved), "--format", "pt2", "--size", "64", "64", "--output", str(out)]) == 0
     assert "torch.export.load vs eager on 1x3x64x64: max abs error" in capsys.readouterr().out
     assert _within_tolerance(out, "pt2", model, torch.randn(1, 3, 64, 64))

@@ -51,7 +51,7 @@ def _expected_mask(run, path):
 
 
 def _predict(run, out, *inputs):
-    return main(["predict", *map(str, inputs), "--run", run, "--output", str(out), "--device", "cpu", "--trust-code"])
+    return main(["predict", *map(str, inputs), "--run", run, "--output-dir", str(out), "--device", "cpu", "--trust-code"])
 
 
 def test_outputs_mirror_the_input_tree(tmp_path, run):
@@ -136,7 +136,7 @@ def test_trainids_mask_color_and_overlay_formats(tmp_path, run):
                             ("color", "a_color.png", colours),
                             ("overlay", "a_overlay.png", np.round(0.7 * rgb + 0.3 * colours))):
         out = tmp_path / fmt
-        assert main(["predict", str(image), "--run", run, "--output", str(out), "--device", "cpu", "--trust-code",
+        assert main(["predict", str(image), "--run", run, "--output-dir", str(out), "--device", "cpu", "--trust-code",
                      "--format", fmt, "--alpha", "0.3"]) == 0
         assert [p.name for p in out.iterdir()] == [name]
         np.testing.assert_array_equal(np.asarray(Image.open(out / name)), want)
@@ -379,7 +379,7 @@ def test_amp_fp16_and_unknown_devices_are_refused(tmp_path, run, capsys):
     image = _image(tmp_path / "a.png", 1)
     assert _predict(run, tmp_path / "out", image, "--amp", "fp16") == 2
     assert "--amp fp16 needs a CUDA device, the device is cpu" in capsys.readouterr().err
-    argv = ["predict", str(image), "--run", run, "--trust-code", "--output", str(tmp_path / "out")]
+    argv = ["predict", str(image), "--run", run, "--trust-code", "--output-dir", str(tmp_path / "out")]
     assert main([*argv, "--device", "gpu"]) == 2
     assert "--device 'gpu' is not a device" in capsys.readouterr().err
     if not torch.cuda.is_available():

@@ -5,9 +5,10 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--channels", type=int, default=512, help="input channels C (default 512)")
-    parser.add_argument("--size", type=int, nargs=2, default=(33, 47), metavar=("H", "W"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels", type=int, default=512, help="channels C of the random input (default 512)")
+    parser.add_argument("--size", type=int, nargs=2, default=(33, 47), metavar=("H", "W"),
+                        help="size of the random input: the feature map (default 33 47)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random numbers: here, the random input")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,8 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from visattn.commands.common import (add_amp_argument, add_run_arguments, add_segment_arguments,
-                                     resolve_inference_device, segment_kwargs)
+from visattn.commands.common import (add_amp_argument, add_output_file_argument, add_run_arguments,
+                                     add_segment_arguments, int_at_least, resolve_inference_device,
+                                     segment_kwargs)
 from visattn.commands.predict import add_format_argument
 
 
@@ -29,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_amp_argument(parser)
     add_segment_arguments(parser)
     parser.add_argument("--split", help="dataset split (default data.val_split)")
-    parser.add_argument("--batch-size", type=int, help="default eval.batch_size")
-    parser.add_argument("--output", help="JSON file (default RUN_DIR/eval_<split>.json, or eval_<split>.json)")
+    parser.add_argument("--batch-size", type=int_at_least(1), metavar="N", help="images per forward pass "
+                        "(default eval.batch_size)")
+    add_output_file_argument(parser, "the JSON file to write (default RUN_DIR/eval_<split>.json, or eval_<split>.json)")
     parser.add_argument("--save-predictions", metavar="DIR", help="also write each prediction under DIR, mirroring "
                         "the dataset's image tree (segmentation)")
     add_format_argument(parser, "with --save-predictions (default labelids)", default="labelids")
@@ -41,31 +43,26 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from visattn.data import build_dataset, classes_and_palette
-    from visattn.engine.config import ConfigError
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
     from visattn.engine.run_dir import load_trained
 
-    try:
-        device, amp = resolve_inference_device(args)
-        cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
-        split = args.split or cfg.data.val_split
-        dataset = build_dataset(cfg.data, split, train=False)
-        classes, _ = classes_and_palette(cfg.data)
-        loader = DataLoader(dataset, batch_size=args.batch_size or cfg.eval.batch_size, num_workers=cfg.data.workers)
-        kwargs = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
-        if args.save_predictions is None:
-            result = evaluate(model, tqdm(loader, desc=f"eval {split}"), len(classes), cfg.task, device, amp, **kwargs)
-        elif cfg.task != "segmentation":
-            raise ValueError(f"--save-predictions applies to segmentation models; {cfg.model.name!r} is a classifier")
-        else:
-            writer = PredictionWriter(cfg.data, args.format)
-            result = evaluate_and_save(model, tqdm(loader, desc=f"eval {split}"), len(classes), dataset_names(dataset),
-                                       writer, args.save_predictions, device, cfg.data.mean, cfg.data.std, amp,
-                                       **kwargs)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"visattn eval: error: {err}", file=sys.stderr)
-        return 2
+    device, amp = resolve_inference_device(args)
+    cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
+    split = args.split or cfg.data.val_split
+    dataset = build_dataset(cfg.data, split, train=False)
+    classes, _ = classes_and_palette(cfg.data)
+    loader = DataLoader(dataset, batch_size=args.batch_size or cfg.eval.batch_size, num_workers=cfg.data.workers)
+    kwargs = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
+    if args.save_predictions is None:
+        result = evaluate(model, tqdm(loader, desc=f"eval {split}"), len(classes), cfg.task, device, amp, **kwargs)
+    elif cfg.task != "segmentation":
+        raise ValueError(f"--save-predictions applies to segmentation models; {cfg.model.name!r} is a classifier")
+    else:
+        writer = PredictionWriter(cfg.data, args.format)
+        result = evaluate_and_save(model, tqdm(loader, desc=f"eval {split}"), len(classes), dataset_names(dataset),
+                                   writer, args.save_predictions, device, cfg.data.mean, cfg.data.std, amp,
+                                   **kwargs)
     print(format_table(result, classes))
     if "confusion_matrix" in result and len(classes) <= MAX_PRINTED_CONFUSION:
         print(format_confusion_matrix(result["confusion_matrix"], classes))

@@ -2,7 +2,7 @@
 
 Runs the model once on the image, captures the input of each registered attention module (every
 one draws the maps its class declares in ``maps_drawn`` and ``query_maps_drawn``) with a forward
-hook and renders its ``attention_maps`` over the image: one PNG per map in ``--output`` (see
+hook and renders its ``attention_maps`` over the image: one PNG per map in ``--output-dir`` (see
 :func:`visattn.viz.explain`). The model is a training run's (``--run``, or ``--config`` with
 ``--weights``), or a registered segmentor named by ``--model`` with ``--weights`` or random
 (seeded) weights, which show the mechanics: the cross of one criss-cross pass, the whole image
@@ -12,10 +12,10 @@ it is trained.)
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from visattn.commands.common import add_run_arguments, resolve_inference_device
+from visattn.commands.common import (add_hidden_alias, add_output_dir_argument, add_run_arguments,
+                                     resolve_inference_device)
 
 
 def _point(text: str) -> tuple[int, int]:
@@ -40,41 +40,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, help=f"classes of --model (default {_CLASSES}: digits)")
     parser.add_argument("--points", type=_point, nargs="+", default=[], metavar="ROW,COL",
                         help="query pixels (default: the image centre)")
-    parser.add_argument("--modules", nargs="+", default=[], metavar="NAME",
-                        help="attention modules to draw, by name or pattern (e.g. head.sa 'blocks.*'; default all)")
-    parser.add_argument("--output", default="explain", help="output folder (default ./explain)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--module-paths", nargs="+", default=[], metavar="PATH",
+                        help="attention modules to draw, by their path in the model or a pattern (e.g. head.sa "
+                             "'blocks.*'; default all)")
+    add_hidden_alias(parser, "--modules", "module_paths", nargs="+")
+    add_output_dir_argument(parser, "the folder to write into (default ./explain)", default="explain")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random numbers: here, the random weights")
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from visattn.data import IMAGENET_MEAN, IMAGENET_STD, read_image
-    from visattn.engine.config import ConfigError
     from visattn.viz import explain
 
-    try:
-        device, _ = resolve_inference_device(args)
-        model_options = {"--model": args.model, "--attention": args.attention, "--encoder": args.encoder,
-                         "--num-classes": args.num_classes}
-        if args.run is not None or args.config is not None:
-            given = [flag for flag, value in model_options.items() if value is not None]
-            if given:
-                source = "a run directory comes from its config.yaml" if args.run else "--config comes from that file"
-                raise ValueError(f"{' '.join(given)}: the model of {source}")
-            from visattn.engine.run_dir import load_trained
+    device, _ = resolve_inference_device(args)
+    model_options = {"--model": args.model, "--attention": args.attention, "--encoder": args.encoder,
+                     "--num-classes": args.num_classes}
+    if args.run is not None or args.config is not None:
+        given = [flag for flag, value in model_options.items() if value is not None]
+        if given:
+            source = "a run directory comes from its config.yaml" if args.run else "--config comes from that file"
+            raise ValueError(f"{' '.join(given)}: the model of {source}")
+        from visattn.engine.run_dir import load_trained
 
-            cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
-            mean, std = cfg.data.mean, cfg.data.std
-        else:
-            model, mean, std = _registered_model(args).to(device).eval(), IMAGENET_MEAN, IMAGENET_STD
-        image = np.array(read_image(args.image))
-        for path in explain(model, image, args.output, args.points, mean, std, prefix=f"{Path(args.image).stem}_",
-                            only=args.modules):
-            print(path)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        print(f"visattn explain: error: {err}", file=sys.stderr)
-        return 2
+        cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
+        mean, std = cfg.data.mean, cfg.data.std
+    else:
+        model, mean, std = _registered_model(args).to(device).eval(), IMAGENET_MEAN, IMAGENET_STD
+    image = np.array(read_image(args.image))
+    for path in explain(model, image, args.output_dir, args.points, mean, std, prefix=f"{Path(args.image).stem}_",
+                        only=args.module_paths):
+        print(path)
     return 0
 
 
@@ -83,7 +80,7 @@ def _registered_model(args: argparse.Namespace):
     import torch
 
     from visattn.models import create_model
-    from visattn.weights import read_state_dict
+    from visattn.weights import load_weights
 
     if args.overrides:
         raise ValueError("--set configures a run or a config; give --run or --config")
@@ -93,5 +90,5 @@ def _registered_model(args: argparse.Namespace):
     torch.manual_seed(args.seed)
     model = create_model(args.model or _MODEL, num_classes=args.num_classes or _CLASSES, **kwargs)
     if args.weights is not None:
-        model.load_state_dict(read_state_dict(args.weights))
+        load_weights(model, args.weights)
     return model

@@ -1,13 +1,13 @@
 """``visattn export``: a trained model as an ONNX file or a ``torch.export`` program (``.pt2``).
 
-The source is a training run directory, a directory saved by ``visattn.save_pretrained`` or a Hub id
-(``hf-hub:user/repo``). The model is traced on CPU on a random image of ``--size`` (default: the
+The source (``--run``) is a training run directory, a directory saved by ``visattn.save_pretrained``
+or a Hub id (``hf-hub:user/repo``). The model is traced on CPU on a random image of ``--size`` (default: the
 config's crop size); with ``--dynamic`` the batch and spatial sizes stay symbolic where the model
 allows (:data:`torch.export.Dim.AUTO`: a size the model's code fixes is kept fixed, and reported).
 The exported file is then run on random inputs (the traced size, and a larger one along every
 dynamic axis) and compared with the eager model: ONNX with onnxruntime, ``.pt2`` after
 :func:`torch.export.load`. The largest absolute difference is printed; exit status 1 if it exceeds
-``1e-4`` of the logits' range.
+``1e-4`` of the logits' range (:mod:`visattn.cli`).
 """
 from __future__ import annotations
 
@@ -16,21 +16,23 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from visattn.commands.common import add_trust_code_argument
+from visattn._extras import MissingExtraError
+from visattn.cli import EXIT_SOME_FAILED
+from visattn.commands.common import (add_output_file_argument, add_positional_run_alias, add_run_argument,
+                                     add_set_argument, add_trust_code_argument, given_run)
 
 TOLERANCE = 1e-4  # of the logits' range
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="RUN_DIR_OR_ID",
-                        help="a training run directory, a save_pretrained directory, or hf-hub:user/repo")
+    add_run_argument(parser, "a training run directory, a save_pretrained directory, or hf-hub:user/repo")
+    add_positional_run_alias(parser)
     parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx", help="default onnx")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                        help="input size (default: the config's crop size)")
+                        help="size of the random input the model is traced on (default: the config's crop size)")
     parser.add_argument("--dynamic", action="store_true", help="batch and spatial sizes dynamic where the model allows")
-    parser.add_argument("--output", help="file to write (default ./<model name>.<format>)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (repeatable)")
+    add_output_file_argument(parser, "the file to write (default ./<model name>.<format>)")
+    add_set_argument(parser)
     add_trust_code_argument(parser)
 
 
@@ -87,14 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if args.format == "onnx" and missing:
-        print(f"visattn export: error: ONNX export needs {', '.join(missing)}: pip install 'visattn[export]'",
-              file=sys.stderr)
-        return 2
-    try:
-        cfg, model = load_trained(args.source, overrides=args.overrides, device="cpu", trust_code=args.trust_code)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"visattn export: error: {err}", file=sys.stderr)
-        return 2
+        raise MissingExtraError(f"ONNX export needs {', '.join(missing)}: pip install 'visattn[export]'")
+    cfg, model = load_trained(given_run(args), overrides=args.overrides, device="cpu", trust_code=args.trust_code)
     height, width = _input_size(cfg, args.size)
     batch = 2 if args.dynamic else 1  # export fixes axes of size 1
     output = Path(args.output or f"{cfg.model.name.split(':')[-1]}.{args.format}")
@@ -119,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
     if worst > TOLERANCE:
         print(f"visattn export: the exported model differs from the eager one by more than {TOLERANCE:g} "
               "of the logits' range", file=sys.stderr)
-        return 1
+        return EXIT_SOME_FAILED
     return 0

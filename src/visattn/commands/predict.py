@@ -24,8 +24,8 @@ The output folder mirrors the inputs' tree below their common root (a folder its
 folder, a glob's fixed leading folders), so ``a/x.png`` and ``b/x.png`` give ``a/x_mask.png`` and
 ``b/x_mask.png``; images of one folder that share a stem (``x.png``, ``x.jpg``) keep their extension
 (``x.png_mask.png``). An image or video that cannot be read or segmented is skipped and reported at
-the end. Exit status: 0 all written, 1 some skipped, 2 nothing to do (an input names no image or
-video, bad run, config or device).
+the end. Exit status (:mod:`visattn.cli`): 0 all written, 1 some skipped, 2 nothing to do (an input
+names no image or video, bad run, config or device).
 
 The inputs are found by :func:`visattn.data.inputs.find_inputs`; the predictions are
 :class:`visattn.engine.inference.Predictor`'s (``visattn.Predictor``, the same from Python).
@@ -37,17 +37,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from visattn.commands.common import (add_amp_argument, add_run_arguments, add_segment_arguments,
-                                     resolve_inference_device, segment_kwargs)
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
+from visattn.cli import EXIT_SOME_FAILED
+from visattn.commands.common import (add_amp_argument, add_output_dir_argument, add_run_arguments,
+                                     add_segment_arguments, int_at_least, resolve_inference_device, segment_kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,11 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     add_amp_argument(parser)
     add_segment_arguments(parser)
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=8, metavar="N",
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="N",
                         help="images (or video frames) of one size segmented together (default 8)")
-    parser.add_argument("--workers", type=_int_at_least(0), metavar="N",
+    parser.add_argument("--workers", type=int_at_least(0), metavar="N",
                         help="processes reading images ahead (default data.workers; 0: read in this process)")
-    parser.add_argument("--output", default="predictions", help="output folder (default ./predictions)")
+    add_output_dir_argument(parser, "the folder to write into (default ./predictions)", default="predictions")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours")
     parser.add_argument("--frames", action="store_true", help="also write each video frame's prediction as "
                         "VIDEO/000000_mask.png, ... (or as --format says)")
@@ -83,29 +75,24 @@ def run(args: argparse.Namespace) -> int:
     from visattn._extras import require
     from visattn.data.inputs import find_inputs
     from visattn.data.video import is_video
-    from visattn.engine.config import ConfigError
     from visattn.engine.inference import Predictor
     from visattn.engine.predictions import PredictionWriter, output_names
     from visattn.engine.run_dir import load_trained
 
-    out_dir = Path(args.output)
-    try:
-        sources = find_inputs(args.inputs, exclude=out_dir)
-        device, amp = resolve_inference_device(args)
-        cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
-        writer = PredictionWriter(cfg.data, args.format, args.alpha)
-        has_videos = any(is_video(path) for path, _ in sources)
-        if cfg.task != "segmentation" and args.format is not None:
-            raise ValueError(f"--format applies to segmentation models; {cfg.model.name!r} is a classifier")
-        if cfg.task != "segmentation" and has_videos:
-            raise ValueError(f"videos need a segmentation model; {cfg.model.name!r} is a classifier")
-        if has_videos:
-            require("av", extra="video")
-        options = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
-        predictor = Predictor(cfg, model, device, amp, **options)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"visattn predict: error: {err}", file=sys.stderr)
-        return 2
+    out_dir = Path(args.output_dir)
+    sources = find_inputs(args.inputs, exclude=out_dir)
+    device, amp = resolve_inference_device(args)
+    cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
+    writer = PredictionWriter(cfg.data, args.format, args.alpha)
+    has_videos = any(is_video(path) for path, _ in sources)
+    if cfg.task != "segmentation" and args.format is not None:
+        raise ValueError(f"--format applies to segmentation models; {cfg.model.name!r} is a classifier")
+    if cfg.task != "segmentation" and has_videos:
+        raise ValueError(f"videos need a segmentation model; {cfg.model.name!r} is a classifier")
+    if has_videos:
+        require("av", extra="video")
+    options = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
+    predictor = Predictor(cfg, model, device, amp, **options)
     frame_writer = PredictionWriter(cfg.data, args.format or "mask") if args.frames else None
     files = [(path, out_dir / name) for (path, _), name in zip(sources, output_names(sources))]
     workers = cfg.data.workers if args.workers is None else args.workers
@@ -121,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         kind = "images and videos" if has_videos else "images"
         print(f"visattn predict: skipped {len(skipped)} of {len(sources)} {kind}:", *skipped, sep="\n  ",
               file=sys.stderr)
-        return 1
+        return EXIT_SOME_FAILED
     return 0
 
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 
-from visattn.commands.common import add_trust_code_argument
+from visattn.commands.common import add_output_dir_argument, add_set_argument, add_trust_code_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe (see configs/); default: the digit-scenes demo")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.lr=0.02 (repeatable)")
-    parser.add_argument("--output", metavar="RUN_DIR",
-                        help="run directory (default: run.dir, else a new one under run.root)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    add_set_argument(parser, "override a config key, e.g. --set train.lr=0.02 (repeatable)")
+    add_output_dir_argument(parser, "the run directory to create (default: run.dir, else a new one under run.root)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue training the run in RUN_DIR from its latest "
+                        "checkpoint, with its config.yaml (unlike --run of the other commands, which only read a run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (recipe, its bases and --set applied) as YAML and exit")
@@ -35,29 +33,25 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     main = int(os.environ.get("RANK", "0")) == 0
-    try:
-        if args.resume:
-            if args.config or args.output:
-                raise ConfigError("--resume continues RUN_DIR with its own config.yaml; give overrides with --set")
-            cfg = RunDir(args.resume).load_config(args.overrides)
-        else:
-            cfg = load_config(args.config, args.overrides)
-        if args.output:
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=args.output))
-        if args.print_config:
-            print(dump_config(cfg), end="")
-            return 0
-        if main and not args.quiet:
-            t = cfg.train
-            length = f"{t.epochs} epochs" if t.epochs else f"{t.iters} steps"
-            print(f"model {cfg.model.name} {cfg.model.kwargs} | data {cfg.data.dataset} | {length} x batch {t.batch_size}",
-                  flush=True)
-        result = train(cfg, resume=args.resume, quiet=args.quiet, trust_code=args.trust_code)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"visattn train: error: {err}", file=sys.stderr)
-        return 2
+    if args.resume:
+        if args.config or args.output_dir:
+            raise ConfigError("--resume continues RUN_DIR with its own config.yaml; give overrides with --set")
+        cfg = RunDir(args.resume).load_config(args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if args.output_dir:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=args.output_dir))
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    if main and not args.quiet:
+        t = cfg.train
+        length = f"{t.epochs} epochs" if t.epochs else f"{t.iters} steps"
+        print(f"model {cfg.model.name} {cfg.model.kwargs} | data {cfg.data.dataset} | {length} x batch {t.batch_size}",
+              flush=True)
+    result = train(cfg, resume=args.resume, quiet=args.quiet, trust_code=args.trust_code)
     if result["interrupted"]:
-        return 130
+        raise KeyboardInterrupt  # the trainer has said where it stopped and how to continue
     if not main:
         return 0
     key = "mIoU" if cfg.task == "segmentation" else "top1"
