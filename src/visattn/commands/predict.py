@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from visattn.cli import EXIT_SOME_FAILED
