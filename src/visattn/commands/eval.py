@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from visattn.engine.config import ConfigError
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
-    from visattn.engine.run_dir import load_trained
+    from visattn.trained import load_trained
 
     try:
         device, amp = resolve_inference_device(args)
