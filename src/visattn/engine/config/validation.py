@@ -5,8 +5,9 @@ lies in its allowed range (:data:`RULES`), related keys agree, the model name is
 keyword arguments are the builder's, and the device exists. A violation is a :class:`ConfigError`
 naming the key and what it allows.
 
-Validating runs no user code and reads nothing from the network: a ``module:builder`` model is left
-to the build, and the model is checked with its weights left out.
+Validating runs no user code and reads nothing from the network: a ``module:builder`` model, and
+one whose arguments name a Hub repository, are left to the build, and the model is checked with
+its weights left out.
 """
 from __future__ import annotations
 
@@ -231,7 +232,12 @@ def _check_model(model: ModelConfig) -> None:
         # imports it only when the user trusts it (``--trust-code``).
         return
     _check_registered(model.name)
-    _check_builder_arguments(model.name, _without_weight_files(model.kwargs))
+    kwargs = _without_weight_files(model.kwargs)
+    if _names_a_hub_repository(kwargs):
+        # timm reads a Hub id's architecture from its repository even for a model without weights:
+        # that download is the build's, never the config's
+        return
+    _check_builder_arguments(model.name, kwargs)
 
 
 def _check_registered(name: str) -> None:
@@ -253,6 +259,11 @@ def _without_weight_files(kwargs: dict[str, Any]) -> dict[str, Any]:
     if encoder_weights not in (None, "imagenet") and not Path(str(encoder_weights)).is_file():
         raise _invalid("model.kwargs.encoder_weights", "null, imagenet or an existing file", encoder_weights)
     return kwargs
+
+
+def _names_a_hub_repository(kwargs: dict[str, Any]) -> bool:
+    """Whether an argument names a Hugging Face Hub repository (``encoder: hf-hub:user/repo``)."""
+    return any(isinstance(value, str) and value.startswith("hf-hub:") for value in kwargs.values())
 
 
 def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> None:
