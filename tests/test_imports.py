@@ -196,7 +196,8 @@ def _late_imports(modules: set[str]) -> list[str]:
 def test_graph_reads_every_module():
     graph = _graph()
     assert len(MODULES) > 50
-    assert {"visattn.data", "visattn.models", "visattn.engine.config.schema"} <= graph["visattn.engine.config.validation"]
+    validation = graph["visattn.engine.config.validation"]
+    assert {"visattn.data", "visattn.models", "visattn.engine.config.schema"} <= validation
     assert "visattn.engine.config" in graph["visattn.engine.trainer"]  # from .config import ...
     assert "visattn.engine" in graph["visattn.hub"]  # importing visattn.engine.config runs engine/__init__ first
     assert "visattn.engine" not in graph["visattn.engine.trainer"]  # already running when trainer is imported

@@ -182,8 +182,17 @@ def _invalid(key: str, allowed: str, value: Any) -> ConfigError:
 
 def validate_config(cfg: Config) -> Config:
     """``cfg`` when every value is allowed, else a :class:`ConfigError` naming the first key that is
-    not and its allowed range: types, :data:`RULES`, the relations between keys, the model (name and
-    keyword arguments) and the device."""
+    not and its allowed range: types, :data:`RULES`, the relations between keys, the device and the
+    model (name and keyword arguments)."""
+    _check_values(cfg)
+    _check_relations(cfg)
+    _check_device(cfg.train.device)
+    _check_model(cfg.model)
+    return cfg
+
+
+def _check_values(cfg: Config) -> None:
+    """Each value on its own: its field's type and its :data:`RULES` range (``null`` where allowed)."""
     for key, annotation, value in _leaves(cfg):
         rule = RULES.get(key)
         nullable = _matches(annotation, None)
@@ -193,6 +202,10 @@ def validate_config(cfg: Config) -> Config:
             allowed = _type_words(annotation) if rule is None else rule.allowed
             allowed = f"null or {allowed}" if nullable and rule is not None else allowed
             raise _invalid(key, allowed, value)
+
+
+def _check_relations(cfg: Config) -> None:
+    """Keys that bound or exclude each other."""
     t, digits = cfg.train, cfg.data.digits
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if t.batch_size % (t.accum_steps * processes):
@@ -207,9 +220,6 @@ def validate_config(cfg: Config) -> Config:
     if digits.digit_size[1] > digits.size:
         raise _invalid("data.digits.digit_size", f"[low, high], integers with 1 <= low <= high <= data.digits.size = "
                                                  f"{digits.size}", digits.digit_size)
-    _check_device(t.device)
-    _check_model(cfg.model)
-    return cfg
 
 
 def _check_device(name: str) -> None:
