@@ -102,7 +102,7 @@ def make_figures(run: Path, out: Path, ccnet_run: Path | None = None) -> list[Pa
 
     from visattn.data import build_dataset, classes_and_palette
     from visattn.engine.inference import segment
-    from visattn.engine.run_dir import load_trained
+    from visattn.trained import load_trained
     from visattn.models import create_model
     from visattn.viz import plot_metrics, save_prediction
 

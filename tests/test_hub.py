@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 import visattn
 from visattn.data import classes_and_palette
 from visattn.engine.config import ConfigError, load_config
-from visattn.engine.run_dir import RunDir, load_trained
+from visattn.engine.run_dir import RunDir
+from visattn.trained import load_trained
 from visattn.models import create_model, list_models
 from visattn.weights import WeightsError, save_state_dict
 
@@ -132,7 +133,7 @@ def test_hub_id_resolves_from_the_local_cache_offline(tmp_path, run):
     script = ("import sys, torch\n"
               "from safetensors.torch import load_file, save_file\n"
               "import visattn\n"
-              "from visattn.engine.run_dir import load_trained\n"
+              "from visattn.trained import load_trained\n"
               "x = load_file(sys.argv[1])['x']\n"
               "model = visattn.from_pretrained('hf-hub:user/danet-digits')\n"
               "_, trained = load_trained('hf-hub:user/danet-digits@main')\n"

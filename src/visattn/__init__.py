@@ -20,7 +20,7 @@ _LAZY = {
     "insert_attention": "visattn.models.insert",
     "timm_attn_layer": "visattn.models.insert",
     "load_official": "visattn.weights",
-    "from_pretrained": "visattn.hub",
+    "from_pretrained": "visattn.trained",
     "push_to_hub": "visattn.hub",
     "save_pretrained": "visattn.hub",
     "compare": "visattn.compare",
@@ -48,7 +48,8 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from .attention import create_attention, get_attention_class, list_attentions
     from .compare import compare
     from .engine.inference import Predictor
-    from .hub import from_pretrained, push_to_hub, save_pretrained
+    from .hub import push_to_hub, save_pretrained
+    from .trained import from_pretrained
     from .models import create_model, list_models
     from .models.insert import insert_attention, timm_attn_layer
     from .weights import load_official

@@ -707,7 +707,7 @@ def query_point(mask: np.ndarray) -> tuple[int, int]:
 def _draw(report: dict, entries: Sequence[Entry], cdir: CompareDir, base: Config, device: torch.device) -> None:
     """The three pictures; each entry's attention map from its seed-0 model (best weights)."""
     from .data import build_dataset, classes_and_palette
-    from .engine.run_dir import load_trained
+    from .trained import load_trained
     from .viz import attention_map_of, save_attention_maps, save_miou_vs_cost, save_per_class_iou_delta
 
     rows = report["entries"]

@@ -1,4 +1,4 @@
-"""Trained models in the Hugging Face Hub layout: a directory (or Hub repository) holding
+"""The Hugging Face Hub layout of a trained model: a directory (or Hub repository) holding
 ``config.json`` and ``model.safetensors``.
 
 ``config.json``::
@@ -11,9 +11,11 @@
      "config": {...}}                   a training run's resolved config (data, eval), when saved from one
 
 ``save_pretrained`` writes the layout from a model or a training run directory, ``push_to_hub``
-uploads it (:meth:`huggingface_hub.HfApi.upload_folder`), ``from_pretrained`` loads it from a
-directory or from ``"hf-hub:user/repo[@revision]"`` (:func:`huggingface_hub.hf_hub_download`, which
-reads the local Hugging Face cache first and only it under ``HF_HUB_OFFLINE=1``).
+uploads it (:meth:`huggingface_hub.HfApi.upload_folder`), :func:`local_dir` finds it in a directory
+or fetches ``"hf-hub:user/repo[@revision]"`` (:func:`huggingface_hub.hf_hub_download`, which reads
+the local Hugging Face cache first and only it under ``HF_HUB_OFFLINE=1``), and
+:func:`read_hub_config` reads and checks its ``config.json``. :mod:`visattn.trained` loads the
+model (:func:`visattn.from_pretrained`).
 
 Loading is as safe as loading a run directory: the model is built from a registered name (a config
 naming ``"module:builder"`` is refused: no code from a download is imported), and the weights are
@@ -24,20 +26,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from huggingface_hub import HfApi, hf_hub_download
 from torch import nn
 
+from . import __version__
+from .data import classes_and_palette
+from .engine.config import ConfigError
+from .engine.run_dir import RunDir
+from .models import create_model
 from .models.registry import without_starting_weights
-from .weights import atomic_write, load_weights, read_state_dict, save_state_dict
+from .models.segmentation.base import Segmentor
+from .weights import atomic_write, read_state_dict, save_state_dict
 
-if TYPE_CHECKING:
-    from .engine.config import Config
-
-__all__ = ["from_pretrained", "save_pretrained", "push_to_hub", "is_pretrained_source", "load_pretrained"]
+__all__ = ["save_pretrained", "push_to_hub", "is_pretrained_source", "local_dir", "read_hub_config", "HUB_PREFIX",
+           "CONFIG_NAME", "WEIGHTS_NAME"]
 
 HUB_PREFIX = "hf-hub:"
 CONFIG_NAME = "config.json"
@@ -54,7 +61,7 @@ def is_pretrained_source(source: str | os.PathLike) -> bool:
     return (path / CONFIG_NAME).is_file() and not (path / "config.yaml").exists()
 
 
-def _local_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
+def local_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
     """The directory holding ``source``'s files: itself, or the Hub snapshot ``hf_hub_download`` finds
     in the local cache or downloads into it."""
     if not str(source).startswith(HUB_PREFIX):
@@ -62,10 +69,6 @@ def _local_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
         if not (path / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a directory saved by visattn.save_pretrained")
         return path
-    from huggingface_hub import hf_hub_download
-
-    from . import __version__
-
     repo_id, _, pinned = str(source).removeprefix(HUB_PREFIX).partition("@")
     try:
         files = [hf_hub_download(repo_id, name, revision=pinned or revision, library_name="visattn",
@@ -76,11 +79,9 @@ def _local_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
     return Path(files[0]).parent
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_hub_config(path: Path) -> dict[str, Any]:
     """``config.json`` at ``path``, checked: a registered model name, its keyword arguments, the
     classes. Anything else is a :class:`ConfigError` naming the file."""
-    from .engine.config import ConfigError
-
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -106,68 +107,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _run_config(config: dict[str, Any], origin: Path, overrides: Iterable[str]) -> Config:
-    """The run configuration ``config.json`` describes (validated as a run's): the recorded training
-    config when there is one, with the model section always from the checked top-level keys."""
-    from .engine.config import Config, _dataset_defaults, load_config, merge_config
-
-    task = config.get("task", "segmentation")
-    recipe = {k: v for k, v in config.get("config", {}).items() if k != "run"}
-    data = dict(recipe.get("data") or {})
-    if "dataset" not in data:  # a model saved on its own: its classes in a folder dataset
-        data["dataset"] = "folder" if task == "segmentation" else "imagefolder"
-        data = {**_dataset_defaults(data["dataset"]), "num_classes": config["num_classes"],
-                "classes": config.get("classes"), **data}
-    # where it trained is not where it loads
-    recipe["train"] = {**(recipe.get("train") or {}), "device": "auto"}
-    model = {"name": config["model"], "kwargs": without_starting_weights(config.get("model_kwargs", {})), "pretrained": False}
-    recipe.update(task=task, data=data, model=model)
-    base = merge_config(Config(), recipe, where=f" in {origin}")
-    return load_config(None, overrides, base=base)
-
-
-def load_pretrained(source: str | os.PathLike, overrides: Iterable[str] = (), weights: str | os.PathLike | None = None,
-                    device: torch.device | str = "cpu", trust_code: bool = False,
-                    revision: str | None = None) -> tuple[Config, nn.Module]:
-    """``(config, model in eval mode)`` from a Hub-layout directory or ``hf-hub:user/repo[@revision]``;
-    ``weights`` replaces its ``model.safetensors``, ``overrides`` (``key=value``) its config.
-    ``trust_code`` applies to an override naming ``module:builder`` only: the downloaded config never
-    names code."""
-    from .data import classes_and_palette
-    from .engine.build import build_model
-    from .engine.config import ConfigError
-
-    directory = _local_dir(source, revision)
-    origin = directory / CONFIG_NAME
-    config = _read_config(origin)
-    cfg = _run_config(config, origin, overrides)
-    classes, _ = classes_and_palette(cfg.data)
-    if len(classes) != config["num_classes"]:
-        raise ConfigError(f"{origin}: num_classes {config['num_classes']} but its dataset "
-                          f"{cfg.data.dataset!r} has {len(classes)} classes")
-    model = build_model(cfg.model, len(classes), pretrained=False, trust_code=trust_code, origin=str(origin))
-    weights = Path(weights) if weights is not None else directory / WEIGHTS_NAME
-    if weights.suffix != ".safetensors":
-        raise ConfigError(f"{weights}: weights of a pretrained directory are read from .safetensors files only")
-    load_weights(model, weights)
-    model.hub_config = config
-    return cfg, model.to(device).eval()
-
-
-def from_pretrained(source: str | os.PathLike, *, revision: str | None = None,
-                    device: torch.device | str = "cpu") -> nn.Module:
-    """The model saved by :func:`save_pretrained` in directory ``source``, or in the Hub repository
-    ``"hf-hub:user/repo"`` (``"hf-hub:user/repo@revision"`` or ``revision`` pins a branch, tag or
-    commit), in eval mode on ``device``. Its ``hub_config`` attribute holds the ``config.json``
-    (classes, palette), which :func:`save_pretrained` and :func:`push_to_hub` reuse."""
-    return load_pretrained(source, device=device, revision=revision)[1]
-
-
 def _same_shapes(model: nn.Module, name: str, kwargs: dict, num_classes: int) -> bool:
     """Whether ``create_model(name, num_classes, **kwargs)`` has ``model``'s state-dict keys and
     shapes (built on the meta device: no memory, no weights read)."""
-    from .models import create_model
-
     try:
         with torch.device("meta"):
             fresh = create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
@@ -179,8 +121,6 @@ def _same_shapes(model: nn.Module, name: str, kwargs: dict, num_classes: int) ->
 
 def _model_config(model: nn.Module, model_name: str | None, model_kwargs: dict | None, num_classes: int | None,
                   classes: Sequence[str] | None, palette: Sequence[Sequence[int]] | None) -> dict[str, Any]:
-    from .models.segmentation.base import Segmentor
-
     known = dict(getattr(model, "hub_config", None) or {})
     if model_name not in (None, known.get("model")):
         known = {}
@@ -206,9 +146,6 @@ def _model_config(model: nn.Module, model_name: str | None, model_kwargs: dict |
 
 def _run_config_json(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     """``config.json`` of a training run and the weights it offers for inference."""
-    from .data import classes_and_palette
-    from .engine.run_dir import RunDir
-
     run = RunDir(run_dir)
     cfg = run.load_config()
     if ":" in cfg.model.name:
@@ -230,7 +167,7 @@ def save_pretrained(model_or_run: nn.Module | str | os.PathLike, directory: str 
     ``model_or_run``: a training run directory (its config and best weights; classes, palette and
     recipe come along), or a model. A model needs the registered ``model_name``, ``model_kwargs``
     and ``num_classes`` that rebuild it with :func:`visattn.create_model` (checked against its
-    weights), unless :func:`from_pretrained` loaded it; ``classes`` and ``palette`` are optional.
+    weights), unless :func:`visattn.from_pretrained` loaded it; ``classes`` and ``palette`` are optional.
     """
     if isinstance(model_or_run, nn.Module):
         config = _model_config(model_or_run, model_name, model_kwargs, num_classes, classes, palette)
@@ -251,8 +188,6 @@ def push_to_hub(model_or_run: nn.Module | str | os.PathLike, repo_id: str, *, pr
     """:func:`save_pretrained` into a temporary directory, then upload it to the Hub repository
     ``repo_id`` (``user/repo``, created if missing); returns the commit's URL. ``save_kwargs`` go to
     :func:`save_pretrained`."""
-    from huggingface_hub import HfApi
-
     repo_id = repo_id.removeprefix(HUB_PREFIX)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)

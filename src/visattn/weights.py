@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 __all__ = ["WeightsError", "load_official", "load_weights", "read_state_dict", "save_state_dict", "atomic_write"]
@@ -56,8 +57,6 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike) -
     """Write tensors atomically: safetensors for ``.safetensors``, else ``torch.save``."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if str(path).endswith(".safetensors"):
-        from safetensors.torch import save_file
-
         return atomic_write(path, lambda tmp: save_file(tensors, tmp))
     return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
@@ -80,8 +79,6 @@ def read_state_dict(source: Mapping[str, Tensor] | str | os.PathLike) -> dict[st
             raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
             if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
                 state = load_file(str(path))
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)

@@ -19,16 +19,16 @@ def run(tmp_path_factory):
 @pytest.fixture
 def forward_dtypes(monkeypatch):
     """The output dtype of each forward of the model the command loads."""
-    import visattn.engine.run_dir as run_dir
+    import visattn.trained as trained
 
-    dtypes, load_trained = [], run_dir.load_trained
+    dtypes, load_trained = [], trained.load_trained
 
     def load(*args, **kwargs):
         cfg, model = load_trained(*args, **kwargs)
         model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
         return cfg, model
 
-    monkeypatch.setattr(run_dir, "load_trained", load)
+    monkeypatch.setattr(trained, "load_trained", load)
     return dtypes
 
 

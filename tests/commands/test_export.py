@@ -8,7 +8,7 @@ from helpers import randomize_
 import visattn
 from visattn.cli import main
 from visattn.commands.export import export, max_abs_error
-from visattn.engine.run_dir import load_trained
+from visattn.trained import load_trained
 from visattn.models import create_model
 from tinyseg import make_run
 

@@ -15,7 +15,8 @@ from PIL import Image
 from visattn.cli import main
 from visattn.data import classes_and_palette, image_to_tensor, voc_palette
 from visattn.engine.config import DataConfig, load_config
-from visattn.engine.run_dir import RunDir, load_trained
+from visattn.engine.run_dir import RunDir
+from visattn.trained import load_trained
 from visattn.weights import save_state_dict
 from tinyseg import TinyCls, make_run
 
@@ -221,9 +222,9 @@ def test_format_choices_are_the_formats():
 def forwards(monkeypatch):
     """``(batch size, output dtype)`` of each forward of the model the commands load; a forward of a
     batch holding a constant (all-black) image fails."""
-    import visattn.engine.run_dir as run_dir
+    import visattn.trained as trained
 
-    calls, load_trained = [], run_dir.load_trained
+    calls, load_trained = [], trained.load_trained
 
     def refuse_constant_images(module, inputs):
         if inputs[0].flatten(2).std(2).eq(0).all(1).any():
@@ -236,7 +237,7 @@ def forwards(monkeypatch):
         model.register_forward_hook(lambda module, inputs, output: calls.append((inputs[0].shape[0], output.dtype)))
         return cfg, model
 
-    monkeypatch.setattr(run_dir, "load_trained", load)
+    monkeypatch.setattr(trained, "load_trained", load)
     return calls
 
 

@@ -12,7 +12,7 @@ from visattn.data import (ADE20K, DATASETS, Cityscapes, DigitClassification, Dig
 from visattn.data.registry import label_convention
 from visattn.data.segmentation import label_ids_lut
 from visattn.data.transforms import segmentation_transforms
-from visattn.engine.config import DataConfig
+from visattn.data import DataConfig
 
 
 def _png(path: Path, array: np.ndarray, mode: str | None = None, palette: bool = False) -> Path:

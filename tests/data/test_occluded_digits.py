@@ -13,7 +13,7 @@ from visattn.cli import main
 from visattn.data import DATASETS, DigitScenes, OccludedDigitScenes, build_dataset, classes_and_palette
 from visattn.data.digits import _digits
 from visattn.data.occluded_digits import MOSAIC_CELLS
-from visattn.engine.config import DataConfig
+from visattn.data import DataConfig
 from visattn.viz import figure_size
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -181,6 +181,19 @@ def test_resolving_a_config_never_imports_its_module_builder(monkeypatch):
     assert cfg.model.name == "some_untrusted_module:build" and imported == []
 
 
+def test_resolving_a_config_never_reads_a_hub_encoder(monkeypatch):
+    import timm
+
+    def refuse(model_id, *args, **kwargs):
+        raise AssertionError(f"read the Hub repository {model_id} while resolving a config")
+
+    monkeypatch.setattr(timm.models._factory, "load_model_config_from_hf", refuse)
+    cfg = load_config(None, ["model.kwargs.encoder=hf-hub:timm/resnet18.a1_in1k"])
+    assert cfg.model.kwargs["encoder"] == "hf-hub:timm/resnet18.a1_in1k"
+    with pytest.raises(ConfigError, match="'model.kwargs.no_such_argument' is not an argument"):  # without one, built
+        load_config(None, ["model.kwargs.no_such_argument=1"])
+
+
 @pytest.mark.parametrize("count, device, allowed", [
     (0, "cuda", "auto or cpu (no CUDA device here)"), (0, "cuda:0", "auto or cpu (no CUDA device here)"),
     (1, "cuda", None), (2, "cuda:1", None), (2, "cuda:2", "auto, cpu, cuda or cuda:0..cuda:1"),

@@ -111,7 +111,7 @@ LOSSES = {"ce": [], "ce+dice": ["train.class_weights=median_frequency", "train.l
 @pytest.mark.parametrize("loss", LOSSES)
 def test_eval_writes_every_metric_and_the_confusion_matrix(tmp_path, capsys, loss):
     from visattn.data import build_dataset
-    from visattn.engine.run_dir import load_trained
+    from visattn.trained import load_trained
 
     run = tmp_path / "run"
     sets = [a for s in TINY + LOSSES[loss] for a in ("--set", s)]

@@ -13,7 +13,8 @@ from torch import nn
 
 import tinyseg
 from visattn.engine.config import load_config
-from visattn.engine.run_dir import RunDir, load_trained
+from visattn.engine.run_dir import RunDir
+from visattn.trained import load_trained
 
 
 def _state(step: int) -> dict:

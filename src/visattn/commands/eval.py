@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from visattn.data import build_dataset, classes_and_palette
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
-    from visattn.engine.run_dir import load_trained
+    from visattn.trained import load_trained
 
     device, amp = resolve_inference_device(args)
     cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if given:
             source = "a run directory comes from its config.yaml" if args.run else "--config comes from that file"
             raise ValueError(f"{' '.join(given)}: the model of {source}")
-        from visattn.engine.run_dir import load_trained
+        from visattn.trained import load_trained
 
         cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
         mean, std = cfg.data.mean, cfg.data.std

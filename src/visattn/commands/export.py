@@ -85,7 +85,7 @@ def _input_size(cfg, size: list[int] | None) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from visattn.engine.run_dir import load_trained
+    from visattn.trained import load_trained
 
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if args.format == "onnx" and missing:

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from visattn.data.video import is_video
     from visattn.engine.inference import Predictor
     from visattn.engine.predictions import PredictionWriter, output_names
-    from visattn.engine.run_dir import load_trained
+    from visattn.trained import load_trained
 
     out_dir = Path(args.output_dir)
     sources = find_inputs(args.inputs, exclude=out_dir)

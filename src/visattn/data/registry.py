@@ -1,19 +1,20 @@
 """The dataset table: every dataset a config can name, with what the engine needs to know about it
 before reading it (task, class names, palette, augmentation defaults, its own label convention),
-and :func:`build_dataset`.
+the config's ``data`` section that names one (:class:`DataConfig`), and :func:`build_dataset`.
 
 Adding a dataset: its class in its own module, one :class:`DatasetSpec` line in :data:`DATASETS`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
 
 from .digits import DigitClassification, DigitScenes
 from .occluded_digits import OccludedDigitScenes
@@ -21,13 +22,10 @@ from .palettes import (ADE20K_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, D
                        voc_palette)
 from .segmentation import (ADE20K, ADE20K_LABEL_IDS, CITYSCAPES_LABEL_IDS, Cityscapes, MaskFolder, PascalVOC,
                            read_image)
-from .transforms import classification_transforms, segmentation_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, classification_transforms, segmentation_transforms
 
-if TYPE_CHECKING:
-    from ..engine.config import DataConfig
-
-__all__ = ["DatasetSpec", "DATASETS", "dataset_spec", "SeededTransform", "build_dataset", "classes_and_palette",
-           "dataset_info", "label_convention"]
+__all__ = ["DatasetSpec", "DATASETS", "dataset_spec", "dataset_defaults", "DataConfig", "DigitsConfig",
+           "SeededTransform", "build_dataset", "classes_and_palette", "dataset_info", "label_convention"]
 
 Palette = tuple[tuple[int, int, int], ...]
 
@@ -81,8 +79,6 @@ def _mask_folder(cfg: DataConfig, split: str) -> Dataset:
 
 
 def _image_folder(cfg: DataConfig, split: str) -> Dataset:
-    from torchvision.datasets import ImageFolder
-
     path = Path(_root(cfg)) / split
     if not path.is_dir():
         raise FileNotFoundError(f"ImageFolder: directory not found: {path} (expected <root>/<split>/<class>/*.jpg)")
@@ -116,6 +112,52 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def dataset_defaults(name: str) -> dict[str, Any]:
+    """The ``data`` keys a config naming dataset ``name`` gets unless it sets them (none for an
+    unknown name: building the dataset reports it)."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        return {}
+    return {"crop_size": list(spec.crop_size), "scale_range": list(spec.scale_range), "flip": spec.flip}
+
+
+_DEFAULT_DATASET = DATASETS["digits"]
+
+
+@dataclass
+class DigitsConfig:
+    """The embedded digit scenes (:class:`visattn.data.DigitScenes`, :class:`visattn.data.OccludedDigitScenes`)."""
+
+    train_length: int = 2000
+    val_length: int = 200
+    size: int = 64
+    digits_per_image: list[int] = field(default_factory=lambda: [2, 4])
+    digit_size: list[int] = field(default_factory=lambda: [12, 24])
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """A config's ``data`` section: the dataset (a name of :data:`DATASETS`), where it lies, and its
+    training augmentation."""
+
+    dataset: str = "digits"  # a name of visattn.data.DATASETS
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: int | None = None  # folder datasets
+    classes: list[str] | None = None  # folder datasets: names
+    # crop_size, scale_range and flip default to the dataset's own (visattn.data.DATASETS)
+    crop_size: int | list[int] = field(default_factory=lambda: list(_DEFAULT_DATASET.crop_size))
+    scale_range: list[float] = field(default_factory=lambda: list(_DEFAULT_DATASET.scale_range))
+    flip: bool = _DEFAULT_DATASET.flip
+    color_jitter: float = 0.0
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    workers: int = 0
+    digits: DigitsConfig = field(default_factory=DigitsConfig)
 
 
 class SeededTransform(Dataset):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.datasets import DatasetFolder
+from tqdm.auto import tqdm
 
 from .segmentation import SegmentationDataset
 
@@ -31,8 +33,6 @@ def dataset_files(dataset: Dataset) -> list[FilePair]:
         dataset = dataset.dataset
     if isinstance(dataset, SegmentationDataset):
         return [(Path(image), Path(mask)) for image, mask in dataset.pairs]
-    from torchvision.datasets import DatasetFolder
-
     if isinstance(dataset, DatasetFolder):
         return [(Path(path), None) for path, _ in dataset.samples]
     return []
@@ -68,8 +68,6 @@ def pair_problem(image: os.PathLike, mask: os.PathLike | None) -> str | None:
 
 def find_bad_files(files: Sequence[FilePair], desc: str = "check files", quiet: bool = False) -> list[str]:
     """:func:`pair_problem` of every pair (with a progress bar unless ``quiet``), the problems found."""
-    from tqdm.auto import tqdm
-
     problems = []
     for image, mask in tqdm(files, desc=desc, disable=quiet or not files, unit="item", dynamic_ncols=True):
         problem = pair_problem(image, mask)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._extras import require
+from ..weights import atomic_write
 
 __all__ = ["VIDEO_FORMATS", "VIDEO_EXTENSIONS", "is_video", "VideoReader", "write_video"]
 
@@ -83,8 +84,6 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: Frac
     ``path``, whose extension (a key of :data:`VIDEO_FORMATS`) picks the container and codec. The
     file appears only once it is complete (:func:`visattn.weights.atomic_write`). Returns the
     number of frames written."""
-    from ..weights import atomic_write
-
     av = _av()
     suffix = Path(path).suffix.lower()
     if suffix not in VIDEO_FORMATS:

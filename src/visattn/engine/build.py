@@ -6,6 +6,7 @@ import importlib
 import torch
 from torch import nn
 
+from ..models import create_model
 from ..models.registry import without_starting_weights
 from .config import ModelConfig, TrainConfig
 
@@ -29,8 +30,6 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | None = No
                 "use a registered model name (`visattn models`), or give --trust-code (trust_code=True) "
                 "if you trust that file")
         return getattr(importlib.import_module(module), fn)(num_classes=num_classes, **cfg.kwargs)
-    from ..models import create_model
-
     return create_model(cfg.name, num_classes=num_classes, pretrained=pretrained, **kwargs)
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..data import IGNORE_INDEX
 from ..weights import atomic_write
@@ -77,8 +78,6 @@ def count_labels(dataset: Dataset, num_classes: int, info: DistInfo = DistInfo()
     """Count the labelled pixels of every mask of ``dataset`` (untransformed); process ``info.rank``
     reads items ``rank, rank + world_size, ...`` and the counts are all-reduced under DDP (every
     process calls it). A label outside ``0..num_classes-1`` and 255 is a ``ValueError``."""
-    from tqdm.auto import tqdm
-
     base, read_mask = _masks_of(dataset)
     pixels = np.zeros(num_classes, dtype=np.int64)
     image_pixels = np.zeros(num_classes, dtype=np.int64)

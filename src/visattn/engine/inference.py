@@ -24,7 +24,7 @@ from ..data import classes_and_palette, image_to_tensor
 from ..data.inputs import picture_loader, same_size_batches
 from ..data.video import VideoReader, is_video, write_video
 from .config import Config
-from .run_dir import load_trained
+from ..trained import load_trained
 
 if TYPE_CHECKING:
     from .predictions import PredictionWriter
@@ -139,7 +139,7 @@ class Predictor:
                  weights: str | os.PathLike | None = None, overrides: Iterable[str] = (),
                  device: torch.device | str = "cpu", amp: torch.dtype | None = None, trust_code: bool = False,
                  **options) -> Predictor:
-        """The model of ``run`` or ``config`` + ``weights`` (see :func:`~visattn.engine.run_dir.load_trained`)."""
+        """The model of ``run`` or ``config`` + ``weights`` (see :func:`~visattn.trained.load_trained`)."""
         cfg, model = load_trained(run, config, weights, overrides, device, trust_code)
         return cls(cfg, model, device, amp, **options)
 

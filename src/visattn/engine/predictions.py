@@ -31,7 +31,6 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,13 +38,11 @@ from PIL import Image
 from torch import nn
 
 from ..data.palettes import colorize
-from ..data.registry import SeededTransform, classes_and_palette, label_convention
+from ..data.registry import DataConfig, SeededTransform, classes_and_palette, label_convention
+from ..viz import save_prediction
 from ..weights import atomic_write
 from .inference import segment
 from .metrics import SegmentationMetrics
-
-if TYPE_CHECKING:
-    from .config import DataConfig
 
 __all__ = ["FORMATS", "PredictionWriter", "output_names", "dataset_names", "evaluate_and_save"]
 
@@ -79,8 +76,6 @@ class PredictionWriter:
         and the picture set) to ``<base><ending>``; returns that file (the picture set: the mask)."""
         pred = np.asarray(pred, dtype=np.uint8)
         if self.format is None:
-            from ..viz import save_prediction
-
             path = _save_png(_palette_png(pred, self.palette), f"{base}{FORMATS['mask']}")
             _save_png(Image.fromarray(self.overlay(rgb, pred)), f"{base}{FORMATS['overlay']}")
             save_prediction(rgb, pred, self.classes, self.palette, f"{base}_legend.png", self.alpha)

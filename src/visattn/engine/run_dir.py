@@ -1,4 +1,5 @@
-"""A training run's directory: its layout, its checkpoints, and the trained model it offers.
+"""A training run's directory: its layout, its checkpoints, and the weights it offers for inference
+(:func:`visattn.trained.load_trained` builds the trained model from them).
 
 Layout::
 
@@ -39,12 +40,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data import classes_and_palette
-from ..weights import atomic_write, load_weights, read_state_dict, save_state_dict
-from .build import build_model
+from ..weights import atomic_write, read_state_dict, save_state_dict
 from .config import Config, dump_config, load_config
 
-__all__ = ["RunDir", "load_trained"]
+__all__ = ["RunDir"]
 
 _STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "best", "rng")
 # Run directories this process holds the lock of: a lock file naming this PID is stale unless listed
@@ -262,29 +261,3 @@ def _read_training_state(path: Path) -> dict:
     if missing:
         raise ValueError(f"{path} is not a training state (no {', '.join(missing)})")
     return state
-
-
-def load_trained(run: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-                 weights: str | os.PathLike | None = None, overrides: Iterable[str] = (),
-                 device: torch.device | str = "cpu", trust_code: bool = False) -> tuple[Config, nn.Module]:
-    """``(config, model in eval mode)`` from ``run`` (its config.yaml and best weights) or from
-    ``config`` + ``weights``; ``weights`` overrides the run's. ``run`` may also be a directory saved by
-    :func:`visattn.save_pretrained` or a Hub id ``hf-hub:user/repo`` (:func:`visattn.hub.load_pretrained`).
-    ``trust_code``: build a model the config names as ``"module:builder"`` (importing that module runs
-    its code; never one a Hub config names)."""
-    if run is not None:
-        from ..hub import is_pretrained_source, load_pretrained
-
-        if is_pretrained_source(run):
-            return load_pretrained(run, overrides, weights, device, trust_code)
-        run = RunDir(run)
-        cfg, origin = run.load_config(overrides), str(run.config)
-        weights = weights or run.inference_weights()
-    else:
-        cfg, origin = load_config(config, overrides), str(config or "the default config")
-    if weights is None:
-        raise ValueError("give --run RUN_DIR, or --weights FILE (with --config)")
-    classes, _ = classes_and_palette(cfg.data)
-    model = build_model(cfg.model, len(classes), pretrained=False, trust_code=trust_code, origin=origin)
-    load_weights(model, weights)
-    return cfg, model.to(device).eval()

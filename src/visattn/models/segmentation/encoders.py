@@ -123,19 +123,39 @@ def create_encoder(
         ceil_maxpool: stem max-pool with ``ceil_mode=True`` (CCNet's backbone).
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
+    _check_name(name, output_stride)
+    from_timm, weights_file = _weights_source(pretrained, pretrained_file)
+    model = _feature_extractor(name, output_stride, from_timm, kwargs)
+    if weights_file is not None:
+        _load_encoder_file(model, name, weights_file, kwargs)
+    if full_first_dilation:
+        _dilate_first_blocks_fully(model, name)
+    if multi_grid is not None:
+        _apply_multi_grid(model, name, multi_grid)
+    if ceil_maxpool:
+        _ceil_stem_pool(model, name)
+    return model
+
+
+def _check_name(name: str, output_stride: int) -> None:
+    """``name`` is a timm model (or a Hub id, which timm resolves) and ``output_stride`` 8 or 16."""
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
     if timm.models.parse_model_name(name)[0] is None and not timm.is_model(name):  # hf-hub: ids resolve in timm
         raise _unknown_encoder(name)
-    from_timm, weights_file = _weights_source(pretrained, pretrained_file)
+
+
+def _feature_extractor(name: str, output_stride: int, pretrained: bool, timm_kwargs: Mapping) -> nn.Module:
+    """timm's dilated feature extractor of ``name`` returning its last three maps, checked to reach
+    ``output_stride``."""
     try:
         model = timm.create_model(
             name,
-            pretrained=from_timm,
+            pretrained=pretrained,
             features_only=True,
             output_stride=output_stride,
             out_indices=(-3, -2, -1),
-            **kwargs,
+            **timm_kwargs,
         )
     except TypeError as err:
         if "output_stride" in str(err):
@@ -144,19 +164,26 @@ def create_encoder(
     reduction = model.feature_info.reduction()[-1]
     if reduction != output_stride:
         raise ValueError(f"encoder {name!r} gives output stride {reduction}, not the requested {output_stride}")
-    if weights_file is not None:
-        _load_encoder_file(model, name, weights_file, kwargs)
-    if full_first_dilation:
-        for stage in _resnet_stages(model, name, "full_first_dilation"):
-            _set_dilation(stage[0], stage[-1].conv2.dilation[0], first=True)
-    if multi_grid is not None:
-        if not multi_grid or any(int(d) < 1 for d in multi_grid):
-            raise ValueError(f"multi_grid must be positive dilations, got {multi_grid!r}")
-        last = _resnet_stages(model, name, "multi_grid")[-1]
-        for i, block in enumerate(last):
-            _set_dilation(block, int(multi_grid[i % len(multi_grid)]), first=False)
-    if ceil_maxpool:
-        if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
-            raise ValueError(f"ceil_maxpool needs an encoder with a stem max-pool, got {name!r}")
-        model.maxpool.ceil_mode = True
     return model
+
+
+def _dilate_first_blocks_fully(model: nn.Module, name: str) -> None:
+    """The first block of stages 3 and 4 at its stage's full dilation (CCNet/FLANet backbones)."""
+    for stage in _resnet_stages(model, name, "full_first_dilation"):
+        _set_dilation(stage[0], stage[-1].conv2.dilation[0], first=True)
+
+
+def _apply_multi_grid(model: nn.Module, name: str, multi_grid: Sequence[int]) -> None:
+    """The last stage's blocks dilated by ``multi_grid``, cycled (DANet's ``--multi-dilation``)."""
+    if not multi_grid or any(int(d) < 1 for d in multi_grid):
+        raise ValueError(f"multi_grid must be positive dilations, got {multi_grid!r}")
+    last = _resnet_stages(model, name, "multi_grid")[-1]
+    for i, block in enumerate(last):
+        _set_dilation(block, int(multi_grid[i % len(multi_grid)]), first=False)
+
+
+def _ceil_stem_pool(model: nn.Module, name: str) -> None:
+    """The stem max-pool with ``ceil_mode=True`` (CCNet's backbone)."""
+    if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        raise ValueError(f"ceil_maxpool needs an encoder with a stem max-pool, got {name!r}")
+    model.maxpool.ceil_mode = True
