@@ -24,7 +24,7 @@ _LAZY = {
     "push_to_hub": "visattn.hub",
     "save_pretrained": "visattn.hub",
     "compare": "visattn.compare",
-    "Predictor": "visattn.engine.inference",
+    "Predictor": "visattn.engine.predictor",
 }
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
 if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from .attention import create_attention, get_attention_class, list_attentions
     from .compare import compare
-    from .engine.inference import Predictor
+    from .engine.predictor import Predictor
     from .hub import push_to_hub, save_pretrained
     from .trained import from_pretrained
     from .models import create_model, list_models

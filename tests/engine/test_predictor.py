@@ -12,7 +12,7 @@ from PIL import Image
 import visattn
 from visattn.data import image_to_tensor
 from visattn.data.inputs import LIST_PREFIX, find_inputs, same_size_batches
-from visattn.engine.inference import FilePrediction, Predictor
+from visattn.engine.predictor import FilePrediction, Predictor
 from visattn.engine.predictions import PredictionWriter
 from tinyseg import make_run
 

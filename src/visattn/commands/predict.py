@@ -28,7 +28,7 @@ the end. Exit status (:mod:`visattn.cli`): 0 all written, 1 some skipped, 2 noth
 names no image or video, bad run, config or device).
 
 The inputs are found by :func:`visattn.data.inputs.find_inputs`; the predictions are
-:class:`visattn.engine.inference.Predictor`'s (``visattn.Predictor``, the same from Python).
+:class:`visattn.engine.predictor.Predictor`'s (``visattn.Predictor``, the same from Python).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from visattn._extras import require
     from visattn.data.inputs import find_inputs
     from visattn.data.video import is_video
-    from visattn.engine.inference import Predictor
+    from visattn.engine.predictor import Predictor
     from visattn.engine.predictions import PredictionWriter, output_names
     from visattn.trained import load_trained
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(result) -> str:
-    """The line shown for a file predicted (:class:`visattn.engine.inference.FilePrediction`)."""
+    """The line shown for a file predicted (:class:`visattn.engine.predictor.FilePrediction`)."""
     if result.top is not None:
         return f"{result.path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in result.top)
     if result.frames is not None:
