@@ -414,7 +414,7 @@ def _training_step(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, 
     weighted loss), synchronised on CUDA."""
     from .engine.build import build_model, build_optimizer
     from .engine.losses import LossTerms, output_weights, weighted_loss
-    from .engine.trainer import amp_dtype
+    from .engine.precision import amp_dtype
 
     t = cfg.train
     torch.manual_seed(t.seed)

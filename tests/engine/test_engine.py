@@ -17,6 +17,7 @@ from visattn.data import DATASETS
 from visattn.engine import LRSchedule, SegmentationMetrics, build_optimizer, segment, train
 from visattn.engine.config import ConfigError, load_config, read_recipe
 from visattn.engine.losses import cross_entropy, ohem_cross_entropy, weighted_loss
+from visattn.engine.precision import amp_dtype
 
 HERE = Path(__file__).parent
 import tinyseg  # noqa: E402
@@ -231,8 +232,6 @@ def test_optimizer_choice():
 
 
 def test_amp_dtype_names_the_option_it_refuses():
-    from visattn.engine.trainer import amp_dtype
-
     cpu = torch.device("cpu")
     assert amp_dtype(None, cpu) is None and amp_dtype("bf16", cpu) is torch.bfloat16
     assert amp_dtype("fp16", torch.device("cuda")) is torch.float16  # a device object needs no CUDA here

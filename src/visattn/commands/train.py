@@ -35,11 +35,14 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     main = int(os.environ.get("RANK", "0")) == 0
+    resumed = saved = None
     try:
         if args.resume:
             if args.config or args.output:
                 raise ConfigError("--resume continues RUN_DIR with its own config.yaml; give overrides with --set")
-            cfg = RunDir(args.resume).load_config(args.overrides)
+            resumed = RunDir(args.resume)
+            saved = resumed.load_config()
+            cfg = load_config(overrides=args.overrides, base=saved)
         else:
             cfg = load_config(args.config, args.overrides)
         if args.output:
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             length = f"{t.epochs} epochs" if t.epochs else f"{t.iters} steps"
             print(f"model {cfg.model.name} {cfg.model.kwargs} | data {cfg.data.dataset} | {length} x batch {t.batch_size}",
                   flush=True)
-        result = train(cfg, resume=args.resume, quiet=args.quiet, trust_code=args.trust_code)
+        result = train(cfg, resume=resumed, quiet=args.quiet, trust_code=args.trust_code, resume_config=saved)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"visattn train: error: {err}", file=sys.stderr)
         return 2
