@@ -23,7 +23,7 @@ _LAZY = {
     "from_pretrained": "visattn.hub",
     "push_to_hub": "visattn.hub",
     "save_pretrained": "visattn.hub",
-    "compare": "visattn.compare",
+    "compare": "visattn.comparison",
 }
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from .attention import create_attention, get_attention_class, list_attentions
-    from .compare import compare
+    from .comparison import compare
     from .hub import from_pretrained, push_to_hub, save_pretrained
     from .models import create_model, list_models
     from .models.insert import insert_attention, timm_attn_layer
