@@ -14,23 +14,27 @@ Output directory (:class:`~visattn.comparison.output.CompareDir`)::
     compare.yaml                 the base recipe and the entries: a re-run continues only the same recipe
     runs/<entry>/seed<k>/        a training run directory (:class:`~visattn.engine.run_dir.RunDir`)
                                  + final.json: the final evaluation, written when the run is complete
-    logs/<entry>-seed<k>.log     output of a run trained in a subprocess (``jobs > 1``, :mod:`~visattn.comparison.runner`)
+    logs/<entry>-seed<k>.log     output of a run trained in a subprocess (``jobs > 1``)
     report.md, report.json       the table; everything, per seed too
     miou_vs_cost.png, per_class_iou_delta.png, attention_maps.png
 
 Re-running the same comparison skips the complete runs (those with ``final.json``), resumes the
 interrupted ones from their latest checkpoint, and restarts those killed before their first one.
 
-Cost is measured after training, every entry in the same conditions (:func:`~visattn.comparison.cost.measure_cost`):
-parameters; GFLOPs of one forward at the evaluation size (:func:`visattn.profiling.count_flops`);
-milliseconds per training step (the trainer's own step, :class:`~visattn.engine.step.TrainingStep`, with
-every ``train`` switch; the recipe's batch, entries interleaved, median); peak training
-memory, each entry in a fresh subprocess (CUDA: ``max_memory_allocated``; CPU: the peak RSS, as
-:mod:`visattn.benchmark` measures it, :mod:`visattn.profiling`).
+Cost is measured after training, every entry in the same conditions (:mod:`~visattn.comparison.cost`):
+parameters; GFLOPs of one forward at the evaluation size; milliseconds per training step (the
+trainer's own step, :class:`~visattn.engine.step.TrainingStep`, with the recipe's switches; its first
+batch, entries interleaved, median); peak training memory, each entry in a fresh subprocess (CUDA:
+``max_memory_allocated``; CPU: the peak RSS), all measured through :mod:`visattn.profiling`.
 
-Statistics (:func:`~visattn.comparison.stats.paired_difference`): mIoU and mAcc as mean ± standard deviation over the seeds,
-and each entry's mIoU difference to the first entry with a Student t confidence interval over the
-per-seed differences (paired: seed ``k`` of both saw the same data).
+Statistics (:mod:`~visattn.comparison.stats`): mIoU and mAcc as mean ± standard deviation over the
+seeds, and each entry's mIoU difference to the first entry with a Student t confidence interval over
+the per-seed differences (paired: seed ``k`` of both saw the same data).
+
+One module per concern: :mod:`~visattn.comparison.entries`, :mod:`~visattn.comparison.output`,
+:mod:`~visattn.comparison.runner`, :mod:`~visattn.comparison.cost`, :mod:`~visattn.comparison.stats`,
+:mod:`~visattn.comparison.report`, and :mod:`~visattn.comparison.pipeline` (:func:`compare`), which
+puts them together.
 """
 from .cost import TIMED_STEPS, WARMUP_STEPS, measure_cost
 from .entries import Entry, entry_config, make_entries, segmentor_arguments

@@ -23,8 +23,8 @@ from ..profiling import MEMORY_ENV, PeakMemoryMeter, count_flops, interleaved_ti
 from .entries import config_from_text
 from .runner import print_progress
 
-__all__ = ["measure_cost", "training_step", "step_on", "count_gflops", "peak_memory", "recipe_batch", "evaluation_size",
-           "num_classes", "WARMUP_STEPS", "TIMED_STEPS"]
+__all__ = ["measure_cost", "training_step", "step_on", "count_gflops", "peak_memory", "peak_memory_main",
+           "recipe_batch", "evaluation_size", "num_classes", "WARMUP_STEPS", "TIMED_STEPS"]
 
 WARMUP_STEPS, TIMED_STEPS = 2, 5  # training steps per entry before timing, and timed (median)
 

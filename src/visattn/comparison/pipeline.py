@@ -23,13 +23,13 @@ __all__ = ["compare"]
 
 def compare(config: str | os.PathLike | Config | None = None, models: Iterable[str] = (),
             attentions: Iterable[str] = (), seeds: int = 3, overrides: Iterable[str] = (),
-            output: str | os.PathLike | None = None, jobs: int = 1, log: Callable[[str], None] = print_progress) -> dict:
+            output: str | os.PathLike | None = None, jobs: int = 1,
+            log: Callable[[str], None] = print_progress) -> dict:
     """Train every entry of ``models`` and ``attentions`` (see :mod:`visattn.comparison`) for seeds
     ``0 .. seeds-1`` on the recipe ``config`` (a YAML file, a :class:`Config`, ``None``: the default)
     with ``overrides`` (``key=value``), measure their cost and write the report to ``output``
-    (default: ``run.root/compare-<config>-<recipe hash>``). ``jobs``: runs trained at once, each in a
-    subprocess (a CUDA device each when there are several, else ``cores // jobs`` threads each);
-    ``1``: in this process. ``log``: where progress lines go.
+    (default: ``run.root/compare-<config>-<recipe hash>``). ``jobs``: runs trained at once, in subprocesses
+    with a GPU each if there are several, else ``cores // jobs`` threads (``1``: here); ``log``: progress lines.
 
     Returns the report (report.json's content). A run stopped by Ctrl-C raises ``KeyboardInterrupt``
     (call again to continue); bad names, a bad config or an output directory holding another
@@ -44,16 +44,15 @@ def compare(config: str | os.PathLike | Config | None = None, models: Iterable[s
     cdir.claim(base, [{"name": e.name, "model": configs[e.name].model.name, "kwargs": configs[e.name].model.kwargs}
                       for e in entries], seeds)
     log(f"compare {len(entries)} entries x {seeds} seeds in {cdir}")
-    seed_list = list(range(seeds))
-    device = resolve_device(base.train.device)
+    seed_list, device = list(range(seeds)), resolve_device(base.train.device)
     records = _train_runs(base, entries, seed_list, cdir, device, jobs, log)
     cost = measure_cost(configs, device, log=log)
     report = {
         "config": config_name, "overrides": overrides, "output": str(cdir), "recipe": recipe(base),
         "seeds": seed_list, "reference": entries[0].name, "confidence": CONFIDENCE,
         "classes": list(records[entries[0].name, 0]["classes"]), "image_index": 0,
-        "entries": summarise(entries, configs, records, seed_list, cdir),
-        "cost_setup": cost["setup"], "machine": machine_info(), "date": datetime.now().isoformat(timespec="seconds"),
+        "entries": summarise(entries, configs, records, seed_list, cdir), "cost_setup": cost["setup"],
+        "machine": machine_info(), "date": datetime.now().isoformat(timespec="seconds"),
     }
     for row in report["entries"]:
         row["cost"] = cost["entries"][row["name"]]

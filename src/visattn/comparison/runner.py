@@ -37,8 +37,8 @@ class RunFailedError(RuntimeError):
 def train_run(cfg: Config, path: str | os.PathLike) -> dict | None:
     """Train ``cfg`` in the run directory ``path``: resumed from its latest checkpoint if it has one,
     else started anew (what a run killed before its first checkpoint left is removed). Writes and
-    returns the record of :data:`~visattn.comparison.output.FINAL_METRICS` (final metrics, step, seconds, threads); ``None`` if
-    the run was interrupted (it can be resumed)."""
+    returns the record of :data:`~visattn.comparison.output.FINAL_METRICS` (final metrics, step,
+    seconds, threads); ``None`` if the run was interrupted (it can be resumed)."""
     run = RunDir(path)
     resume = run.latest_checkpoint() is not None
     if not resume and run.path.is_dir():

@@ -87,8 +87,9 @@ class TrainingStep:
         micro-batch's backward needs.
 
         The first step of a compiled model that fails before the update runs again eagerly (the
-        buffers rolled back, the global RNG seeded again with ``seed`` if given); if that succeeds the compiler was at fault: the step trains eagerly
-        from then on and one warning names the compiler's error."""
+        buffers rolled back, the global RNG seeded again with ``seed`` if given); if that succeeds
+        the compiler was at fault: the step trains eagerly from then on and one warning names the
+        compiler's error."""
         if self.eager is None:
             return self._run(micro_batches, check, no_sync)
         eager, self.eager = self.eager, None
