@@ -45,12 +45,14 @@ class TrainingStep:
     Construction applies the switches that change the network in place (``channels_last``,
     ``grad_checkpointing``; ``model_name`` names the model in the latter's error) and builds the
     optimizer, the gradient scaler, the EMA and, given ``total`` and ``iters_per_epoch``, the
-    learning-rate schedule. :meth:`wrap_model` then sets :attr:`model`, the network as it trains
+    learning-rate schedule. ``warn_on_fallback``: warn when a compiled first step fails and the step
+    trains eagerly (:meth:`run`). :meth:`wrap_model` then sets :attr:`model`, the network as it trains
     (wrapped, e.g. in DDP, then compiled with ``train.compile``); until then it is ``module``.
     """
 
     def __init__(self, module: nn.Module, train: TrainConfig, criterion: LossTerms, device: torch.device,
-                 model_name: str = "model", total: int | None = None, iters_per_epoch: int | None = None) -> None:
+                 model_name: str = "model", total: int | None = None, iters_per_epoch: int | None = None,
+                 warn_on_fallback: bool = True) -> None:
         self.module, self.model, self.device, self.criterion = module, module, device, criterion
         self.amp = amp_dtype(train.amp, device)
         self.accum, self.clip_grad = int(train.accum_steps), train.clip_grad
@@ -66,7 +68,7 @@ class TrainingStep:
         self.ema = create_ema(module, train.ema) if train.ema is not None else None
         self.compile = bool(train.compile)
         self.eager: nn.Module | None = None  # with compile: the uncompiled model, until the first step succeeds
-        self.warn_on_fallback = True
+        self.warn_on_fallback = warn_on_fallback
         self.updating = False  # True while the parameters are being changed (an error then leaves them half-updated)
         self._boundary_buffers: list[Tensor] | None = None
 

@@ -193,9 +193,8 @@ class Trainer:
             t.class_weights, self.train_set, self.classes, self.run.class_weights if self.resumed else None, self.info,
             self.device, self.quiet)
         self.criterion = LossTerms.from_config(t, class_weights, self.device)
-        step = TrainingStep(model, t, self.criterion, self.device, cfg.model.name, self.total, self.iters_per_epoch)
-        step.warn_on_fallback = self.info.is_main
-        return step
+        return TrainingStep(model, t, self.criterion, self.device, cfg.model.name, self.total, self.iters_per_epoch,
+                            warn_on_fallback=self.info.is_main)
 
     def _build_loaders(self) -> None:
         """The training batches (this process's shard of each global batch) and the validation batches."""
