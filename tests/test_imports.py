@@ -50,7 +50,6 @@ NOT_YET_CHECKED = {
     "visattn.commands.explain",
     "visattn.commands.export",
     "visattn.commands.predict",
-    "visattn.compare",
     "visattn.engine.trainer",
     "visattn.viz",
 }

@@ -23,7 +23,7 @@ _LAZY = {
     "from_pretrained": "visattn.trained",
     "push_to_hub": "visattn.hub",
     "save_pretrained": "visattn.hub",
-    "compare": "visattn.compare",
+    "compare": "visattn.comparison",
     "Predictor": "visattn.engine.predictor",
 }
 
@@ -46,7 +46,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from .attention import create_attention, get_attention_class, list_attentions
-    from .compare import compare
+    from .comparison import compare
     from .engine.predictor import Predictor
     from .hub import push_to_hub, save_pretrained
     from .trained import from_pretrained

@@ -13,10 +13,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from visattn.cli import main
 from visattn.data import DATASETS
 from visattn.engine import LRSchedule, SegmentationMetrics, build_optimizer, segment, train
 from visattn.engine.config import ConfigError, load_config, read_recipe
 from visattn.engine.losses import cross_entropy, ohem_cross_entropy, weighted_loss
+from visattn.engine.precision import amp_dtype
+from visattn.engine.run_dir import RunDir
 
 HERE = Path(__file__).parent
 import tinyseg  # noqa: E402
@@ -171,6 +174,29 @@ def test_resume_after_ctrl_c_is_bit_identical(tmp_path):
     assert losses[0] == losses[1]
 
 
+def test_train_resume_reads_the_run_once(tmp_path, monkeypatch):
+    """``visattn train --resume`` builds the run directory once and reads its config.yaml once, for
+    the config it trains with and for the check of what a resumed run must keep."""
+    cfg = load_config(None, TINY + [f"run.dir={tmp_path / 'run'}", "model.kwargs.interrupt_after=2"])
+    assert train(cfg, quiet=True, trust_code=True)["interrupted"]
+    built, reads, init, load = [], [], RunDir.__init__, RunDir.load_config
+
+    def init_recorded(self, path, *args, **kwargs):
+        built.append(Path(path))
+        init(self, path, *args, **kwargs)
+
+    def load_recorded(self, *args, **kwargs):
+        reads.append(self.path)
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "__init__", init_recorded)
+    monkeypatch.setattr(RunDir, "load_config", load_recorded)
+    assert main(["train", "--resume", str(tmp_path / "run"), "--trust-code", "--quiet",
+                 "--set", "model.kwargs.interrupt_after=null"]) == 0
+    assert built == [tmp_path / "run"] and reads == [tmp_path / "run"]
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
 def test_classification_run_and_bf16(tmp_path):
     cfg = load_config(None, ["task=classification", "model.name=tinyseg:build_cls", "model.kwargs={}",
                              "data.dataset=digits_cls", "data.digits.size=16", "data.digits.digit_size=[8,12]",
@@ -231,8 +257,6 @@ def test_optimizer_choice():
 
 
 def test_amp_dtype_names_the_option_it_refuses():
-    from visattn.engine.trainer import amp_dtype
-
     cpu = torch.device("cpu")
     assert amp_dtype(None, cpu) is None and amp_dtype("bf16", cpu) is torch.bfloat16
     assert amp_dtype("fp16", torch.device("cuda")) is torch.float16  # a device object needs no CUDA here

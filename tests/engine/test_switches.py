@@ -19,6 +19,7 @@ from visattn.engine import train
 from visattn.engine.build import enable_grad_checkpointing
 from visattn.engine.config import ConfigError, load_config
 from visattn.engine.ema import create_ema
+from visattn.engine.step import TrainingStep
 from visattn.engine.trainer import FIXED_ON_RESUME, Trainer
 from visattn.models import create_model
 
@@ -321,3 +322,16 @@ def test_a_resumed_run_keeps_clip_grad_and_ema_and_may_change_the_rest(tmp_path)
                             ("train.clip_grad=1.0", "train.clip_grad=1.0 (the run's is None)")):
         with pytest.raises(ConfigError, match=rf"^{re.escape(shown)}: a resumed run keeps"):
             train(load_config(run / "config.yaml", [override]), resume=run, quiet=True, trust_code=True)
+
+
+def test_the_trainer_steps_through_the_shared_training_step(tmp_path, monkeypatch):
+    """Every optimizer step of a run is :meth:`TrainingStep.run`, the step ``visattn compare`` times."""
+    steps, run = [], TrainingStep.run
+
+    def run_recorded(self, *args, **kwargs):
+        steps.append(self)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingStep, "run", run_recorded)
+    assert _run(tmp_path / "run", torch.device("cpu"), "train.clip_grad=1.0")["step"] == 3
+    assert len(steps) == 3 and len(set(map(id, steps))) == 1 and steps[0].clip_grad == 1.0

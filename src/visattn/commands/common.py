@@ -112,7 +112,7 @@ def resolve_inference_device(args: argparse.Namespace) -> tuple[torch.device, to
     import torch
 
     from visattn.engine.distributed import resolve_device
-    from visattn.engine.trainer import amp_dtype
+    from visattn.engine.precision import amp_dtype
 
     try:
         device = resolve_device(args.device)

@@ -1,5 +1,5 @@
 """``visattn compare``: train segmentors and attention heads under one recipe and several seeds,
-measure their cost side by side, and report which attention helps on this data (:mod:`visattn.compare`).
+measure their cost side by side, and report which attention helps on this data (:mod:`visattn.comparison`).
 
     visattn compare --config configs/digits_danet.yaml --models fcn danet ccnet --attentions bam sge psa --seeds 3
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visattn.compare import RunFailedError, compare, format_table
+    from visattn.comparison import RunFailedError, compare, format_table
 
     try:
         report = compare(args.config, args.models, args.attentions, args.seeds, args.overrides, args.output_dir,

@@ -33,10 +33,13 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     main = int(os.environ.get("RANK", "0")) == 0
+    resumed = saved = None
     if args.resume:
         if args.config or args.output_dir:
             raise ConfigError("--resume continues RUN_DIR with its own config.yaml; give overrides with --set")
-        cfg = RunDir(args.resume).load_config(args.overrides)
+        resumed = RunDir(args.resume)
+        saved = resumed.load_config()
+        cfg = load_config(overrides=args.overrides, base=saved)
     else:
         cfg = load_config(args.config, args.overrides)
     if args.output_dir:
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         length = f"{t.epochs} epochs" if t.epochs else f"{t.iters} steps"
         print(f"model {cfg.model.name} {cfg.model.kwargs} | data {cfg.data.dataset} | {length} x batch {t.batch_size}",
               flush=True)
-    result = train(cfg, resume=args.resume, quiet=args.quiet, trust_code=args.trust_code)
+    result = train(cfg, resume=resumed, quiet=args.quiet, trust_code=args.trust_code, resume_config=saved)
     if result["interrupted"]:
         raise KeyboardInterrupt  # the trainer has said where it stopped and how to continue
     if not main:

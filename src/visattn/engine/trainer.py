@@ -24,9 +24,10 @@ Switches (``train.*``):
 recomputed BatchNorm layers a second time in backward. No checkpoint records these three: a
 resumed run may switch them, and then differs from the uninterrupted run by as much.
 
-:class:`Trainer` reads top-down: the constructor builds the data, the model, the optimizer and the
-schedule (or restores them from a checkpoint); :meth:`Trainer.fit` loops over
-:meth:`Trainer.train_step`, logging, :meth:`Trainer.evaluate` and :meth:`Trainer.checkpoint`.
+:class:`Trainer` reads top-down: the constructor builds the data, the model and the
+:class:`~visattn.engine.step.TrainingStep` that holds the optimizer, schedule and switches (or restores
+them from a checkpoint); :meth:`Trainer.fit` loops over :meth:`Trainer.train_step`, logging,
+:meth:`Trainer.evaluate` and :meth:`Trainer.checkpoint`.
 
 Exact resume: the global batch of step ``t`` is a fixed slice of the epoch's permutation (seeded by
 ``seed`` and the epoch), each sample's augmentation is seeded by ``(seed, epoch, index)`` and the
@@ -75,20 +76,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from .._extras import MissingExtraError, require
 from ..data import build_dataset, dataset_info, dataset_spec
 from ..data.validate import bad_files_error, dataset_files, find_bad_files
-from .build import build_model, build_optimizer, build_scheduler, enable_grad_checkpointing
+from .build import build_model
 from .class_weights import resolve_class_weights, save_class_weights
-from .config import Config, ConfigError
+from .config import Config, ConfigError, TrainConfig
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
-from .ema import create_ema
 from .inference import segment_options
-from .losses import LossTerms, output_weights, weighted_loss
+from .losses import LossTerms
 from .metrics import evaluate as evaluate_model
 from .metrics import PER_CLASS_KEYS, format_table
+from .precision import amp_dtype
 from .run_dir import RunDir
+from .step import TrainingStep
 
-__all__ = ["train", "Trainer", "AMP_DTYPES", "amp_dtype", "FIXED_ON_RESUME", "NonFiniteLossError"]
+__all__ = ["train", "Trainer", "FIXED_ON_RESUME", "NonFiniteLossError"]
 
-AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # train.* keys a resumed run must keep: the checkpoint restores the optimizer's hyperparameters, the
 # learning-rate schedule and the weights' average, its step counts batches of this size, the seed
@@ -98,23 +99,14 @@ FIXED_ON_RESUME = ("iters", "epochs", "batch_size", "seed", "optimizer", "lr", "
                    "min_lr", "head_lr_mult", "clip_grad", "ema")
 
 
-def amp_dtype(name: str | None, device: torch.device, option: str = "train.amp") -> torch.dtype | None:
-    """The autocast dtype of the mixed-precision setting ``name`` (null, bf16, fp16) on ``device``;
-    an unknown name, or fp16 off CUDA, is a ``ValueError`` naming ``option``."""
-    if name not in AMP_DTYPES:
-        raise ValueError(f"{option} must be null, bf16 or fp16, got {name!r}")
-    dtype = AMP_DTYPES[name]
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError(f"{option} fp16 needs a CUDA device, the device is {device}; use {option} bf16 there")
-    return dtype
-
-
 class NonFiniteLossError(FloatingPointError, ValueError):
     """The loss became NaN or infinite (also a ``ValueError``: a bad setting, reported without a traceback)."""
 
 
-def train(cfg: Config, resume: str | os.PathLike | None = None, quiet: bool = False, trust_code: bool = False) -> dict:
-    """Train from a resolved config (see :mod:`visattn.engine.config`); ``resume``: a run directory.
+def train(cfg: Config, resume: str | os.PathLike | RunDir | None = None, quiet: bool = False, trust_code: bool = False,
+          resume_config: Config | None = None) -> dict:
+    """Train from a resolved config (see :mod:`visattn.engine.config`); ``resume``: a run directory,
+    ``resume_config``: its config.yaml when the caller has read it already (else it is read here).
 
     Returns ``{"run_dir", "step", "total", "metrics", "best", "interrupted", "classes", "table"}``.
     Launched by ``torchrun`` (``WORLD_SIZE > 1``) it runs DDP; every process calls ``train`` with the
@@ -129,7 +121,7 @@ def train(cfg: Config, resume: str | os.PathLike | None = None, quiet: bool = Fa
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = init_distributed(device)
     try:
-        with Trainer(cfg, device, info, resume, quiet, trust_code) as trainer:
+        with Trainer(cfg, device, info, resume, quiet, trust_code, resume_config) as trainer:
             return trainer.fit()
     finally:
         cleanup_distributed(info)
@@ -141,66 +133,79 @@ class Trainer:
     of a ``with`` block)."""
 
     def __init__(self, cfg: Config, device: torch.device, info: DistInfo = DistInfo(),
-                 resume: str | os.PathLike | None = None, quiet: bool = False, trust_code: bool = False) -> None:
-        t = cfg.train
-        self.amp = amp_dtype(t.amp, device)
-        if dataset_spec(cfg.data.dataset).task != cfg.task:
-            raise ValueError(f"task {cfg.task!r} does not match dataset {cfg.data.dataset!r}")
-        if t.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        self.cfg, self.device, self.info, self.quiet, self.seed = cfg, device, info, quiet, int(t.seed)
+                 resume: str | os.PathLike | RunDir | None = None, quiet: bool = False, trust_code: bool = False,
+                 resume_config: Config | None = None) -> None:
+        self.cfg, self.device, self.info, self.quiet, self.seed = cfg, device, info, quiet, int(cfg.train.seed)
+        self._check_setting()
         self.resumed = resume is not None
-        self.run = RunDir(resume) if self.resumed else self._new_run_dir()
+        self.run = self._resumable_run_dir(resume, resume_config) if self.resumed else self._new_run_dir()
+        self._build_datasets()
+        self._plan_steps()
+        self.training_step = self._build_training_step(trust_code)
+        self.module = self.training_step.module  # the bare network, whose weights the checkpoints hold
+        self.ema = self.training_step.ema
+        self.step, self.best = 0, -math.inf
         if self.resumed:
-            self._check_resumable()
+            self._restore()
+        self.training_step.wrap_model(self._distributed if info.enabled else None)
+        self._build_loaders()
+        self.segment_options = segment_options(cfg) if cfg.task == "segmentation" else {}
+        self.key_metric = "mIoU" if cfg.task == "segmentation" else "top1"
+        self._claim_run_dir()  # last: a failed start leaves nothing on disk
 
-        self.train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, seed=self.seed)
-        self.val_set = build_dataset(cfg.data, cfg.data.val_split, train=False, seed=self.seed)
+    def _check_setting(self) -> None:
+        """The precision fits the device and the task the dataset; deterministic kernels if asked for."""
+        self.amp = amp_dtype(self.cfg.train.amp, self.device)
+        if dataset_spec(self.cfg.data.dataset).task != self.cfg.task:
+            raise ValueError(f"task {self.cfg.task!r} does not match dataset {self.cfg.data.dataset!r}")
+        if self.cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def _build_datasets(self) -> None:
+        """The training and validation sets, their files checked, and the class names."""
+        data = self.cfg.data
+        self.train_set = build_dataset(data, data.train_split, train=True, seed=self.seed)
+        self.val_set = build_dataset(data, data.val_split, train=False, seed=self.seed)
         self._check_files()
         self.classes, _ = dataset_info(self.train_set)
+
+    def _plan_steps(self) -> None:
+        """Each process's micro-batch, the steps per epoch and the run's length in steps."""
+        t, world_size = self.cfg.train, self.info.world_size
         global_batch, self.accum = int(t.batch_size), int(t.accum_steps)
-        if global_batch % (info.world_size * self.accum):
+        if global_batch % (world_size * self.accum):
             raise ValueError(f"train.batch_size={global_batch} must be divisible by processes x accum_steps "
-                             f"= {info.world_size} x {self.accum}")
-        self.micro_batch = global_batch // (info.world_size * self.accum)
+                             f"= {world_size} x {self.accum}")
+        self.micro_batch = global_batch // (world_size * self.accum)
         self.iters_per_epoch = len(self.train_set) // global_batch
         if self.iters_per_epoch == 0:
             raise ValueError(f"the training set ({len(self.train_set)} items) is smaller than one batch ({global_batch})")
         self.total = int(t.epochs) * self.iters_per_epoch if t.epochs else int(t.iters)
 
-        torch.manual_seed(self.seed)  # identical initial weights in every process
+    def _build_training_step(self, trust_code: bool) -> TrainingStep:
+        """The model (the same initial weights in every process), the loss with its class weights,
+        and the optimizer, schedule and switches around them."""
+        cfg, t = self.cfg, self.cfg.train
+        torch.manual_seed(self.seed)
         model = build_model(cfg.model, len(self.classes), trust_code=trust_code,
-                            origin=str(self.run.config) if self.resumed else "the config").to(device)
-        self.loss_weights = output_weights(t, model)
+                            origin=str(self.run.config) if self.resumed else "the config").to(self.device)
         class_weights, self._new_class_weights = resolve_class_weights(
-            t.class_weights, self.train_set, self.classes, self.run.class_weights if self.resumed else None, info,
-            device, quiet)
-        self.criterion = LossTerms.from_config(t, class_weights, device)
-        self.optimizer = build_optimizer(model, t)
-        self.scheduler = build_scheduler(self.optimizer, t, self.total, self.iters_per_epoch)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
-        self.step, self.best = 0, -math.inf
-        self.module = model  # the bare network, whose weights the checkpoints hold
-        self.memory_format = torch.channels_last if t.channels_last else torch.preserve_format
-        if t.channels_last:
-            model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps the same parameters
-        if t.grad_checkpointing:
-            enable_grad_checkpointing(model, cfg.model.name)
-        self.ema = create_ema(model, t.ema) if t.ema is not None else None
-        if self.resumed:
-            self._restore(model)
-        self.model = self._training_model(model)
+            t.class_weights, self.train_set, self.classes, self.run.class_weights if self.resumed else None, self.info,
+            self.device, self.quiet)
+        self.criterion = LossTerms.from_config(t, class_weights, self.device)
+        return TrainingStep(model, t, self.criterion, self.device, cfg.model.name, self.total, self.iters_per_epoch,
+                            warn_on_fallback=self.info.is_main)
 
+    def _build_loaders(self) -> None:
+        """The training batches (this process's shard of each global batch) and the validation batches."""
+        data, info = self.cfg.data, self.info
         self.sampler = _ShardSampler(self.train_set, info, self.seed, self.iters_per_epoch * self.micro_batch * self.accum)
         self.loader = DataLoader(self.train_set, batch_size=self.micro_batch, sampler=self.sampler,
-                                 num_workers=cfg.data.workers, drop_last=True, pin_memory=device.type == "cuda",
+                                 num_workers=data.workers, drop_last=True, pin_memory=self.device.type == "cuda",
                                  generator=torch.Generator(), worker_init_fn=_ignore_stop_signals)
         self.val_loader = DataLoader(Subset(self.val_set, range(info.rank, len(self.val_set), info.world_size)),
-                                     batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers,
+                                     batch_size=self.cfg.eval.batch_size, num_workers=data.workers,
                                      worker_init_fn=_ignore_stop_signals)
-        self.segment_options = segment_options(cfg) if cfg.task == "segmentation" else {}
-        self.key_metric = "mIoU" if cfg.task == "segmentation" else "top1"
-        self._claim_run_dir()  # last: a failed start leaves nothing on disk
 
     def __enter__(self) -> Trainer:
         return self
@@ -243,23 +248,33 @@ class Trainer:
         if error is not None:
             raise error
 
-    def _check_resumable(self) -> None:
-        """Raise ``ConfigError`` if the config changes a key of :data:`FIXED_ON_RESUME` of the run's config.yaml."""
-        saved, given = self.run.load_config().train, self.cfg.train
+    def _resumable_run_dir(self, resume: str | os.PathLike | RunDir, saved: Config | None) -> RunDir:
+        """The run directory to resume, after checking that the config keeps every key of
+        :data:`FIXED_ON_RESUME` of its config.yaml (``saved``, read here if not given); else ``ConfigError``."""
+        run = resume if isinstance(resume, RunDir) else RunDir(resume)
+        saved_train = (saved if saved is not None else run.load_config()).train
+        self._check_resumable(run, saved_train)
+        return run
+
+    def _check_resumable(self, run: RunDir, saved: TrainConfig) -> None:
+        """Raise ``ConfigError`` if the config changes a key of :data:`FIXED_ON_RESUME` of ``saved``."""
+        given = self.cfg.train
         changed = [f"train.{key}={getattr(given, key)!r} (the run's is {getattr(saved, key)!r})"
                    for key in FIXED_ON_RESUME if getattr(given, key) != getattr(saved, key)]
         if changed:
             raise ConfigError(f"{', '.join(changed)}: a resumed run keeps the length, batch size, optimizer and "
-                              f"learning-rate schedule of {self.run.config}, which its checkpoint restores; "
+                              f"learning-rate schedule of {run.config}, which its checkpoint restores; "
                               "to train longer or differently, start a new run")
 
-    def _restore(self, model: nn.Module) -> None:
+    def _restore(self) -> None:
+        """The weights, the optimizer, schedule, scaler and average, the step and the RNG of the latest checkpoint."""
         name, weights, state = self.run.load_checkpoint()
+        step = self.training_step
         try:
-            model.load_state_dict(weights)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            self.module.load_state_dict(weights)
+            step.optimizer.load_state_dict(state["optimizer"])
+            step.scheduler.load_state_dict(state["scheduler"])
+            step.scaler.load_state_dict(state["scaler"])
             self.step, self.best = int(state["step"]), float(state["best"])
             if self.ema is not None:
                 if "ema" not in state:
@@ -270,16 +285,12 @@ class Trainer:
         except Exception as err:  # a checkpoint is input: report it, whatever it holds
             raise ValueError(f"checkpoint {name} in {self.run.checkpoints} does not fit this run: {err}") from err
 
-    def _training_model(self, model: nn.Module) -> nn.Module:
-        """``model`` as it trains: wrapped in DDP under ``torchrun``, then compiled with ``train.compile``
-        (the eager one is kept in case the first step fails compiled)."""
-        if self.info.enabled:
-            if self.device.type == "cuda" and self.cfg.train.sync_bn:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"
-                                                        else None)
-        self._eager_model = model if self.cfg.train.compile else None
-        return torch.compile(model) if self.cfg.train.compile else model
+    def _distributed(self, model: nn.Module) -> nn.Module:
+        """``model`` wrapped in DDP (its BatchNorm layers synchronised with ``train.sync_bn`` on CUDA)."""
+        if self.device.type == "cuda" and self.cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"
+                                                   else None)
 
     def _check_files(self) -> None:
         """Every item of the training and validation sets opens and has its mask's size (file
@@ -309,17 +320,16 @@ class Trainer:
         self._signal = None  # the stop signal received, if any
         self._stop_agreed = False  # under DDP: whether any process had received one in this step
         self._saved_step = self.step  # the newest checkpoint's step (0: nothing worth saving yet)
-        self._boundary_buffers, self._updating = None, False
         previous_handlers = self._catch_stop_signals()
         metrics, interrupted = {}, False
         self._losses, self._grad_norms, self._since = [], [], time.perf_counter()
         try:
-            self.model.train()
+            self.training_step.model.train()
             batches = None
             while self.step < self.total and not interrupted:
                 if batches is None:
                     batches = self._epoch_batches()
-                terms, lr = self.train_step(batches) if self._eager_model is None else self._first_compiled_step(batches)
+                terms, lr = self.train_step(batches)
                 if self.step % self.iters_per_epoch == 0:
                     batches = None
                 self.bar.update(1)
@@ -383,67 +393,30 @@ class Trainer:
         return iter(self.loader)
 
     def train_step(self, batches: Iterator) -> tuple[dict[str, Tensor], float]:
-        """One optimizer step over ``accum_steps`` micro-batches; returns the last micro-batch's loss
-        terms and the learning rate the step used."""
-        t = self.cfg.train
-        torch.manual_seed((self.seed * 1_000_003 + self.info.rank) * 10_000_019 + self.step)
+        """One optimizer step (:meth:`TrainingStep.run <visattn.engine.step.TrainingStep.run>`) over the
+        next ``accum_steps`` micro-batches, the global RNG seeded for this step and process; returns
+        the last micro-batch's loss terms and the learning rate the step used."""
+        seed = (self.seed * 1_000_003 + self.info.rank) * 10_000_019 + self.step
+        torch.manual_seed(seed)
         micro_batches = self._next_micro_batches(batches)
-        self._boundary_buffers = [b.detach().clone() for b in self.module.buffers()]
-        self.optimizer.zero_grad(set_to_none=True)
-        losses = []
-        for a, (image, target) in enumerate(micro_batches):
-            image = image.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            target = target.to(self.device, non_blocking=True)
-            last = a == self.accum - 1
-            with self.model.no_sync() if self.info.enabled and not last else contextlib.nullcontext():
-                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    outputs = self.model(image)
-                loss, terms = weighted_loss(outputs, target, self.loss_weights, self.criterion)
-                self.scaler.scale(loss / self.accum).backward()
-            losses.append(loss.detach())
+        result = self.training_step.run(micro_batches, self._check_losses, no_sync=self.info.enabled, seed=seed)
+        self.step += 1
+        if result.grad_norm is not None:
+            self._grad_norms.append(result.grad_norm)
+        self._losses += result.losses
+        return result.terms, result.lr
+
+    def _check_losses(self, losses: list[Tensor]) -> None:
+        """Between backward and update: agree with the other processes on a stop signal and on a
+        non-finite loss, which raises :class:`NonFiniteLossError` (buffers rolled back)."""
         # checked after backward (gradients are not applied yet) so that DDP processes stay in step:
         # one whose loss is NaN still joins the gradient all-reduce, then every process learns of it here
         non_finite, self._stop_agreed = self._any_process(not bool(torch.stack(losses).isfinite().all()),
                                                           self._signal is not None)
         if non_finite:
-            self._restore_boundary_buffers()
+            self.training_step.restore_buffers()
             raise NonFiniteLossError(f"the loss is not finite at step {self.step + 1} "
                                      f"({', '.join(f'{float(x):g}' for x in losses)}); lower train.lr or disable AMP")
-        if t.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)  # the norm of the true gradients; scaler.step does not unscale twice
-            self._grad_norms.append(nn.utils.clip_grad_norm_(self.module.parameters(), t.clip_grad).detach())
-        self._losses += losses
-        lr = self.optimizer.param_groups[0]["lr"]
-        self._updating = True
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.module)
-        self.step += 1
-        self._updating, self._boundary_buffers = False, None
-        return terms, lr
-
-    def _first_compiled_step(self, batches: Iterator) -> tuple[dict[str, Tensor], float]:
-        """The first :meth:`train_step` of a compiled model. Should it fail before the update, the
-        step runs again eagerly on the same micro-batches (buffers rolled back, the step's RNG seed
-        set again), and if that succeeds the compiler was at fault: the run trains eagerly, and
-        one warning names the compiler's error. An error of the eager step is raised as it is."""
-        micro_batches = self._next_micro_batches(batches)
-        eager, self._eager_model = self._eager_model, None
-        try:
-            return self.train_step(iter(micro_batches))
-        except Exception as compile_error:
-            if self._updating:
-                raise
-            self._restore_boundary_buffers()
-            self.model = eager
-            result = self.train_step(iter(micro_batches))
-            if self.info.is_main:
-                reason = (str(compile_error).strip().splitlines() or [""])[0]
-                warnings.warn(f"train.compile: torch.compile failed ({type(compile_error).__name__}: {reason}); "
-                              "training without compiling", stacklevel=2)
-            return result
 
     def _next_micro_batches(self, batches: Iterator) -> list:
         """The step's ``accum_steps`` micro-batches, read before anything changes. A reading error
@@ -467,15 +440,6 @@ class Trainer:
         status = torch.tensor([float(f) for f in flags], device=self.device)
         dist.all_reduce(status, op=dist.ReduceOp.MAX)
         return [bool(v) for v in status.tolist()]
-
-    def _restore_boundary_buffers(self) -> None:
-        """Undo what the forward passes of an unfinished step did to the buffers (BatchNorm statistics)."""
-        if self._boundary_buffers is None:
-            return
-        with torch.no_grad():
-            for buffer, saved in zip(self.module.buffers(), self._boundary_buffers):
-                buffer.copy_(saved)
-        self._boundary_buffers = None
 
     def _log_training(self, terms: dict[str, Tensor], lr: float) -> None:
         """Mean loss since the last log line, the last terms, the learning rate, the time per step and,
@@ -516,8 +480,9 @@ class Trainer:
             rng = [None] * self.info.world_size
             dist.all_gather_object(rng, torch.get_rng_state())
         ema = {} if self.ema is None else {"ema": self.ema.state_dict()}
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "best": self.best, "seed": self.seed,
+        step = self.training_step
+        return {"step": self.step, "optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
+                "scaler": step.scaler.state_dict(), "best": self.best, "seed": self.seed,
                 "rng": {"torch": rng, "world_size": len(rng)}, **ema}
 
     def checkpoint(self, gather: bool = True) -> None:
@@ -531,10 +496,10 @@ class Trainer:
     def _checkpoint_after_error(self, why: str) -> None:
         """Save the last completed step after an error, unless it is on disk already or the error
         came during the parameter update (whose half-applied state cannot be undone)."""
-        if self._updating:
+        if self.training_step.updating:
             self._report_stop(f"{why} during the update of step {self.step + 1}")
             return
-        self._restore_boundary_buffers()
+        self.training_step.restore_buffers()
         if self._saved_step != self.step:
             try:
                 self.checkpoint(gather=False)  # no collectives: the other processes may be gone
