@@ -104,6 +104,7 @@ def create_encoder(
     full_first_dilation: bool = False,
     multi_grid: Sequence[int] | None = None,
     ceil_maxpool: bool = False,
+    stages: int = 3,
     **kwargs,
 ) -> nn.Module:
     """A timm feature extractor returning ``[stage2, stage3, stage4]`` feature maps.
@@ -121,8 +122,12 @@ def create_encoder(
         multi_grid: dilation of each block of the last stage, cycled (DANet's ``--multi-dilation``);
             applied after ``full_first_dilation``.
         ceil_maxpool: stem max-pool with ``ceil_mode=True`` (CCNet's backbone).
+        stages: how many of the last feature maps to return: 3, or 4 to add stage 1's (stride 4),
+            which decoders such as DeepLabV3+'s read first.
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
+    if stages not in (3, 4):
+        raise ValueError(f"stages must be 3 or 4, got {stages!r}")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
     if timm.models.parse_model_name(name)[0] is None and not timm.is_model(name):  # hf-hub: ids resolve in timm
@@ -134,7 +139,7 @@ def create_encoder(
             pretrained=from_timm,
             features_only=True,
             output_stride=output_stride,
-            out_indices=(-3, -2, -1),
+            out_indices=tuple(range(-stages, 0)),
             **kwargs,
         )
     except TypeError as err:
