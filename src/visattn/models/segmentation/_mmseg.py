@@ -22,14 +22,15 @@ STEM_KEYS = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3."
 
 
 def conv_module(
-    in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1, act: bool = True
+    in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1, groups: int = 1, act: bool = True
 ) -> nn.Sequential:
     """mmcv's ``ConvModule`` with BN (and ReLU unless ``act=False``): ``conv`` (no bias), ``bn``, ``activate``.
 
     The padding keeps the size (``dilation * (kernel_size // 2)``), as every mmseg head sets it.
     """
     conv = nn.Conv2d(
-        in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation, bias=False
+        in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+        groups=groups, bias=False,
     )
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # ConvModule's init
     layers = OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels))
