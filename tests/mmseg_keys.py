@@ -1,6 +1,8 @@
 """State-dict key names of mmsegmentation checkpoints: what the networks on mmseg's recipes convert from."""
 from __future__ import annotations
 
+import torch
+
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -34,3 +36,18 @@ def network_keys(decode_head: list[str], blocks=(3, 4, 6, 3)) -> list[str]:
         + [f"decode_head.{k}" for k in decode_head]
         + [f"auxiliary_head.{k}" for k in aux_head_keys()]
     )
+
+
+def official_keys(build) -> list[str]:
+    """The state-dict keys of a module of the mmseg transcription, built on the meta device (names only)."""
+    with torch.device("meta"):
+        return list(build().state_dict())
+
+
+def assert_converts(model, mmseg_keys: list[str], spots: dict[str, str]) -> None:
+    """``model.convert_official_state_dict`` maps ``mmseg_keys`` onto the model's keys exactly, and
+    each mmseg key of ``spots`` onto its given key."""
+    converted = model.convert_official_state_dict(dict.fromkeys(mmseg_keys))
+    assert sorted(converted) == sorted(model.state_dict())
+    for mmseg_key, key in spots.items():
+        assert list(model.convert_official_state_dict({mmseg_key: None})) == [key]
