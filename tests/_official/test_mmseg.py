@@ -171,6 +171,8 @@ def test_ocr_regions_equal_the_cascade_first_head():
     with torch.no_grad():
         regions = head(feats)["regions"]
         torch.testing.assert_close(regions, official["0"](feats), rtol=1e-5, atol=1e-6)
-        maps = head.eval().object_regions(feats)
-    assert maps.shape == regions.shape
-    torch.testing.assert_close(maps.sum((2, 3)), torch.ones(2, K))
+        weights = head.object_regions.attention_weights(regions)["region"]
+        # the gather's weights are mmseg's SpatialGatherModule softmax
+        want = torch.softmax(official["1"].spatial_gather_module.scale * regions.flatten(2), 2).view_as(regions)
+    torch.testing.assert_close(weights, want)
+    torch.testing.assert_close(weights.sum((2, 3)), torch.ones(2, K))

@@ -5,6 +5,7 @@ import torch
 from mmseg_keys import assert_converts, resnet_v1c_keys
 
 from visattn._official import mmseg as mm
+from visattn.viz import capture_inputs, find_attention_modules
 from visattn.models.segmentation.ocrnet import ocrnet, ocrnet_r101_d8, ocrnet_r50_d8
 
 
@@ -41,3 +42,18 @@ def test_network_training_outputs_the_regions():
     assert list(outs) == ["out", "regions"] and all(o.shape == (2, 3, 33, 41) for o in outs.values())
     with torch.no_grad():
         assert model.eval()(x).shape == (2, 3, 33, 41)
+
+
+def test_object_regions_are_the_pictures():
+    model = ocrnet(num_classes=3, encoder="resnet18", channels=16, ocr_channels=8).eval()
+    assert list(find_attention_modules(model)) == ["head.object_regions"]
+    with torch.no_grad():
+        _, inputs = capture_inputs(model, torch.randn(1, 3, 48, 64), find_attention_modules(model))
+    logits = inputs["head.object_regions"]
+    assert logits.shape == (1, 3, 6, 8)
+    maps = model.head.object_regions.attention_maps(logits, [(1, 2), (5, 7)])
+    for amap, (r, c) in zip(maps, [(1, 2), (5, 7)]):
+        k = int(logits[0, :, r, c].argmax())
+        want = torch.softmax(logits[0, k].flatten(), 0).view(6, 8)
+        assert amap.point == (r, c) and f"class {k}" in amap.title
+        torch.testing.assert_close(torch.from_numpy(amap.values), want)

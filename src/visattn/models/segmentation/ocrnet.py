@@ -20,7 +20,8 @@ In training the head returns ``{"out": ..., "regions": ...}`` (loss weights 1 an
 upsampled with ``align_corners=False``. Module names are mmseg's; ``convert_official_state_dict``
 renames a whole ``ocrnet_r*-d8`` checkpoint (``decode_head.0`` -> ``head.regions``,
 ``decode_head.1.*`` -> ``head.*``). The pictures of OCR are its object regions
-(:meth:`OCRHead.object_regions`: each class's spatial softmax, the weights of the gather).
+(:class:`ObjectRegions`, ``head.object_regions``: each class's softmax over the positions, the
+weights of the gather; ``visattn explain`` draws the region of the class likeliest at the query).
 
 Differences from the official code: the pixel-region attention is
 :func:`~visattn.attention._functional.softmax_attention` (exact), the ``1/sqrt(c)`` scale applied
@@ -35,16 +36,43 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ...attention._common import AttentionMap, query_cells, to_numpy
 from ...attention._functional import softmax_attention
 from ..registry import Weights, register_model
 from ._mmseg import AUX_KEYS, conv_module, convert_mmseg_state_dict, init_conv_seg
 from .base import FCNHead, Segmentor, build_segmentor, build_variant
 
-__all__ = ["ObjectAttentionBlock", "OCRHead", "ocrnet", "ocrnet_r50_d8", "ocrnet_r101_d8"]
+__all__ = ["ObjectRegions", "ObjectAttentionBlock", "OCRHead", "ocrnet", "ocrnet_r50_d8", "ocrnet_r101_d8"]
 
 _MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/ocrnet (links in its README)")
 # mmseg's cascade: decode_head.0 is the regions' FCNHead, decode_head.1 the OCRHead
 _HEAD_KEYS = {**{f"0.{old}": f"regions.{new}" for old, new in AUX_KEYS.items()}, "1.": ""}
+
+
+class ObjectRegions(nn.Module):
+    """Soft object regions: region logits ``(B, K, H, W)`` -> each region's softmax over the positions ``(B, K, H*W)``.
+
+    The weights of OCR's spatial gather (mmseg's ``SpatialGatherModule``), and its pictures.
+    """
+
+    def forward(self, regions: Tensor) -> Tensor:
+        return regions.flatten(2).softmax(2)
+
+    def attention_weights(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"region": (B, K, H, W)}``: each class's soft object region (summing to 1 over positions)."""
+        return {"region": self(x).view_as(x)}
+
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """One ``(H, W)`` map per query cell of the region logits ``x`` ``(1, K, H, W)``: the soft region
+        of the class most likely there (default cell: the centre)."""
+        points = query_cells("ObjectRegions", x, points)
+        regions = self.attention_weights(x)["region"][0]
+        maps = []
+        for i, p in enumerate(points):
+            k = int(x[0, :, p[0], p[1]].argmax())
+            maps.append(AttentionMap(f"region_q{i}", f"OCR: object region of class {k}, the likeliest at {p}",
+                                     to_numpy(regions[k]), point=p))
+        return maps
 
 
 class ObjectAttentionBlock(nn.Module):
@@ -97,26 +125,17 @@ class OCRHead(nn.Module):
         if channels < 1 or ocr_channels < 1:
             raise ValueError(f"OCRHead: widths must be positive, got channels={channels}, ocr_channels={ocr_channels}")
         self.regions = FCNHead(region_in_channels, num_classes, region_channels, in_index=-2, dropout=dropout)
+        self.object_regions = ObjectRegions()
         self.bottleneck = conv_module(in_channels, channels)
         self.object_context_block = ObjectAttentionBlock(channels, ocr_channels)
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
         self.loss_weights = {"out": 1.0, "regions": float(region_weight)}
 
-    @staticmethod
-    def _region_weights(regions: Tensor) -> Tensor:
-        """``(B, K, H, W)`` logits -> ``(B, K, H*W)``: each region's softmax over positions."""
-        return regions.flatten(2).softmax(2)
-
-    def object_regions(self, features: Sequence[Tensor]) -> Tensor:
-        """``(B, K, H, W)``: each class's soft object region (its softmax over positions, summing to 1)."""
-        regions = self.regions(features)
-        return self._region_weights(regions).view_as(regions)
-
     def forward(self, features: Sequence[Tensor]) -> Tensor | dict[str, Tensor]:
         regions = self.regions(features)
         feats = self.bottleneck(features[-1])
-        gathered = torch.bmm(self._region_weights(regions), feats.flatten(2).transpose(1, 2))  # (B, K, C)
+        gathered = torch.bmm(self.object_regions(regions), feats.flatten(2).transpose(1, 2))  # (B, K, C)
         out = self.object_context_block(feats, gathered.transpose(1, 2).unsqueeze(3))
         out = self.conv_seg(self.dropout(out))
         return {"out": out, "regions": regions} if self.training else out
