@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["conv_module", "rename", "AUX_KEYS", "STEM_KEYS", "init_conv_seg", "convert_mmseg_state_dict"]
+__all__ = [
+    "conv_module", "rename", "AUX_KEYS", "STEM_KEYS", "init_conv_seg", "convert_mmseg_state_dict",
+    "ExportableAdaptiveAvgPool2d",
+]
 
 # mmseg's auxiliary FCNHead (one ConvModule, no concat) -> heads.FCNHead's Sequential indices
 AUX_KEYS = {"convs.0.conv.": "0.", "convs.0.bn.": "1.", "conv_seg.": "3."}
@@ -37,6 +41,35 @@ def conv_module(
     if act:
         layers["activate"] = nn.ReLU(inplace=True)
     return nn.Sequential(layers)
+
+
+def _pooling_matrix(size_in, size_out: int, like: Tensor) -> Tensor:
+    """``(size_out, size_in)``: row ``i`` averages ``[floor(i * n / s), ceil((i + 1) * n / s))``, the
+    bins of adaptive average pooling, built from (possibly symbolic) sizes."""
+    i = torch.arange(size_out, device=like.device)
+    start = torch.div(i * size_in, size_out, rounding_mode="floor")
+    end = torch.div((i + 1) * size_in + size_out - 1, size_out, rounding_mode="floor")
+    j = torch.arange(size_in, device=like.device)
+    inside = (j >= start[:, None]) & (j < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+class ExportableAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` (an int output size) that exports to ONNX for any input size.
+
+    Eager and compiled code run PyTorch's kernel. Under ``torch.export`` (and so ONNX export) the
+    pooling is two products with the bins' averaging matrices, built from the input's symbolic
+    sizes: the ONNX translation of the kernel keeps the bins of the traced size, which gives wrong
+    values or an indexing error at other sizes. Both are the same average (up to rounding).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.compiler.is_exporting():
+            return super().forward(x)
+        size = self.output_size
+        rows = _pooling_matrix(x.shape[-2], size, x)
+        cols = _pooling_matrix(x.shape[-1], size, x)
+        return rows @ x @ cols.transpose(0, 1)
 
 
 def init_conv_seg(conv_seg: nn.Conv2d) -> nn.Conv2d:

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ...attention._functional import softmax_attention
 from ..registry import Weights, register_model
-from ._mmseg import conv_module, convert_mmseg_state_dict, init_conv_seg
+from ._mmseg import ExportableAdaptiveAvgPool2d, conv_module, convert_mmseg_state_dict, init_conv_seg
 from .base import FCNHead, Segmentor, build_segmentor, build_variant
 
 __all__ = ["PPMConcat", "AsymmetricNonLocal", "AFNB", "APNB", "ANNHead", "ann", "ann_r50_d8", "ann_r101_d8"]
@@ -51,12 +51,13 @@ _MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs
 
 
 class PPMConcat(nn.ModuleList):
-    """``(B, C, H, W) -> (B, C, sum s^2)``: adaptive average pooling to each ``s x s``, flattened and concatenated."""
+    """``(B, C, H, W) -> (B, C, sum s^2)``: adaptive average pooling to each ``s x s``, flattened and
+    concatenated (exportable to ONNX at any input size)."""
 
     def __init__(self, pool_scales: Sequence[int] = (1, 3, 6, 8)) -> None:
         if not pool_scales or any(s < 1 for s in pool_scales):
             raise ValueError(f"PPMConcat: pool_scales must be positive sizes, got {tuple(pool_scales)}")
-        super().__init__(nn.AdaptiveAvgPool2d(s) for s in pool_scales)
+        super().__init__(ExportableAdaptiveAvgPool2d(s) for s in pool_scales)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([pool(x).flatten(2) for pool in self], 2)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Weights, register_model
-from ._mmseg import conv_module, convert_mmseg_state_dict, init_conv_seg
+from ._mmseg import ExportableAdaptiveAvgPool2d, conv_module, convert_mmseg_state_dict, init_conv_seg
 from .base import FCNHead, Segmentor, build_segmentor, build_variant
 
 __all__ = ["PPM", "PSPHead", "pspnet", "pspnet_r50_d8", "pspnet_r101_d8"]
@@ -37,13 +37,16 @@ _MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs
 class PPM(nn.ModuleList):
     """Pyramid pooling: one ``(B, channels, H, W)`` map per pooling scale, upsampled back to ``H x W``.
 
-    Module ``i`` is ``AdaptiveAvgPool2d(pool_scales[i])`` (``.0``) then a 1x1 ConvModule (``.1``).
+    Module ``i`` is adaptive average pooling to ``pool_scales[i]`` squared (``.0``, exportable to
+    ONNX at any input size) then a 1x1 ConvModule (``.1``).
     """
 
     def __init__(self, pool_scales: Sequence[int], in_channels: int, channels: int, align_corners: bool = False):
         if not pool_scales or any(s < 1 for s in pool_scales):
             raise ValueError(f"PPM: pool_scales must be positive sizes, got {tuple(pool_scales)}")
-        super().__init__(nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_module(in_channels, channels, 1)) for s in pool_scales)
+        super().__init__(
+            nn.Sequential(ExportableAdaptiveAvgPool2d(s), conv_module(in_channels, channels, 1)) for s in pool_scales
+        )
         self.pool_scales = tuple(pool_scales)
         self.align_corners = align_corners
 
