@@ -1,10 +1,12 @@
 """DeepLabV3+: mmseg's checkpoint names convert to the network; the stage-1 decoder; outputs and loss weights."""
 from __future__ import annotations
 
+import pytest
 import torch
 from mmseg_keys import assert_converts, network_keys, official_keys
 
 from visattn._official import mmseg as mm
+from visattn.models.segmentation import create_encoder
 from visattn.models.segmentation.deeplabv3plus import deeplabv3plus, deeplabv3plus_r101_d8, deeplabv3plus_r50_d8
 
 
@@ -36,6 +38,8 @@ def test_decoder_reads_stage_one_at_stride_four():
     with torch.no_grad():
         features = model.encoder(torch.randn(1, 3, 64, 96))
         assert model.head(features).shape == (1, 3, 16, 24)
+    with pytest.raises(ValueError, match="stages must be 3 or 4, got 5"):
+        create_encoder("resnet18", stages=5)
 
 
 def test_network_training_and_eval_outputs():
