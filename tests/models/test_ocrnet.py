@@ -24,7 +24,8 @@ def test_mmseg_checkpoint_keys_convert_to_the_network():
         "decode_head.0.convs.0.conv.weight": "head.regions.0.weight",
         "decode_head.0.convs.0.bn.running_var": "head.regions.1.running_var",
         "decode_head.0.conv_seg.bias": "head.regions.3.bias",
-        "decode_head.1.object_context_block.query_project.1.bn.weight": "head.object_context_block.query_project.1.bn.weight",
+        "decode_head.1.object_context_block.query_project.1.bn.weight":
+            "head.object_context_block.query_project.1.bn.weight",
         "decode_head.1.conv_seg.weight": "head.conv_seg.weight",
         "backbone.stem.0.weight": "encoder.conv1.0.weight",
     }

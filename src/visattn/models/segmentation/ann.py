@@ -68,8 +68,9 @@ class AsymmetricNonLocal(nn.Module):
 
     ``(B, C_q, H, W), (B, C_k, H', W') -> (B, out_channels, H, W)``. Keys as mmseg's ANN
     ``SelfAttentionBlock``: ``query_project``, ``key_project`` (ConvModules; with
-    ``share_key_query`` only ``key_project``, which mmseg also saves as ``query_project``), ``value_project``, ``out_project`` (1x1 convs with bias, ``out_project``
-    zero at initialisation), ``key_downsample`` (the pyramid, no parameters).
+    ``share_key_query`` only ``key_project``, which mmseg also saves as ``query_project``),
+    ``value_project``, ``out_project`` (1x1 convs with bias, ``out_project`` zero at
+    initialisation), ``key_downsample`` (the pyramid, no parameters).
     """
 
     def __init__(
@@ -107,7 +108,9 @@ class AsymmetricNonLocal(nn.Module):
 
 def _stages(query_scales: Sequence[int], build) -> nn.ModuleList:
     if not query_scales or any(s != 1 for s in query_scales):
-        raise ValueError(f"ANN: query_scales must be 1s (mmseg's block fails on downsampled queries), got {tuple(query_scales)}")
+        raise ValueError(
+            f"ANN: query_scales must be 1s (mmseg's block fails on downsampled queries), got {tuple(query_scales)}"
+        )
     return nn.ModuleList(build() for _ in query_scales)
 
 
@@ -129,7 +132,8 @@ class AFNB(nn.Module):
 
 
 class APNB(nn.Module):
-    """Asymmetric pyramid non-local block: self-attention over pooled keys; ``(B, C, H, W) -> (B, out_channels, H, W)``."""
+    """Asymmetric pyramid non-local block: self-attention over pooled keys;
+    ``(B, C, H, W) -> (B, out_channels, H, W)``."""
 
     def __init__(
         self, in_channels: int, channels: int, out_channels: int,
@@ -146,7 +150,8 @@ class APNB(nn.Module):
 
 
 class ANNHead(nn.Module):
-    """mmseg's ANN head on ``features[-2]`` (keys of the fusion) and ``features[-1]``: logits ``(B, num_classes, h, w)``.
+    """mmseg's ANN head on ``features[-2]`` (the fusion's keys) and ``features[-1]``: logits
+    ``(B, num_classes, h, w)``.
 
     Args:
         in_channels: channels of stages 3 and 4 ((1024, 2048) for ResNet-50/101).
@@ -170,7 +175,9 @@ class ANNHead(nn.Module):
     ) -> None:
         super().__init__()
         if channels < 1 or project_channels < 1:
-            raise ValueError(f"ANNHead: widths must be positive, got channels={channels}, project_channels={project_channels}")
+            raise ValueError(
+                f"ANNHead: widths must be positive, got channels={channels}, project_channels={project_channels}"
+            )
         low, high = in_channels
         self.fusion = AFNB(low, high, project_channels, high, query_scales, key_pool_scales)
         self.bottleneck = conv_module(high, channels)

@@ -85,7 +85,8 @@ class DepthwiseSeparableASPPHead(ASPPHead):
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         c1 = self.c1_bottleneck(features[0])
-        out = F.interpolate(self.aspp(features[self.in_index]), size=c1.shape[-2:], mode="bilinear", align_corners=False)
+        out = self.aspp(features[self.in_index])
+        out = F.interpolate(out, size=c1.shape[-2:], mode="bilinear", align_corners=False)
         out = self.sep_bottleneck(torch.cat([out, c1], 1))
         return self.conv_seg(self.dropout(out))
 
