@@ -5,15 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from helpers import randomize_, rel_err
+from mmseg_keys import BN, conv_module_keys, network_keys
 from visattn._official.mmcv import COUNTERPARTS
 from visattn.models.segmentation.nlnet import NLHead, nlnet, nlnet_r50_d8
-
-BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def conv_module_keys(prefix: str) -> list[str]:
-    """mmcv ConvModule with BN: ``conv.weight`` (no bias) and the BN's five entries."""
-    return [f"{prefix}.conv.weight", *(f"{prefix}.bn.{p}" for p in BN)]
 
 
 def nl_head_keys() -> list[str]:
@@ -74,27 +68,9 @@ def test_network_training_and_eval_outputs():
         assert model.eval()(x).shape == (2, 3, 33, 41)
 
 
-def resnet_v1c_keys(blocks=(3, 4, 6, 3)) -> list[str]:
-    """``backbone.*`` names of mmseg's ResNetV1c (deep stem, ``downsample`` on each stage's first block)."""
-    keys = ["stem.0.weight", *(f"stem.1.{p}" for p in BN), "stem.3.weight", *(f"stem.4.{p}" for p in BN),
-            "stem.6.weight", *(f"stem.7.{p}" for p in BN)]
-    for stage, n in enumerate(blocks, 1):
-        for i in range(n):
-            for j in (1, 2, 3):
-                keys += [f"layer{stage}.{i}.conv{j}.weight", *(f"layer{stage}.{i}.bn{j}.{p}" for p in BN)]
-            if i == 0:
-                keys += [f"layer{stage}.0.downsample.0.weight", *(f"layer{stage}.0.downsample.1.{p}" for p in BN)]
-    return keys
-
-
 def test_mmseg_checkpoint_keys_convert_to_the_network():
     model = nlnet_r50_d8(num_classes=19)
-    aux = ["convs.0.conv.weight", *(f"convs.0.bn.{p}" for p in BN), "conv_seg.weight", "conv_seg.bias"]
-    mmseg_keys = (
-        [f"backbone.{k}" for k in resnet_v1c_keys()]
-        + [f"decode_head.{k}" for k in nl_head_keys()]
-        + [f"auxiliary_head.{k}" for k in aux]
-    )
+    mmseg_keys = network_keys(nl_head_keys())
     converted = model.convert_official_state_dict({k: torch.zeros(()) for k in mmseg_keys})
     own = model.state_dict()
     assert sorted(converted) == sorted(own)

@@ -65,6 +65,11 @@ _BUILDER_MODULES = (
     "visattn.models.segmentation.flanet",
     "visattn.models.segmentation.attnet",
     "visattn.models.segmentation.nlnet",
+    "visattn.models.segmentation.pspnet",
+    "visattn.models.segmentation.deeplabv3",
+    "visattn.models.segmentation.deeplabv3plus",
+    "visattn.models.segmentation.ann",
+    "visattn.models.segmentation.ocrnet",
 )
 
 

@@ -4,17 +4,24 @@ One file per network, each with its head, the import of its authors' checkpoints
 builder (any timm encoder through ``encoder=``) and its paper variants on the authors' backbone
 layouts:
 
-==============  =================  ============================================================
-``fcn.py``      ``fcn``            ``fcn_r50_d8``, ``fcn_r101_d8``: the dilated-FCN baseline
-``danet.py``    ``danet``          ``danet_r50_d8``, ``danet_r101_d8`` (the released DANet101)
-``ccnet.py``    ``ccnet``          ``ccnet_r50_d8``, ``ccnet_r101_d8`` (CCNet's deep-stem ResNets)
-``flanet.py``   ``flanet``         ``flanet_r50_d8``, ``flanet_r101_d8`` (FLANet's deep-stem ResNets)
-``attnet.py``   ``attnet``         any registered attention module as the head
-==============  =================  ============================================================
+====================  =================  ==================================================================
+``fcn.py``            ``fcn``            ``fcn_r50_d8``, ``fcn_r101_d8``: the dilated-FCN baseline
+``danet.py``          ``danet``          ``danet_r50_d8``, ``danet_r101_d8`` (the released DANet101)
+``ccnet.py``          ``ccnet``          ``ccnet_r50_d8``, ``ccnet_r101_d8`` (CCNet's deep-stem ResNets)
+``flanet.py``         ``flanet``         ``flanet_r50_d8``, ``flanet_r101_d8`` (FLANet's deep-stem ResNets)
+``attnet.py``         ``attnet``         any registered attention module as the head
+``nlnet.py``          ``nlnet``          ``nlnet_r50_d8``, ``nlnet_r101_d8``: mmseg's NLHead (ResNetV1c)
+``pspnet.py``         ``pspnet``         ``pspnet_r50_d8``, ``pspnet_r101_d8``: mmseg's PSPHead
+``deeplabv3.py``      ``deeplabv3``      ``deeplabv3_r50_d8``, ``deeplabv3_r101_d8``: mmseg's ASPPHead
+``deeplabv3plus.py``  ``deeplabv3plus``  ``deeplabv3plus_r50_d8``, ``_r101_d8``: separable ASPP + decoder
+``ann.py``            ``ann``            ``ann_r50_d8``, ``ann_r101_d8``: mmseg's ANNHead (AFNB, APNB)
+``ocrnet.py``         ``ocrnet``         ``ocrnet_r50_d8``, ``ocrnet_r101_d8``: mmseg's FCN + OCR cascade
+====================  =================  ==================================================================
 
 ``base.py`` holds :class:`Segmentor`, :func:`build_segmentor` (the arguments every builder
-takes) and the blocks several heads use; ``encoders.py`` the dilated encoders. A network file
-registers its builders with ``@register_model`` and is listed once in ``models/registry.py``.
+takes) and the blocks several heads use; ``_mmseg.py`` what the mmseg-recipe networks share;
+``encoders.py`` the dilated encoders. A network file registers its builders with
+``@register_model`` and is listed once in ``models/registry.py``.
 
 ``encoder_weights="imagenet"`` loads ImageNet weights into the encoder through timm
 (``encoder_weights=path`` or ``pretrained_file=path``: a local file); ``create_model(...,
@@ -22,8 +29,8 @@ pretrained=path)`` and ``visattn.load_official`` load the authors' whole segment
 
 Forward contract: eval mode returns the main logits ``(B, K, H, W)`` at the input size; training
 mode returns ``{"out": ..., <auxiliary names>: ...}``, all at the input size, and
-``model.loss_weights`` has one weight per key (DANet: out/pam/cam 1; CCNet: out 1, aux 0.4;
-FLANet: out/aux2/aux3 1).
+``model.loss_weights`` has one weight per key (DANet: out/pam/cam 1; CCNet and the mmseg recipes:
+out 1, aux 0.4; OCRNet: out 1, regions 0.4; FLANet: out/aux2/aux3 1).
 """
 from .base import FCNHead, Segmentor, build_segmentor, build_variant
 from .encoders import create_encoder

@@ -104,9 +104,11 @@ def create_encoder(
     full_first_dilation: bool = False,
     multi_grid: Sequence[int] | None = None,
     ceil_maxpool: bool = False,
+    stages: int = 3,
     **kwargs,
 ) -> nn.Module:
-    """A timm feature extractor returning ``[stage2, stage3, stage4]`` feature maps.
+    """A timm feature extractor returning ``[stage2, stage3, stage4]`` feature maps (stage 1 first with
+    ``stages=4``).
 
     Args:
         name: any timm model that supports ``features_only`` and ``output_stride``, with a
@@ -121,11 +123,13 @@ def create_encoder(
         multi_grid: dilation of each block of the last stage, cycled (DANet's ``--multi-dilation``);
             applied after ``full_first_dilation``.
         ceil_maxpool: stem max-pool with ``ceil_mode=True`` (CCNet's backbone).
+        stages: how many of the last feature maps to return: 3, or 4 to add stage 1's (stride 4),
+            which decoders such as DeepLabV3+'s read first.
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
-    _check_name(name, output_stride)
+    _check_name(name, output_stride, stages)
     from_timm, weights_file = _weights_source(pretrained, pretrained_file)
-    model = _feature_extractor(name, output_stride, from_timm, kwargs)
+    model = _feature_extractor(name, output_stride, stages, from_timm, kwargs)
     if weights_file is not None:
         _load_encoder_file(model, name, weights_file, kwargs)
     if full_first_dilation:
@@ -137,24 +141,28 @@ def create_encoder(
     return model
 
 
-def _check_name(name: str, output_stride: int) -> None:
-    """``name`` is a timm model (or a Hub id, which timm resolves) and ``output_stride`` 8 or 16."""
+def _check_name(name: str, output_stride: int, stages: int) -> None:
+    """``name`` is a timm model (or a Hub id, which timm resolves), ``output_stride`` 8 or 16 and
+    ``stages`` 3 or 4."""
+    if stages not in (3, 4):
+        raise ValueError(f"stages must be 3 or 4, got {stages!r}")
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
     if timm.models.parse_model_name(name)[0] is None and not timm.is_model(name):  # hf-hub: ids resolve in timm
         raise _unknown_encoder(name)
 
 
-def _feature_extractor(name: str, output_stride: int, pretrained: bool, timm_kwargs: Mapping) -> nn.Module:
-    """timm's dilated feature extractor of ``name`` returning its last three maps, checked to reach
-    ``output_stride``."""
+def _feature_extractor(name: str, output_stride: int, stages: int, pretrained: bool,
+                       timm_kwargs: Mapping) -> nn.Module:
+    """timm's dilated feature extractor of ``name`` returning its last ``stages`` maps, checked to
+    reach ``output_stride``."""
     try:
         model = timm.create_model(
             name,
             pretrained=pretrained,
             features_only=True,
             output_stride=output_stride,
-            out_indices=(-3, -2, -1),
+            out_indices=tuple(range(-stages, 0)),
             **timm_kwargs,
         )
     except TypeError as err:

@@ -28,7 +28,6 @@ Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d`` (conver
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -37,32 +36,14 @@ from torch import Tensor, nn
 
 from ...attention.non_local import NonLocal2d
 from ..registry import Weights, register_model
+from ._mmseg import conv_module, convert_mmseg_state_dict, init_conv_seg
 from .base import FCNHead, Segmentor, build_segmentor, build_variant
 
 __all__ = ["NLHead", "nlnet", "nlnet_r50_d8", "nlnet_r101_d8"]
 
 
-def conv_module(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    """mmcv's ``ConvModule`` with BN and ReLU: ``conv`` (no bias), ``bn``, ``activate``."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # ConvModule's init
-    return nn.Sequential(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels), activate=nn.ReLU(inplace=True)))
-
-
 # mmseg publishes the checkpoints of its nonlocal_r*-d8 recipes (Cityscapes, ADE20K, VOC)
 _MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/nonlocal_net (links in its README)")
-# mmseg's auxiliary FCNHead (one ConvModule, no concat) -> heads.FCNHead's Sequential indices
-_AUX_KEYS = {"convs.0.conv.": "0.", "convs.0.bn.": "1.", "conv_seg.": "3."}
-# mmseg's ResNetV1c deep stem -> timm's resnet*c (``stem.2/.5/.8`` are ReLUs)
-_STEM_KEYS = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
-              "stem.6.": "conv1.6.", "stem.7.": "bn1."}
-
-
-def _rename(key: str, table: Mapping[str, str]) -> str:
-    for old, new in table.items():
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
 
 
 class NLHead(nn.Module):
@@ -96,9 +77,7 @@ class NLHead(nn.Module):
         self.nl_block = NonLocal2d(channels, reduction, use_scale, norm_layer=nn.BatchNorm2d)
         self.conv_cat = conv_module(in_channels + channels, channels)
         self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)  # mmseg's decode-head init
-        nn.init.zeros_(self.conv_seg.bias)
+        self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         x = features[self.in_index]
@@ -107,24 +86,9 @@ class NLHead(nn.Module):
         return self.conv_seg(self.dropout(out))
 
     def convert_official_state_dict(self, state_dict: Mapping[str, Tensor], segmentor: nn.Module) -> dict[str, Tensor]:
-        """Rename an mmseg ``nonlocal_r*-d8`` checkpoint to the keys of :func:`nlnet_r50_d8` / ``_r101_d8``.
-
-        ``decode_head.*`` -> ``head.*`` (same names); ``auxiliary_head.convs.0.conv/.bn`` and
-        ``.conv_seg`` -> ``aux.0`` / ``aux.1`` / ``aux.3``; ``backbone.stem.{0,1,3,4,6}`` ->
-        ``encoder.conv1.{0,1,3,4,6}``, ``backbone.stem.7`` -> ``encoder.bn1``, ``backbone.layerN.*`` ->
-        ``encoder.layerN.*``. Other keys are kept, so a strict load reports them.
-        """
-        out = {}
-        for key, value in state_dict.items():
-            first, _, rest = key.partition(".")
-            if first == "decode_head":
-                key = f"head.{rest}"
-            elif first == "auxiliary_head":
-                key = f"aux.{_rename(rest, _AUX_KEYS)}"
-            elif first == "backbone":
-                key = f"encoder.{_rename(rest, _STEM_KEYS)}"
-            out[key] = value
-        return out
+        """Rename an mmseg ``nonlocal_r*-d8`` checkpoint to the keys of :func:`nlnet_r50_d8` / ``_r101_d8``
+        (``decode_head.*`` -> ``head.*``, same names; see :func:`convert_mmseg_state_dict`)."""
+        return convert_mmseg_state_dict(state_dict)
 
 
 @register_model

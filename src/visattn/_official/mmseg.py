@@ -1,0 +1,570 @@
+"""open-mmlab/mmsegmentation 1.2.2's decode heads, transcribed: PSPHead, ASPPHead,
+DepthwiseSeparableASPPHead, ANNHead, OCRHead and the FCNHead of auxiliary and cascade heads.
+
+https://github.com/open-mmlab/mmsegmentation (``mmseg/models/decode_heads/{psp,aspp,sep_aspp,ann,
+ocr,fcn}_head.py``, ``mmseg/models/utils/self_attention_block.py``, ``decode_head.py``), with
+mmcv 2.1's ``ConvModule`` and ``DepthwiseSeparableConvModule`` (``mmcv/cnn/bricks``).
+
+Step by step as mmseg: the ``_transform_inputs`` index selection, every permute and
+``.contiguous()`` copy, the full ``sim_map`` of ``SelfAttentionBlock`` scaled after the matmul,
+the ``resize`` wrapper (its alignment warning left out). Kept to what these heads need:
+``ConvModule`` is conv -> optional BN (``bn``, for the BN / SyncBN configs, built as
+``nn.BatchNorm2d``) -> optional ReLU (``activate``); ``BaseDecodeHead`` keeps ``conv_seg``,
+``dropout``, ``cls_seg``, the input selection and the ``conv_seg`` init, not the losses or
+samplers. The mmseg class ``ann_head.SelfAttentionBlock`` is named ``ANNSelfAttentionBlock`` here,
+beside ``utils.SelfAttentionBlock`` which it subclasses.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .mmcv import constant_init, kaiming_init, normal_init
+
+__all__ = [
+    "ConvModule", "DepthwiseSeparableConvModule", "resize", "BaseDecodeHead", "FCNHead", "PPM", "PSPHead",
+    "ASPPModule", "ASPPHead", "DepthwiseSeparableASPPModule", "DepthwiseSeparableASPPHead", "SelfAttentionBlock",
+    "PPMConcat", "ANNSelfAttentionBlock", "AFNB", "APNB", "ANNHead", "SpatialGatherModule", "ObjectAttentionBlock",
+    "OCRHead",
+]
+
+NORM_CFG = dict(type="SyncBN", requires_grad=True)
+ACT_CFG = dict(type="ReLU")
+
+
+class ConvModule(nn.Module):
+    """mmcv's ``ConvModule``, order ('conv', 'norm', 'act'), BN/SyncBN norm named ``bn``, ReLU ``activate``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias="auto", conv_cfg=None, norm_cfg=None, act_cfg=dict(type="ReLU"), inplace=True):
+        super().__init__()
+        self.conv_cfg = conv_cfg
+        self.norm_cfg = norm_cfg
+        self.act_cfg = act_cfg
+        self.with_norm = norm_cfg is not None
+        self.with_activation = act_cfg is not None
+        if bias == "auto":
+            bias = not self.with_norm
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                              dilation=dilation, groups=groups, bias=bias)
+        if self.with_norm:
+            assert norm_cfg["type"] in ("BN", "SyncBN"), norm_cfg
+            self.norm_name = "bn"
+            self.add_module(self.norm_name, nn.BatchNorm2d(out_channels))
+        if self.with_activation:
+            assert act_cfg["type"] == "ReLU", act_cfg
+            self.activate = nn.ReLU(inplace=inplace)
+        self.init_weights()
+
+    @property
+    def norm(self):
+        return getattr(self, self.norm_name)
+
+    def init_weights(self):
+        kaiming_init(self.conv, a=0, nonlinearity="relu")
+        if self.with_norm:
+            constant_init(self.norm, 1, bias=0)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.with_norm:
+            x = self.norm(x)
+        if self.with_activation:
+            x = self.activate(x)
+        return x
+
+
+class DepthwiseSeparableConvModule(nn.Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, norm_cfg=None,
+                 act_cfg=dict(type="ReLU"), dw_norm_cfg="default", dw_act_cfg="default", pw_norm_cfg="default",
+                 pw_act_cfg="default", **kwargs):
+        super().__init__()
+        assert "groups" not in kwargs, "groups should not be specified"
+        dw_norm_cfg = dw_norm_cfg if dw_norm_cfg != "default" else norm_cfg
+        dw_act_cfg = dw_act_cfg if dw_act_cfg != "default" else act_cfg
+        pw_norm_cfg = pw_norm_cfg if pw_norm_cfg != "default" else norm_cfg
+        pw_act_cfg = pw_act_cfg if pw_act_cfg != "default" else act_cfg
+        self.depthwise_conv = ConvModule(in_channels, in_channels, kernel_size, stride=stride, padding=padding,
+                                         dilation=dilation, groups=in_channels, norm_cfg=dw_norm_cfg,
+                                         act_cfg=dw_act_cfg, **kwargs)
+        self.pointwise_conv = ConvModule(in_channels, out_channels, 1, norm_cfg=pw_norm_cfg, act_cfg=pw_act_cfg,
+                                         **kwargs)
+
+    def forward(self, x):
+        x = self.depthwise_conv(x)
+        x = self.pointwise_conv(x)
+        return x
+
+
+def resize(input, size=None, scale_factor=None, mode="nearest", align_corners=None, warning=True):
+    return F.interpolate(input, size, scale_factor, mode, align_corners)
+
+
+class BaseDecodeHead(nn.Module):
+    def __init__(self, in_channels, channels, *, num_classes, dropout_ratio=0.1, conv_cfg=None, norm_cfg=NORM_CFG,
+                 act_cfg=ACT_CFG, in_index=-1, input_transform=None, align_corners=False):
+        super().__init__()
+        assert input_transform in (None, "multiple_select")
+        self.input_transform = input_transform
+        self.in_index = in_index
+        self.in_channels = in_channels
+        self.channels = channels
+        self.dropout_ratio = dropout_ratio
+        self.conv_cfg = conv_cfg
+        self.norm_cfg = norm_cfg
+        self.act_cfg = act_cfg
+        self.align_corners = align_corners
+        self.num_classes = num_classes
+        self.out_channels = num_classes
+        self.conv_seg = nn.Conv2d(channels, self.out_channels, kernel_size=1)
+        if dropout_ratio > 0:
+            self.dropout = nn.Dropout2d(dropout_ratio)
+        else:
+            self.dropout = None
+        normal_init(self.conv_seg, std=0.01)  # init_cfg=dict(type='Normal', std=0.01, override=dict(name='conv_seg'))
+
+    def _transform_inputs(self, inputs):
+        if self.input_transform == "multiple_select":
+            inputs = [inputs[i] for i in self.in_index]
+        else:
+            inputs = inputs[self.in_index]
+        return inputs
+
+    def cls_seg(self, feat):
+        if self.dropout is not None:
+            feat = self.dropout(feat)
+        output = self.conv_seg(feat)
+        return output
+
+
+class FCNHead(BaseDecodeHead):
+    def __init__(self, num_convs=2, kernel_size=3, concat_input=True, dilation=1, **kwargs):
+        assert num_convs >= 1 and dilation > 0 and isinstance(dilation, int)
+        self.num_convs = num_convs
+        self.concat_input = concat_input
+        self.kernel_size = kernel_size
+        super().__init__(**kwargs)
+        conv_padding = (kernel_size // 2) * dilation
+        convs = []
+        convs.append(ConvModule(self.in_channels, self.channels, kernel_size=kernel_size, padding=conv_padding,
+                                dilation=dilation, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                                act_cfg=self.act_cfg))
+        for i in range(num_convs - 1):
+            convs.append(ConvModule(self.channels, self.channels, kernel_size=kernel_size, padding=conv_padding,
+                                    dilation=dilation, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                                    act_cfg=self.act_cfg))
+        self.convs = nn.Sequential(*convs)
+        if self.concat_input:
+            self.conv_cat = ConvModule(self.in_channels + self.channels, self.channels, kernel_size=kernel_size,
+                                       padding=kernel_size // 2, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                                       act_cfg=self.act_cfg)
+
+    def _forward_feature(self, inputs):
+        x = self._transform_inputs(inputs)
+        feats = self.convs(x)
+        if self.concat_input:
+            feats = self.conv_cat(torch.cat([x, feats], dim=1))
+        return feats
+
+    def forward(self, inputs):
+        output = self._forward_feature(inputs)
+        output = self.cls_seg(output)
+        return output
+
+
+# ---- psp_head.py
+class PPM(nn.ModuleList):
+    def __init__(self, pool_scales, in_channels, channels, conv_cfg, norm_cfg, act_cfg, align_corners, **kwargs):
+        super().__init__()
+        self.pool_scales = pool_scales
+        self.align_corners = align_corners
+        self.in_channels = in_channels
+        self.channels = channels
+        self.conv_cfg = conv_cfg
+        self.norm_cfg = norm_cfg
+        self.act_cfg = act_cfg
+        for pool_scale in pool_scales:
+            self.append(nn.Sequential(
+                nn.AdaptiveAvgPool2d(pool_scale),
+                ConvModule(self.in_channels, self.channels, 1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                           act_cfg=self.act_cfg, **kwargs)))
+
+    def forward(self, x):
+        ppm_outs = []
+        for ppm in self:
+            ppm_out = ppm(x)
+            upsampled_ppm_out = resize(ppm_out, size=x.size()[2:], mode="bilinear", align_corners=self.align_corners)
+            ppm_outs.append(upsampled_ppm_out)
+        return ppm_outs
+
+
+class PSPHead(BaseDecodeHead):
+    def __init__(self, pool_scales=(1, 2, 3, 6), **kwargs):
+        super().__init__(**kwargs)
+        assert isinstance(pool_scales, (list, tuple))
+        self.pool_scales = pool_scales
+        self.psp_modules = PPM(self.pool_scales, self.in_channels, self.channels, conv_cfg=self.conv_cfg,
+                               norm_cfg=self.norm_cfg, act_cfg=self.act_cfg, align_corners=self.align_corners)
+        self.bottleneck = ConvModule(self.in_channels + len(pool_scales) * self.channels, self.channels, 3,
+                                     padding=1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                                     act_cfg=self.act_cfg)
+
+    def _forward_feature(self, inputs):
+        x = self._transform_inputs(inputs)
+        psp_outs = [x]
+        psp_outs.extend(self.psp_modules(x))
+        psp_outs = torch.cat(psp_outs, dim=1)
+        feats = self.bottleneck(psp_outs)
+        return feats
+
+    def forward(self, inputs):
+        output = self._forward_feature(inputs)
+        output = self.cls_seg(output)
+        return output
+
+
+# ---- aspp_head.py
+class ASPPModule(nn.ModuleList):
+    def __init__(self, dilations, in_channels, channels, conv_cfg, norm_cfg, act_cfg):
+        super().__init__()
+        self.dilations = dilations
+        self.in_channels = in_channels
+        self.channels = channels
+        self.conv_cfg = conv_cfg
+        self.norm_cfg = norm_cfg
+        self.act_cfg = act_cfg
+        for dilation in dilations:
+            self.append(ConvModule(self.in_channels, self.channels, 1 if dilation == 1 else 3, dilation=dilation,
+                                   padding=0 if dilation == 1 else dilation, conv_cfg=self.conv_cfg,
+                                   norm_cfg=self.norm_cfg, act_cfg=self.act_cfg))
+
+    def forward(self, x):
+        aspp_outs = []
+        for aspp_module in self:
+            aspp_outs.append(aspp_module(x))
+        return aspp_outs
+
+
+class ASPPHead(BaseDecodeHead):
+    def __init__(self, dilations=(1, 6, 12, 18), **kwargs):
+        super().__init__(**kwargs)
+        assert isinstance(dilations, (list, tuple))
+        self.dilations = dilations
+        self.image_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            ConvModule(self.in_channels, self.channels, 1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                       act_cfg=self.act_cfg))
+        self.aspp_modules = ASPPModule(dilations, self.in_channels, self.channels, conv_cfg=self.conv_cfg,
+                                       norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        self.bottleneck = ConvModule((len(dilations) + 1) * self.channels, self.channels, 3, padding=1,
+                                     conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+
+    def _forward_feature(self, inputs):
+        x = self._transform_inputs(inputs)
+        aspp_outs = [resize(self.image_pool(x), size=x.size()[2:], mode="bilinear",
+                            align_corners=self.align_corners)]
+        aspp_outs.extend(self.aspp_modules(x))
+        aspp_outs = torch.cat(aspp_outs, dim=1)
+        feats = self.bottleneck(aspp_outs)
+        return feats
+
+    def forward(self, inputs):
+        output = self._forward_feature(inputs)
+        output = self.cls_seg(output)
+        return output
+
+
+# ---- sep_aspp_head.py
+class DepthwiseSeparableASPPModule(ASPPModule):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for i, dilation in enumerate(self.dilations):
+            if dilation > 1:
+                self[i] = DepthwiseSeparableConvModule(self.in_channels, self.channels, 3, dilation=dilation,
+                                                       padding=dilation, norm_cfg=self.norm_cfg,
+                                                       act_cfg=self.act_cfg)
+
+
+class DepthwiseSeparableASPPHead(ASPPHead):
+    def __init__(self, c1_in_channels, c1_channels, **kwargs):
+        super().__init__(**kwargs)
+        assert c1_in_channels >= 0
+        self.aspp_modules = DepthwiseSeparableASPPModule(dilations=self.dilations, in_channels=self.in_channels,
+                                                         channels=self.channels, conv_cfg=self.conv_cfg,
+                                                         norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        if c1_in_channels > 0:
+            self.c1_bottleneck = ConvModule(c1_in_channels, c1_channels, 1, conv_cfg=self.conv_cfg,
+                                            norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        else:
+            self.c1_bottleneck = None
+        self.sep_bottleneck = nn.Sequential(
+            DepthwiseSeparableConvModule(self.channels + c1_channels, self.channels, 3, padding=1,
+                                         norm_cfg=self.norm_cfg, act_cfg=self.act_cfg),
+            DepthwiseSeparableConvModule(self.channels, self.channels, 3, padding=1, norm_cfg=self.norm_cfg,
+                                         act_cfg=self.act_cfg))
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        aspp_outs = [resize(self.image_pool(x), size=x.size()[2:], mode="bilinear",
+                            align_corners=self.align_corners)]
+        aspp_outs.extend(self.aspp_modules(x))
+        aspp_outs = torch.cat(aspp_outs, dim=1)
+        output = self.bottleneck(aspp_outs)
+        if self.c1_bottleneck is not None:
+            c1_output = self.c1_bottleneck(inputs[0])
+            output = resize(input=output, size=c1_output.shape[2:], mode="bilinear",
+                            align_corners=self.align_corners)
+            output = torch.cat([output, c1_output], dim=1)
+        output = self.sep_bottleneck(output)
+        output = self.cls_seg(output)
+        return output
+
+
+# ---- utils/self_attention_block.py
+class SelfAttentionBlock(nn.Module):
+    def __init__(self, key_in_channels, query_in_channels, channels, out_channels, share_key_query,
+                 query_downsample, key_downsample, key_query_num_convs, value_out_num_convs, key_query_norm,
+                 value_out_norm, matmul_norm, with_out, conv_cfg, norm_cfg, act_cfg):
+        super().__init__()
+        if share_key_query:
+            assert key_in_channels == query_in_channels
+        self.key_in_channels = key_in_channels
+        self.query_in_channels = query_in_channels
+        self.out_channels = out_channels
+        self.channels = channels
+        self.share_key_query = share_key_query
+        self.conv_cfg = conv_cfg
+        self.norm_cfg = norm_cfg
+        self.act_cfg = act_cfg
+        self.key_project = self.build_project(key_in_channels, channels, num_convs=key_query_num_convs,
+                                              use_conv_module=key_query_norm, conv_cfg=conv_cfg,
+                                              norm_cfg=norm_cfg, act_cfg=act_cfg)
+        if share_key_query:
+            self.query_project = self.key_project
+        else:
+            self.query_project = self.build_project(query_in_channels, channels, num_convs=key_query_num_convs,
+                                                    use_conv_module=key_query_norm, conv_cfg=conv_cfg,
+                                                    norm_cfg=norm_cfg, act_cfg=act_cfg)
+        self.value_project = self.build_project(key_in_channels, channels if with_out else out_channels,
+                                                num_convs=value_out_num_convs, use_conv_module=value_out_norm,
+                                                conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
+        if with_out:
+            self.out_project = self.build_project(channels, out_channels, num_convs=value_out_num_convs,
+                                                  use_conv_module=value_out_norm, conv_cfg=conv_cfg,
+                                                  norm_cfg=norm_cfg, act_cfg=act_cfg)
+        else:
+            self.out_project = None
+        self.query_downsample = query_downsample
+        self.key_downsample = key_downsample
+        self.matmul_norm = matmul_norm
+        self.init_weights()
+
+    def init_weights(self):
+        if self.out_project is not None:
+            if not isinstance(self.out_project, ConvModule):
+                constant_init(self.out_project, 0)
+
+    def build_project(self, in_channels, channels, num_convs, use_conv_module, conv_cfg, norm_cfg, act_cfg):
+        if use_conv_module:
+            convs = [ConvModule(in_channels, channels, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)]
+            for _ in range(num_convs - 1):
+                convs.append(ConvModule(channels, channels, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                                        act_cfg=act_cfg))
+        else:
+            convs = [nn.Conv2d(in_channels, channels, 1)]
+            for _ in range(num_convs - 1):
+                convs.append(nn.Conv2d(channels, channels, 1))
+        if len(convs) > 1:
+            convs = nn.Sequential(*convs)
+        else:
+            convs = convs[0]
+        return convs
+
+    def forward(self, query_feats, key_feats):
+        batch_size = query_feats.size(0)
+        query = self.query_project(query_feats)
+        if self.query_downsample is not None:
+            query = self.query_downsample(query)
+        query = query.reshape(*query.shape[:2], -1)
+        query = query.permute(0, 2, 1).contiguous()
+
+        key = self.key_project(key_feats)
+        value = self.value_project(key_feats)
+        if self.key_downsample is not None:
+            key = self.key_downsample(key)
+            value = self.key_downsample(value)
+        key = key.reshape(*key.shape[:2], -1)
+        value = value.reshape(*value.shape[:2], -1)
+        value = value.permute(0, 2, 1).contiguous()
+
+        sim_map = torch.matmul(query, key)
+        if self.matmul_norm:
+            sim_map = (self.channels**-.5) * sim_map
+        sim_map = F.softmax(sim_map, dim=-1)
+
+        context = torch.matmul(sim_map, value)
+        context = context.permute(0, 2, 1).contiguous()
+        context = context.reshape(batch_size, -1, *query_feats.shape[2:])
+        if self.out_project is not None:
+            context = self.out_project(context)
+        return context
+
+
+# ---- ann_head.py
+class PPMConcat(nn.ModuleList):
+    def __init__(self, pool_scales=(1, 3, 6, 8)):
+        super().__init__([nn.AdaptiveAvgPool2d(pool_scale) for pool_scale in pool_scales])
+
+    def forward(self, feats):
+        ppm_outs = []
+        for ppm in self:
+            ppm_out = ppm(feats)
+            ppm_outs.append(ppm_out.view(*feats.shape[:2], -1))
+        concat_outs = torch.cat(ppm_outs, dim=2)
+        return concat_outs
+
+
+class ANNSelfAttentionBlock(SelfAttentionBlock):
+    def __init__(self, low_in_channels, high_in_channels, channels, out_channels, share_key_query, query_scale,
+                 key_pool_scales, conv_cfg, norm_cfg, act_cfg):
+        key_psp = PPMConcat(key_pool_scales)
+        if query_scale > 1:
+            query_downsample = nn.MaxPool2d(kernel_size=query_scale)
+        else:
+            query_downsample = None
+        super().__init__(key_in_channels=low_in_channels, query_in_channels=high_in_channels, channels=channels,
+                         out_channels=out_channels, share_key_query=share_key_query,
+                         query_downsample=query_downsample, key_downsample=key_psp, key_query_num_convs=1,
+                         key_query_norm=True, value_out_num_convs=1, value_out_norm=False, matmul_norm=True,
+                         with_out=True, conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
+
+
+class AFNB(nn.Module):
+    def __init__(self, low_in_channels, high_in_channels, channels, out_channels, query_scales, key_pool_scales,
+                 conv_cfg, norm_cfg, act_cfg):
+        super().__init__()
+        self.stages = nn.ModuleList()
+        for query_scale in query_scales:
+            self.stages.append(ANNSelfAttentionBlock(
+                low_in_channels=low_in_channels, high_in_channels=high_in_channels, channels=channels,
+                out_channels=out_channels, share_key_query=False, query_scale=query_scale,
+                key_pool_scales=key_pool_scales, conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg))
+        self.bottleneck = ConvModule(out_channels + high_in_channels, out_channels, 1, conv_cfg=conv_cfg,
+                                     norm_cfg=norm_cfg, act_cfg=None)
+
+    def forward(self, low_feats, high_feats):
+        priors = [stage(high_feats, low_feats) for stage in self.stages]
+        context = torch.stack(priors, dim=0).sum(dim=0)
+        output = self.bottleneck(torch.cat([context, high_feats], 1))
+        return output
+
+
+class APNB(nn.Module):
+    def __init__(self, in_channels, channels, out_channels, query_scales, key_pool_scales, conv_cfg, norm_cfg,
+                 act_cfg):
+        super().__init__()
+        self.stages = nn.ModuleList()
+        for query_scale in query_scales:
+            self.stages.append(ANNSelfAttentionBlock(
+                low_in_channels=in_channels, high_in_channels=in_channels, channels=channels,
+                out_channels=out_channels, share_key_query=True, query_scale=query_scale,
+                key_pool_scales=key_pool_scales, conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg))
+        self.bottleneck = ConvModule(2 * in_channels, out_channels, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                                     act_cfg=act_cfg)
+
+    def forward(self, feats):
+        priors = [stage(feats, feats) for stage in self.stages]
+        context = torch.stack(priors, dim=0).sum(dim=0)
+        output = self.bottleneck(torch.cat([context, feats], 1))
+        return output
+
+
+class ANNHead(BaseDecodeHead):
+    def __init__(self, project_channels, query_scales=(1,), key_pool_scales=(1, 3, 6, 8), **kwargs):
+        super().__init__(input_transform="multiple_select", **kwargs)
+        assert len(self.in_channels) == 2
+        low_in_channels, high_in_channels = self.in_channels
+        self.project_channels = project_channels
+        self.fusion = AFNB(low_in_channels=low_in_channels, high_in_channels=high_in_channels,
+                           out_channels=high_in_channels, channels=project_channels, query_scales=query_scales,
+                           key_pool_scales=key_pool_scales, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                           act_cfg=self.act_cfg)
+        self.bottleneck = ConvModule(high_in_channels, self.channels, 3, padding=1, conv_cfg=self.conv_cfg,
+                                     norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        self.context = APNB(in_channels=self.channels, out_channels=self.channels, channels=project_channels,
+                            query_scales=query_scales, key_pool_scales=key_pool_scales, conv_cfg=self.conv_cfg,
+                            norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+
+    def forward(self, inputs):
+        low_feats, high_feats = self._transform_inputs(inputs)
+        output = self.fusion(low_feats, high_feats)
+        output = self.dropout(output)
+        output = self.bottleneck(output)
+        output = self.context(output)
+        output = self.cls_seg(output)
+        return output
+
+
+# ---- ocr_head.py (an OCRHead follows an FCNHead in mmseg's CascadeEncoderDecoder)
+class SpatialGatherModule(nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, feats, probs):
+        batch_size, num_classes, height, width = probs.size()
+        channels = feats.size(1)
+        probs = probs.view(batch_size, num_classes, -1)
+        feats = feats.view(batch_size, channels, -1)
+        # [batch_size, height*width, num_classes]
+        feats = feats.permute(0, 2, 1)
+        # [batch_size, channels, height*width]
+        probs = F.softmax(self.scale * probs, dim=2)
+        # [batch_size, channels, num_classes]
+        ocr_context = torch.matmul(probs, feats)
+        ocr_context = ocr_context.permute(0, 2, 1).contiguous().unsqueeze(3)
+        return ocr_context
+
+
+class ObjectAttentionBlock(SelfAttentionBlock):
+    def __init__(self, in_channels, channels, scale, conv_cfg, norm_cfg, act_cfg):
+        if scale > 1:
+            query_downsample = nn.MaxPool2d(kernel_size=scale)
+        else:
+            query_downsample = None
+        super().__init__(key_in_channels=in_channels, query_in_channels=in_channels, channels=channels,
+                         out_channels=in_channels, share_key_query=False, query_downsample=query_downsample,
+                         key_downsample=None, key_query_num_convs=2, key_query_norm=True, value_out_num_convs=1,
+                         value_out_norm=True, matmul_norm=True, with_out=True, conv_cfg=conv_cfg,
+                         norm_cfg=norm_cfg, act_cfg=act_cfg)
+        self.bottleneck = ConvModule(in_channels * 2, in_channels, 1, conv_cfg=self.conv_cfg,
+                                     norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+
+    def forward(self, query_feats, key_feats):
+        context = super().forward(query_feats, key_feats)
+        output = self.bottleneck(torch.cat([context, query_feats], dim=1))
+        if self.query_downsample is not None:
+            output = resize(query_feats)
+        return output
+
+
+class OCRHead(BaseDecodeHead):
+    def __init__(self, ocr_channels, scale=1, **kwargs):
+        super().__init__(**kwargs)
+        self.ocr_channels = ocr_channels
+        self.scale = scale
+        self.object_context_block = ObjectAttentionBlock(self.channels, self.ocr_channels, self.scale,
+                                                         conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+                                                         act_cfg=self.act_cfg)
+        self.spatial_gather_module = SpatialGatherModule(self.scale)
+        self.bottleneck = ConvModule(self.in_channels, self.channels, 3, padding=1, conv_cfg=self.conv_cfg,
+                                     norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+
+    def forward(self, inputs, prev_output):
+        x = self._transform_inputs(inputs)
+        feats = self.bottleneck(x)
+        context = self.spatial_gather_module(feats, prev_output)
+        object_context = self.object_context_block(feats, context)
+        output = self.cls_seg(object_context)
+        return output
