@@ -311,6 +311,9 @@ def test_read_image_scales_16_bits_and_drops_alpha_saying_so(tmp_path, capsys, m
     notes = []
     read_image(deep, notes=notes)
     assert notes == [segmentation.SCALED_TO_8_BITS] and capsys.readouterr().err == ""
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "keyed.png", transparency=(10, 20, 30))  # RGB, one colour clear
+    read_image(tmp_path / "keyed.png", notes=notes)
+    assert notes == [segmentation.SCALED_TO_8_BITS, segmentation.ALPHA_DROPPED]
     wide = tmp_path / "wide.tif"
     Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(wide)
     with pytest.raises(ValueError, match=r"cannot read image .*wide\.tif: 32-bit values 0\.\.70000; save it with 8 or 16"):

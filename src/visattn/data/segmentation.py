@@ -59,13 +59,15 @@ def read_image(path: str | os.PathLike, mode: str | None = "RGB", notes: list[st
             img = ImageOps.exif_transpose(opened)  # decodes; a copy even without an orientation
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
-    if mode is None or img.mode == mode:
+    if mode is None:
         return img
     for note in image_notes(img):
         if notes is not None:
             notes.append(note)
         else:
             say_once(note, path)
+    if img.mode == mode:
+        return img
     if img.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(img)
         if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
