@@ -25,8 +25,9 @@ The output folder mirrors the inputs' tree below their common root (a folder its
 folder, a glob's fixed leading folders), so ``a/x.png`` and ``b/x.png`` give ``a/x_mask.png`` and
 ``b/x_mask.png``; images of one folder whose names would be the same keep their extension
 (``x.png``, ``x.jpg``, ``x.png.png`` -> ``x.png_mask.png``, ``x.jpg_mask.png``, ``x.png.png_mask.png``),
-so no output is written twice. Images are read as viewers show them (EXIF orientation applied);
-an alpha channel dropped or 16 bits scaled to 8 is said once. An image or video that cannot be read or segmented is skipped and reported at
+so no output is written twice. Each image's line names every file written for it. Images are read
+as viewers show them (EXIF orientation applied); an alpha channel dropped or 16 bits scaled to 8
+is said once. An image or video that cannot be read or segmented is skipped and reported at
 the end. Exit status: 0 all written, 1 some skipped, 2 nothing to do (an input names no image or
 video, bad run, config or device).
 
