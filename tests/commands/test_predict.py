@@ -152,7 +152,8 @@ def test_images_are_read_as_viewers_show_them(tmp_path, run, capsys, monkeypatch
     for i in range(2):
         rgba = np.random.default_rng(i).integers(0, 256, (14, 20, 4), dtype=np.uint8)
         Image.fromarray(rgba).save(tmp_path / f"in/alpha{i}.png")
-    assert _predict(run, tmp_path / "out", tmp_path / "in", "--format", "trainids") == 0
+    # read by two worker processes: the note comes back with the images, said once by the command
+    assert _predict(run, tmp_path / "out", tmp_path / "in", "--format", "trainids", "--workers", "2") == 0
     mask = Image.open(tmp_path / "out/photo_trainIds.png")
     assert mask.size == (40, 80)
     np.testing.assert_array_equal(np.asarray(mask), _segmentor(run)(ImageOps.exif_transpose(Image.open(photo))))
