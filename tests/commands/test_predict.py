@@ -101,6 +101,9 @@ def test_output_folder_inside_the_input_is_not_read(tmp_path, run, capsys):
     (["y.jpg", "Y.png", "z.png"], ["y.jpg", "Y.png", "z"]),  # one name on case-insensitive file systems
     (["d/x.png", "d/x.jpg", "e/x.png", "x.png"], ["d/x.png", "d/x.jpg", "e/x", "x"]),
     (["z.tif", "z.tif.png", "z.tif.png.jpg"], ["z", "z.tif", "z.tif.png"]),
+    (["clip.mp4", "clip/000000.png", "clip.png"], ["clip.mp4", "clip/000000", "clip.png"]),  # --frames: clip/000000_mask.png
+    (["clip.mp4", "Clip/a/b.png", "d/e.png"], ["clip.mp4", "Clip/a/b", "d/e"]),
+    (["clip.mp4", "clips/a.png", "photo.png", "photo/a.png"], ["clip", "clips/a", "photo", "photo/a"]),  # images write no folder
 ])
 def test_output_names_are_unique(tmp_path, files, names):
     from visattn.engine.predictions import output_names
@@ -410,6 +413,18 @@ def test_video_overlay_and_frames(tmp_path, run, forwards, capsys):
         error, plain = np.abs(overlays[i] - blended).mean(), np.abs(overlays[i].astype(float) - frames[i]).mean()
         assert error < 5 and plain > 8 * error  # the colours are there, to within the codec's loss (4:2:0 chroma)
     assert (tmp_path / "out/still_mask.png").is_file()
+
+
+def test_video_frames_and_images_in_the_folder_of_its_name_never_overwrite_each_other(tmp_path, run):
+    clip = _video(tmp_path / "in/clip.mp4", frames=2)
+    still = _image(tmp_path / "in/clip/000000.png", 1, size=(64, 64))
+    assert _predict(run, tmp_path / "out", tmp_path / "in", "--frames", "--format", "trainids") == 0
+    frames, _ = _decode(clip)
+    segment = _segmentor(run)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/clip.mp4/000000_trainIds.png")), segment(frames[0]))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/clip/000000_trainIds.png")),
+                                  _expected_mask(run, still))
+    assert (tmp_path / "out/clip.mp4_overlay.mp4").is_file()
 
 
 def test_video_formats_and_errors(tmp_path, run, capsys, monkeypatch):

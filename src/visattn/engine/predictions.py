@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,7 @@ from torch import nn
 from .._extras import MissingExtraError, require
 from ..data.palettes import colorize
 from ..data.registry import SeededTransform, classes_and_palette, label_convention
+from ..data.video import is_video
 from ..weights import atomic_write
 from .inference import segment
 from .metrics import SegmentationMetrics
@@ -129,23 +130,37 @@ def _save_png(image: Image.Image, path: str | os.PathLike) -> Path:
 
 
 def output_names(images: Sequence[tuple[Path, Path]]) -> list[Path]:
-    """Each image's output name without its ending, relative to the output folder, one per image:
-    ``images`` are ``(image, root)`` pairs and the names mirror the tree below the roots' common
-    folder. A name is the file's without its extension, unless another image's name would then be
-    the same (ignoring case, as some file systems do): those keep their extension, until no two
-    names are the same (``x.png``, ``x.jpg``, ``x.png.png`` -> ``x.png``, ``x.jpg``, ``x.png.png``)."""
+    """Each image's (or video's) output name without its ending, relative to the output folder, one
+    per file: ``images`` are ``(file, root)`` pairs and the names mirror the tree below the roots'
+    common folder. A name is the file's without its extension, unless another file's name would
+    then be the same (ignoring case, as some file systems do), or, for a video (whose frames may go
+    to the folder of its name), lie in that folder: those keep their extension, until no two names
+    clash (``x.png``, ``x.jpg``, ``x.png.png`` -> ``x.png``, ``x.jpg``, ``x.png.png``; ``clip.mp4``
+    beside ``clip/0.png`` -> ``clip.mp4``, ``clip/0``)."""
     common = Path(os.path.commonpath([os.path.abspath(root) for _, root in images]))
     relative = [Path(os.path.abspath(image)).relative_to(common) for image, _ in images]
+    videos = [is_video(rel) for rel in relative]
     names = [rel.with_suffix("") for rel in relative]
     while True:
-        counts = Counter(str(name).casefold() for name in names)
+        keys = [str(name).casefold() for name in names]
+        counts = Counter(keys)
+        folders = {parent for key in keys for parent in _parents(key)}
         # each round gives at least one name its extension back; full paths are unique (but may
         # differ in case alone, which no renaming helps)
-        clashing = [i for i, name in enumerate(names) if counts[str(name).casefold()] > 1 and name != relative[i]]
+        clashing = [i for i, key in enumerate(keys) if names[i] != relative[i]
+                    and (counts[key] > 1 or (videos[i] and key in folders))]
         if not clashing:
             return names
         for i in clashing:
             names[i] = relative[i]
+
+
+def _parents(key: str) -> Iterator[str]:
+    """The folders of a relative name: ``"a/b/c"`` -> ``"a/b"``, ``"a"``."""
+    parent = os.path.dirname(key)
+    while parent:
+        yield parent
+        parent = os.path.dirname(parent)
 
 
 def dataset_names(dataset) -> list[Path]:
