@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import check_png, randomize_
+from PIL import Image
 from torch import nn
 
 from visattn import create_attention
@@ -167,3 +168,18 @@ def test_plot_metrics(tmp_path):
     check_png(plot_metrics(_metrics(tmp_path / "run"), tmp_path / "c.png"), figure_size(3))
     with pytest.raises(FileNotFoundError):
         plot_metrics(tmp_path / "missing", tmp_path / "d.png")
+
+
+def test_curves_of_a_one_step_run_show_the_point(tmp_path, monkeypatch):
+    from visattn import viz
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "loss_aux": 0.4, "lr": 0.1}) + "\n")
+    figures = []
+    save = viz._save
+    monkeypatch.setattr(viz, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    picture = np.asarray(Image.open(plot_metrics(tmp_path, tmp_path / "curves.png")).convert("RGB")).astype(int)
+    loss_panel, _, lr_panel = figures[0].axes
+    assert len(loss_panel.lines) == 2 and all(line.get_marker() == "." for line in loss_panel.lines + lr_panel.lines)
+    width = picture.shape[1]
+    blue = (np.abs(picture[:, 2 * width // 3:] - (31, 119, 180)).sum(-1) < 60).sum()  # matplotlib's first colour
+    assert blue > 5  # the learning-rate panel, which has no legend, shows its one point

@@ -45,6 +45,7 @@ PANEL_PX = 256  # pixel size of one square panel; a figure is a row of panels
 CONFUSION_PX = 800  # width and height of a confusion-matrix picture
 MAX_TICK_LABELS = 40  # more classes than this: every k-th class is named on the axes
 _DPI = 100
+_MARKED_POINTS = 50  # training curves of at most this many points mark each one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,15 +235,16 @@ def plot_metrics(run: str | os.PathLike, path: str | os.PathLike) -> Path:
         raise ValueError(f"{run}: metrics.jsonl holds no records")
     fig, (ax_loss, ax_val, ax_lr) = _figure(3)
     steps = [r["step"] for r in train]
-    ax_loss.plot(steps, [r["loss"] for r in train], label="total")
+    points = "." if len(steps) <= _MARKED_POINTS else None  # a short run's one or few points show as dots
+    ax_loss.plot(steps, [r["loss"] for r in train], marker=points, label="total")
     for key in sorted({k for r in train for k in r if k.startswith("loss_")}):
-        ax_loss.plot(steps, [r.get(key, math.nan) for r in train], lw=0.8, label=key[5:])
+        ax_loss.plot(steps, [r.get(key, math.nan) for r in train], lw=0.8, marker=points, label=key[5:])
     ax_loss.set_title("training loss", fontsize=8)
     ax_loss.legend(fontsize=6)
     metric = "mIoU" if any("mIoU" in r for r in val) else "top1"
     ax_val.plot([r["step"] for r in val if metric in r], [100 * r[metric] for r in val if metric in r], "o-")
     ax_val.set_title(f"validation {metric} (%)", fontsize=8)
-    ax_lr.plot(steps, [r["lr"] for r in train])
+    ax_lr.plot(steps, [r["lr"] for r in train], marker=points)
     ax_lr.set_title("learning rate", fontsize=8)
     for ax in (ax_loss, ax_val, ax_lr):
         ax.set_xlabel("step", fontsize=7)

@@ -8,6 +8,8 @@ def test_demo_prints_a_row_per_module(capsys):
     names = [line.split()[0] for line in lines[1:]]
     assert names == visattn.list_attentions()
     assert all("(1, 64, 5, 7)" in line for line in lines[1:])
+    columns = {line.index("(1, 64, 5, 7)") for line in lines[1:]} | {lines[0].index("output shape")}
+    assert len(columns) == 1  # every row aligned with the header, the longest name included
 
 
 def test_no_command_prints_help(capsys):

@@ -96,6 +96,76 @@ def test_output_folder_inside_the_input_is_not_read(tmp_path, run, capsys):
     assert sorted(p.name for p in (tmp_path / "in/pred").iterdir()) == ["a_legend.png", "a_mask.png", "a_overlay.png"]
 
 
+@pytest.mark.parametrize("files, names", [
+    (["x.png", "x.jpg", "x.png.png"], ["x.png", "x.jpg", "x.png.png"]),
+    (["a.png", "a.jpg", "a.png.jpg", "a.png.jpg.png"], ["a.png", "a.jpg", "a.png.jpg", "a.png.jpg.png"]),
+    (["y.jpg", "Y.png", "z.png"], ["y.jpg", "Y.png", "z"]),  # one name on case-insensitive file systems
+    (["d/x.png", "d/x.jpg", "e/x.png", "x.png"], ["d/x.png", "d/x.jpg", "e/x", "x"]),
+    (["z.tif", "z.tif.png", "z.tif.png.jpg"], ["z", "z.tif", "z.tif.png"]),
+    (["clip.mp4", "clip/000000.png", "clip.png"], ["clip.mp4", "clip/000000", "clip.png"]),  # --frames: clip/000000_mask.png
+    (["clip.mp4", "Clip/a/b.png", "d/e.png"], ["clip.mp4", "Clip/a/b", "d/e"]),
+    (["clip.mp4", "clips/a.png", "photo.png", "photo/a.png"], ["clip", "clips/a", "photo", "photo/a"]),  # images write no folder
+])
+def test_output_names_are_unique(tmp_path, files, names):
+    from visattn.engine.predictions import output_names
+
+    assert output_names([(tmp_path / f, tmp_path) for f in files]) == [Path(n) for n in names]
+
+
+def test_inputs_sharing_a_name_never_overwrite_each_other(tmp_path, run, capsys):
+    images = [_image(tmp_path / "in" / name, seed) for seed, name in enumerate(["x.png", "x.jpg", "x.png.png"])]
+    out = tmp_path / "out"
+    assert _predict(run, out, tmp_path / "in") == 0
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["x.jpg_mask.png", "x.png.png_mask.png", "x.png_mask.png"]
+    lines = capsys.readouterr().out.splitlines()
+    for image in images:
+        base = out / image.name
+        np.testing.assert_array_equal(np.asarray(Image.open(f"{base}_mask.png")), _expected_mask(run, image))
+        assert f"{image} -> {base}_mask.png, {base}_overlay.png, {base}_legend.png" in lines  # all it wrote
+
+
+def test_without_matplotlib_every_mask_and_overlay_is_written(tmp_path, run, capsys, monkeypatch):
+    import visattn.engine.predictions  # noqa: F401  (imported before matplotlib is hidden, as torchmetrics looks for it)
+
+    images = [_image(tmp_path / "in" / f"{i}.png", i) for i in range(3)]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert _predict(run, tmp_path / "out", tmp_path / "in") == 0
+    for image in images:
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"out/{image.stem}_mask.png")),
+                                      _expected_mask(run, image))
+        assert (tmp_path / f"out/{image.stem}_overlay.png").is_file()
+    assert not list((tmp_path / "out").glob("*_legend.png"))
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == ("visattn predict: masks and overlays without legends (matplotlib is not "
+                                            "installed: pip install 'visattn[viz]')")
+    assert captured.err.count("legends") == 1
+    assert f"{images[2]} -> {tmp_path / 'out/2_mask.png'}, {tmp_path / 'out/2_overlay.png'}" in captured.out.splitlines()
+
+
+def test_images_are_read_as_viewers_show_them(tmp_path, run, capsys, monkeypatch):
+    from PIL import ImageOps
+
+    from visattn.data import segmentation
+
+    monkeypatch.setattr(segmentation, "_said", set())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 80 wide and 40 high, shown turned: 40 wide, 80 high
+    photo = tmp_path / "in/photo.jpg"
+    photo.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 80, 3), dtype=np.uint8)).save(photo, exif=exif)
+    for i in range(2):
+        rgba = np.random.default_rng(i).integers(0, 256, (14, 20, 4), dtype=np.uint8)
+        Image.fromarray(rgba).save(tmp_path / f"in/alpha{i}.png")
+    # read by two worker processes: the note comes back with the images, said once by the command
+    assert _predict(run, tmp_path / "out", tmp_path / "in", "--format", "trainids", "--workers", "2") == 0
+    mask = Image.open(tmp_path / "out/photo_trainIds.png")
+    assert mask.size == (40, 80)
+    np.testing.assert_array_equal(np.asarray(mask), _segmentor(run)(ImageOps.exif_transpose(Image.open(photo))))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/alpha0_trainIds.png")),
+                                  _segmentor(run)(Image.open(tmp_path / "in/alpha0.png").convert("RGB")))
+    assert capsys.readouterr().err.count("alpha channel") == 1
+
+
 # Cityscapes labelIds of the 19 trainIds (the official cityscapesscripts label table)
 CITYSCAPES_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 FRAMES = ("aachen/aachen_000000_000019", "aachen/aachen_000001_000019", "bochum/bochum_000000_000313")
@@ -344,6 +414,18 @@ def test_video_overlay_and_frames(tmp_path, run, forwards, capsys):
         error, plain = np.abs(overlays[i] - blended).mean(), np.abs(overlays[i].astype(float) - frames[i]).mean()
         assert error < 5 and plain > 8 * error  # the colours are there, to within the codec's loss (4:2:0 chroma)
     assert (tmp_path / "out/still_mask.png").is_file()
+
+
+def test_video_frames_and_images_in_the_folder_of_its_name_never_overwrite_each_other(tmp_path, run):
+    clip = _video(tmp_path / "in/clip.mp4", frames=2)
+    still = _image(tmp_path / "in/clip/000000.png", 1, size=(64, 64))
+    assert _predict(run, tmp_path / "out", tmp_path / "in", "--frames", "--format", "trainids") == 0
+    frames, _ = _decode(clip)
+    segment = _segmentor(run)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/clip.mp4/000000_trainIds.png")), segment(frames[0]))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/clip/000000_trainIds.png")),
+                                  _expected_mask(run, still))
+    assert (tmp_path / "out/clip.mp4_overlay.mp4").is_file()
 
 
 def test_video_formats_and_errors(tmp_path, run, capsys, monkeypatch):

@@ -270,3 +270,90 @@ def test_read_image_names_an_image_too_large_to_decode(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 3)  # PIL refuses above twice the limit
     with pytest.raises(ValueError, match=r"cannot read image .*huge\.png"):
         read_image(path)
+
+
+def _exif_photo(path: Path, array: np.ndarray, orientation: int) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array.astype(np.uint8)).save(path, exif=exif, quality=100, subsampling=0)
+    return path
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
+                                               (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+def test_read_image_turns_a_photo_by_its_exif_orientation(tmp_path, orientation, turn):
+    from visattn.data import read_image
+
+    stored = np.zeros((40, 80, 3), dtype=np.uint8)  # 80 wide, 40 high, its top-left quarter white
+    stored[:20, :40] = 255
+    shown = np.array(read_image(_exif_photo(tmp_path / "photo.jpg", stored, orientation)))
+    assert shown.shape == turn(stored).shape
+    assert np.abs(shown.astype(int) - turn(stored)).max() < 40  # JPEG
+
+
+def test_read_image_scales_16_bits_and_drops_alpha_saying_so(tmp_path, capsys, monkeypatch):
+    from visattn.data import read_image, segmentation
+
+    monkeypatch.setattr(segmentation, "_said", set())
+    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(values).save(deep)
+    assert Image.open(deep).mode == "I;16"
+    assert np.array(read_image(deep)).tolist() == [[[v] * 3 for v in (0, 1, 128, 255)]]
+    assert np.array(read_image(deep, mode="L")).tolist() == [[0, 1, 128, 255]]
+    rgba = np.array([[[10, 20, 30, 0], [40, 50, 60, 255]]], dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    assert np.array(read_image(tmp_path / "alpha.png")).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+    read_image(tmp_path / "alpha.png")
+    assert capsys.readouterr().err.splitlines() == [
+        f"visattn: 16-bit images are scaled to 8 bits (0..65535 -> 0..255), e.g. {deep}",
+        f"visattn: images with an alpha channel are read without it (transparency dropped), e.g. {tmp_path / 'alpha.png'}"]
+    notes = []
+    read_image(deep, notes=notes)
+    assert notes == [segmentation.SCALED_TO_8_BITS] and capsys.readouterr().err == ""
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "keyed.png", transparency=(10, 20, 30))  # RGB, one colour clear
+    read_image(tmp_path / "keyed.png", notes=notes)
+    assert notes == [segmentation.SCALED_TO_8_BITS, segmentation.ALPHA_DROPPED]
+    wide = tmp_path / "wide.tif"
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(wide)
+    with pytest.raises(ValueError, match=r"cannot read image .*wide\.tif: 32-bit values 0\.\.70000; save it with 8 or 16"):
+        read_image(wide)
+    Image.fromarray(np.array([[0.5]], dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=r"float\.tif: floating-point pixels"):
+        read_image(tmp_path / "float.tif")
+
+
+def test_masks_are_read_by_their_label_values(tmp_path):
+    rgb = _rgb(2, 3)
+    _png(tmp_path / "seg/images/train/a.png", rgb)
+    labels = np.array([[0, 1, 2], [255, 2, 1]])
+    mask_path = tmp_path / "seg/masks/train/a.png"
+    _png(mask_path, labels, palette=True)  # palette colours are not the labels: index 1 is (128, 0, 0)
+    ds = MaskFolder(tmp_path / "seg", "train", num_classes=3)
+    assert Image.open(mask_path).mode == "P" and ds.load_mask(0).tolist() == labels.tolist()
+    Image.fromarray(labels.astype(np.uint16)).save(mask_path)
+    assert Image.open(mask_path).mode == "I;16" and ds.load_mask(0).tolist() == labels.tolist()
+    Image.fromarray(np.array([[0, 1, 2], [300, 2, 1]], dtype=np.uint16)).save(mask_path)
+    with pytest.raises(ValueError, match=r"mask .*a\.png has label values outside 0\.\.255: \[300\]"):
+        ds.load_mask(0)
+    signed = tmp_path / "signed.tif"  # 32-bit: -1 must not wrap around to 255 (ignore)
+    Image.fromarray(np.array([[0, 1, 2], [-1, 2, 1]], dtype=np.int32)).save(signed)
+    ds.pairs = [(ds.pairs[0][0], signed)]
+    with pytest.raises(ValueError, match=r"label values outside 0\.\.255: \[-1\]"):
+        ds.load_mask(0)
+
+
+def test_image_and_mask_are_turned_alike(tmp_path):
+    stored = _rgb(4, 6)
+    (tmp_path / "seg/images/train").mkdir(parents=True)
+    _exif_photo(tmp_path / "seg/images/train/a.jpg", stored, 6)
+    _png(tmp_path / "seg/masks/train/a.png", np.zeros((6, 4)))  # drawn on the photo as shown: 4 wide, 6 high
+    image, mask = MaskFolder(tmp_path / "seg", "train", num_classes=3)[0]
+    assert image.shape == (3, 6, 4) and mask.shape == (6, 4)
+
+
+def test_mask_folder_without_classes_names_the_config_keys(tmp_path):
+    _png(tmp_path / "images/train/a.png", _rgb(4, 4))
+    _png(tmp_path / "masks/train/a.png", np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"in a config: data\.num_classes or data\.classes"):
+        MaskFolder(tmp_path, "train")

@@ -80,11 +80,13 @@ def test_find_bad_files_lists_every_problem(tmp_path, capsys):
 def test_dataset_files_of_each_kind(tmp_path):
     root = _mask_folder(tmp_path / "seg", train_items=3, val_items=1)
     folder = build_dataset(DataConfig(dataset="folder", root=str(root), num_classes=3), "train", train=True)
-    assert dataset_files(folder) == [(root / f"images/train/{i:02d}.png", root / f"masks/train/{i:02d}.png")
-                                     for i in range(3)]
+    files = dataset_files(folder)
+    assert [(f.image, f.mask) for f in files] == [(root / f"images/train/{i:02d}.png", root / f"masks/train/{i:02d}.png")
+                                                  for i in range(3)]
+    np.testing.assert_array_equal(files[1].read_mask(), folder.dataset.load_mask(1))
     _save(tmp_path / "cls/train/cat/x.png", np.zeros((8, 8, 3)))
     classes = build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path / "cls"), crop_size=8), "train", True)
-    assert dataset_files(classes) == [(tmp_path / "cls/train/cat/x.png", None)]
+    assert dataset_files(classes) == [(tmp_path / "cls/train/cat/x.png", None, None)]
     assert dataset_files(build_dataset(DataConfig(), "train", train=True)) == []  # digits: in memory
 
 
@@ -123,3 +125,50 @@ def test_undecodable_validation_file_keeps_the_final_weights(tmp_path):
             trainer.fit()
     assert (tmp_path / "run/checkpoints/latest").read_text() == "step_0000004"
     assert (tmp_path / "run/model.safetensors").is_file()
+
+
+def test_a_mask_label_outside_the_classes_fails_before_training(tmp_path):
+    root = _mask_folder(tmp_path / "seg")
+    mask = root / "masks/train/05.png"
+    _save(mask, np.full((SIZE, SIZE), 3))  # data.num_classes=3: labels 0..2 and 255
+    with pytest.raises(ValueError, match=r"1 bad dataset file .*\n  mask .*05\.png has label values \[3\]; MaskFolder "
+                                         r"masks hold class ids 0\.\.2 and 255 \(ignore\)$"):
+        train(_config(root, tmp_path / "run"), quiet=True, trust_code=True)
+    assert not (tmp_path / "run").exists()  # no step run, no checkpoint to --resume from
+
+
+def test_mask_check_reads_the_mask_not_the_image(tmp_path):
+    root = _mask_folder(tmp_path / "seg", train_items=1, val_items=1)
+    folder = build_dataset(DataConfig(dataset="folder", root=str(root), num_classes=3), "train", train=True)
+    (item,) = dataset_files(folder)
+    _truncate(item.image)
+    assert pair_problem(*item) is None  # the image's pixels are not decoded
+    _save(item.mask, np.array([[0, 1, 255, 9]] * SIZE, dtype=np.uint8).repeat(8, axis=1))
+    assert pair_problem(*item) == (f"mask {item.mask} has label values [9]; MaskFolder masks hold class ids 0..2 "
+                                   "and 255 (ignore)")
+
+
+def test_exif_orientation_turns_the_size_the_check_compares(tmp_path):
+    image, mask = tmp_path / "photo.jpg", _save(tmp_path / "mask.png", np.zeros((80, 40)))  # 40 wide, 80 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 80x40, shown turned by 90 degrees
+    Image.new("RGB", (80, 40)).save(image, exif=exif)
+    assert pair_problem(image, mask) is None
+    _save(mask, np.zeros((40, 80)))
+    assert pair_problem(image, mask) == f"image {image} is 40x80 but its mask {mask} is 80x40"
+
+
+def test_alpha_and_16_bit_images_are_said_once(tmp_path, capsys, monkeypatch):
+    from visattn.data import segmentation
+
+    monkeypatch.setattr(segmentation, "_said", set())
+    mask = _save(tmp_path / "mask.png", np.zeros((SIZE, SIZE)))
+    rgba = [tmp_path / f"rgba{i}.png" for i in range(3)]
+    for path in rgba:
+        Image.new("RGBA", (SIZE, SIZE)).save(path)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.zeros((SIZE, SIZE), dtype=np.uint16)).save(deep)
+    assert find_bad_files([(p, mask) for p in [*rgba, deep, deep]], quiet=True) == []
+    assert capsys.readouterr().err.splitlines() == [
+        f"visattn: images with an alpha channel are read without it (transparency dropped), e.g. {rgba[0]}",
+        f"visattn: 16-bit images are scaled to 8 bits (0..65535 -> 0..255), e.g. {deep}"]

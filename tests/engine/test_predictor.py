@@ -64,9 +64,22 @@ def test_predict_files_writes_and_reports_each_file(predictor, tmp_path):
     assert results[broken].written is None and "broken.png" in results[broken].error
     for i, path in enumerate(paths):
         result = results[path]
-        assert result == FilePrediction(path, written=tmp_path / "out" / f"{i}_trainIds.png")
+        written = tmp_path / "out" / f"{i}_trainIds.png"
+        assert result == FilePrediction(path, written=written, files=[written])
         np.testing.assert_array_equal(np.array(Image.open(result.written)),
                                       _one_at_a_time(predictor, np.array(Image.open(path).convert("RGB"))))
+
+
+def test_predict_files_lists_the_picture_set_and_what_reading_changed(predictor, tmp_path):
+    rgba = np.concatenate([_rgb(0), np.full((14, 20, 1), 7, dtype=np.uint8)], axis=2)
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    Image.fromarray(_rgb(1)).save(tmp_path / "plain.png")
+    files = [(tmp_path / name, tmp_path / "out" / Path(name).stem) for name in ("alpha.png", "plain.png")]
+    alpha, plain = predictor.predict_files(files, PredictionWriter(predictor.cfg.data, legends=False))
+    assert alpha.notes == ["images with an alpha channel are read without it (transparency dropped)"]
+    assert plain.notes == []
+    assert alpha.files == [tmp_path / "out/alpha_mask.png", tmp_path / "out/alpha_overlay.png"]
+    np.testing.assert_array_equal(np.array(Image.open(alpha.written)), _one_at_a_time(predictor, _rgb(0)))
 
 
 def test_top_classes_most_probable_first(predictor):

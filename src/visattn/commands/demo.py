@@ -18,9 +18,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     x = torch.randn(1, args.channels, *args.size)
-    print(f"{'name':<6} {'class':<32} {'params':>10}  {'output shape':<22} {'max |y - x|':>11}")
-    for name in list_attentions():
-        module = create_attention(name, args.channels).eval()
+    modules = {name: create_attention(name, args.channels).eval() for name in list_attentions()}
+    name_width = max(len("name"), *map(len, modules))  # columns as wide as their longest entry
+    class_width = max(len("class"), *(len(type(m).__name__) for m in modules.values()))
+    print(f"{'name':<{name_width}} {'class':<{class_width}} {'params':>10}  {'output shape':<22} {'max |y - x|':>11}")
+    for name, module in modules.items():
         with torch.no_grad():
             # residual modules start as the identity (gamma = 0): show them with gamma = 1
             for pname, p in module.named_parameters():
@@ -28,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
                     p.fill_(1.0)
             y = module(x)
         params = sum(p.numel() for p in module.parameters())
-        print(f"{name:<6} {type(module).__name__:<32} {params:>10,}  {str(tuple(y.shape)):<22} {(y - x).abs().max().item():>11.4f}")
+        print(f"{name:<{name_width}} {type(module).__name__:<{class_width}} {params:>10,}  "
+              f"{str(tuple(y.shape)):<22} {(y - x).abs().max().item():>11.4f}")
     return 0

@@ -3,7 +3,8 @@ dataset palette and overlays, or label files for benchmark servers.
 
 For each input image ``name.ext`` it writes ``name_mask.png`` (a palette PNG: pixel values are class
 ids, shown in the dataset's colours), ``name_overlay.png`` (the colours blended over the image) and
-``name_legend.png`` (image, mask, overlay and the names of the classes found); with ``--format``
+``name_legend.png`` (image, mask, overlay and the names of the classes found; without matplotlib,
+the ``viz`` extra, there are no legends, which is said once); with ``--format``
 one file in that format instead (:mod:`visattn.engine.predictions`: ``labelids`` writes
 ``name_labelIds.png`` in the dataset's own label ids, e.g. Cityscapes labelIds).
 Classifiers print their top-5 classes instead.
@@ -22,8 +23,11 @@ one at a time); so are a video's frames. ``--amp bf16|fp16`` runs the model in m
 
 The output folder mirrors the inputs' tree below their common root (a folder itself, a file's
 folder, a glob's fixed leading folders), so ``a/x.png`` and ``b/x.png`` give ``a/x_mask.png`` and
-``b/x_mask.png``; images of one folder that share a stem (``x.png``, ``x.jpg``) keep their extension
-(``x.png_mask.png``). An image or video that cannot be read or segmented is skipped and reported at
+``b/x_mask.png``; images of one folder whose names would be the same keep their extension
+(``x.png``, ``x.jpg``, ``x.png.png`` -> ``x.png_mask.png``, ``x.jpg_mask.png``, ``x.png.png_mask.png``),
+so no output is written twice. Each image's line names every file written for it. Images are read
+as viewers show them (EXIF orientation applied); an alpha channel dropped or 16 bits scaled to 8
+is said once. An image or video that cannot be read or segmented is skipped and reported at
 the end. Exit status (:mod:`visattn.cli`): 0 all written, 1 some skipped, 2 nothing to do (an input
 names no image or video, bad run, config or device).
 
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from visattn._extras import require
     from visattn.data.inputs import find_inputs
+    from visattn.data.segmentation import say_once
     from visattn.data.video import is_video
     from visattn.engine.predictor import Predictor
     from visattn.engine.predictions import PredictionWriter, output_names
@@ -96,8 +101,12 @@ def run(args: argparse.Namespace) -> int:
     files = [(path, out_dir / name) for (path, _), name in zip(sources, output_names(sources))]
     workers = cfg.data.workers if args.workers is None else args.workers
     skipped: list[str] = []
+    if writer.no_legends is not None and cfg.task == "segmentation":
+        print(f"visattn predict: masks and overlays without legends ({writer.no_legends})", file=sys.stderr)
     with tqdm(total=len(files), desc="predict", unit="file", file=sys.stderr) as bar:
         for result in predictor.predict_files(files, writer, frame_writer, args.batch_size, workers, progress=True):
+            for note in result.notes:
+                say_once(note, result.path)
             if result.error is not None:
                 skipped.append(f"{result.path}: {result.error}")
             else:
@@ -118,4 +127,4 @@ def _report(result) -> str:
     if result.frames is not None:
         frames = f"; each one's prediction under {result.frames_folder}" if result.frames_folder is not None else ""
         return f"{result.path} -> {result.written} ({result.frames} frames{frames})"
-    return f"{result.path} -> {result.written}"
+    return f"{result.path} -> {', '.join(map(str, result.files))}"

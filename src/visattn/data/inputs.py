@@ -94,8 +94,10 @@ def _inside(path: Path, folder: str | os.PathLike) -> bool:
 
 
 class Pictures(Dataset):
-    """The decoded files: an image's ``(H, W, 3)`` uint8 array, or the message why it cannot be
-    read; ``None`` for a video (decoded frame by frame where it is used)."""
+    """The decoded files, each as ``(picture, notes)``: the picture is an image's ``(H, W, 3)``
+    uint8 array, or the message why it cannot be read, or ``None`` for a video (decoded frame by
+    frame where it is used); the notes say what reading changed in the image
+    (:func:`~visattn.data.segmentation.image_notes`), for the process that shows them."""
 
     def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
         self.paths = list(paths)
@@ -103,14 +105,15 @@ class Pictures(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> np.ndarray | str | None:
+    def __getitem__(self, index: int) -> tuple[np.ndarray | str | None, list[str]]:
         path = self.paths[index]
+        notes: list[str] = []
         if is_video(path):
-            return None
+            return None, notes
         try:
-            return np.array(read_image(path))
+            return np.array(read_image(path, notes=notes)), notes
         except ValueError as err:
-            return str(err)
+            return str(err), notes
 
 
 def _as_is(item):

@@ -12,32 +12,101 @@ scripts and benchmark servers use), is :func:`label_ids_lut` of the same table:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from tqdm.auto import tqdm
 
 from .palettes import ADE20K_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES, voc_palette
 
-__all__ = ["SegmentationDataset", "Cityscapes", "ADE20K", "PascalVOC", "MaskFolder", "read_image", "IGNORE_INDEX",
+__all__ = ["SegmentationDataset", "Cityscapes", "ADE20K", "PascalVOC", "MaskFolder", "read_image", "image_notes",
+           "say_once", "oriented_size", "IGNORE_INDEX", "SIXTEEN_BIT_MODES", "MASK_MODES", "ALPHA_DROPPED", "SCALED_TO_8_BITS",
+           "EXIF_ORIENTATION",
            "label_ids_lut", "CITYSCAPES_LABEL_IDS", "ADE20K_LABEL_IDS"]
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""PIL modes of single-channel images with more than 8 bits (``"I"``: 32-bit integers, read when
+within 16 bits)."""
+MASK_MODES = ("L", "P") + SIXTEEN_BIT_MODES
+"""PIL modes of a single-channel label image."""
+ALPHA_DROPPED = "images with an alpha channel are read without it (transparency dropped)"
+SCALED_TO_8_BITS = "16-bit images are scaled to 8 bits (0..65535 -> 0..255)"
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag of the orientation (1: upright; 5..8: turned by 90 degrees)."""
+_said: set[str] = set()  # the notes this process has printed
 
 
-def read_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image:
-    """Open and decode an image fully (so truncated files fail here, naming the file)."""
+def read_image(path: str | os.PathLike, mode: str | None = "RGB", notes: list[str] | None = None) -> Image.Image:
+    """Open and decode an image fully (so truncated files fail here, naming the file), turned
+    upright by its EXIF orientation as image viewers show it.
+
+    ``mode`` (``"RGB"``, ``"L"``): the 8-bit image; 16-bit values are scaled by the 16-bit range
+    (``0..65535`` -> ``0..255``), an alpha channel is dropped, and images of more bits or floats are
+    refused. What was changed (:func:`image_notes`) is appended to ``notes`` when given, else said
+    once per process on stderr (:func:`say_once`). ``mode=None``: the stored values, e.g. a label
+    mask's (a palette image's indices, a 16-bit image's values).
+    """
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert(mode) if mode is not None and img.mode != mode else img.copy()
+        with Image.open(path) as opened:
+            img = ImageOps.exif_transpose(opened)  # decodes; a copy even without an orientation
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+    if mode is None:
+        return img
+    for note in image_notes(img):
+        if notes is not None:
+            notes.append(note)
+        else:
+            say_once(note, path)
+    if img.mode == mode:
+        return img
+    if img.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise ValueError(f"cannot read image {path}: 32-bit values {values.min()}..{values.max()}; "
+                             "save it with 8 or 16 bits per channel")
+        img = Image.fromarray((values / 257).round().astype(np.uint8))
+    elif img.mode == "F":
+        raise ValueError(f"cannot read image {path}: floating-point pixels; save it with 8 or 16 bits per channel")
+    return img.convert(mode)
+
+
+def image_notes(image: Image.Image) -> list[str]:
+    """What reading the opened ``image`` (decoded or not: its mode and info alone) as 8-bit RGB
+    changes: :data:`SCALED_TO_8_BITS`, :data:`ALPHA_DROPPED`."""
+    notes = []
+    if image.mode in SIXTEEN_BIT_MODES:
+        notes.append(SCALED_TO_8_BITS)
+    if "A" in image.mode or "a" in image.mode or "transparency" in image.info:
+        notes.append(ALPHA_DROPPED)
+    return notes
+
+
+def say_once(note: str, path: str | os.PathLike) -> bool:
+    """Print ``note`` with the file it was first seen for as one line on stderr, the first time
+    this process meets it; whether it was printed."""
+    if note in _said:
+        return False
+    _said.add(note)
+    tqdm.write(f"visattn: {note}, e.g. {path}", file=sys.stderr)  # above a progress bar, not through it
+    return True
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of the opened ``image`` as :func:`read_image` returns it (its EXIF
+    orientation applied), from the header alone."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return image.size  # PIL decodes a PNG to look for EXIF after the pixels (rare: taken as none)
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return image.size[::-1] if orientation in (5, 6, 7, 8) else image.size
 
 
 def _require_dir(path: Path, dataset: str, hint: str) -> Path:
@@ -110,11 +179,13 @@ class SegmentationDataset(Dataset):
         """The ``(H, W)`` uint8 train-id mask of item ``index`` alone (its image is not decoded)."""
         mask_path = self.pairs[index][1]
         mask_img = read_image(mask_path, mode=None)
-        if mask_img.mode not in ("L", "P", "I", "I;16"):
+        if mask_img.mode not in MASK_MODES:
             raise ValueError(f"mask {mask_path} has mode {mask_img.mode!r}: expected a single-channel label image")
-        raw = np.asarray(mask_img)
-        if raw.max(initial=0) > 255:
-            raise ValueError(f"mask {mask_path} has label values > 255: {np.unique(raw[raw > 255])[:10].tolist()}")
+        raw = np.asarray(mask_img)  # a palette image's indices, a 16-bit image's values: never colours
+        outside = (raw < 0) | (raw > 255)
+        if outside.any():
+            bad = np.unique(raw[outside])[:10].tolist()
+            raise ValueError(f"mask {mask_path} has label values outside 0..255: {bad}")
         mask = self.lut[raw.astype(np.uint8)]
         if (mask < 0).any():
             bad = np.unique(raw[mask < 0])[:10].tolist()
@@ -284,6 +355,6 @@ class MaskFolder(SegmentationDataset):
         masks = _require_dir(root / mask_dir / split, "MaskFolder", f"split {split!r} masks; {layout} {root}")
         if classes is None:
             if num_classes is None:
-                raise ValueError("MaskFolder needs num_classes or classes")
+                raise ValueError("MaskFolder needs num_classes or classes (in a config: data.num_classes or data.classes)")
             classes = tuple(f"class{i}" for i in range(num_classes))
         super().__init__(_pairs_by_stem(images, masks, "MaskFolder", "mask"), _identity_lut(len(classes)), classes, voc_palette(len(classes)), transforms)

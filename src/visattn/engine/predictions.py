@@ -16,8 +16,8 @@ mask       ``_mask.png``         the class indices in a palette PNG with the dat
 color      ``_color.png``        RGB, each class in the dataset's colour
 overlay    ``_overlay.png``      those colours blended over the image
 ``None``   ``_mask.png``,        the picture set: the mask, the overlay, and image, mask and
-           ``_overlay.png``,     overlay with the names of the classes found
-           ``_legend.png``
+           ``_overlay.png``,     overlay with the names of the classes found (the legend, drawn
+           ``_legend.png``       when matplotlib, the ``viz`` extra, is installed)
 ========== ===================== ==============================================================
 
 Each single format writes one file per image, so a folder of ``labelids`` predictions of
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .._extras import MissingExtraError, require
 from ..data.palettes import colorize
 from ..data.registry import DataConfig, SeededTransform, classes_and_palette, label_convention
+from ..data.video import is_video
 from ..viz import save_prediction
 from ..weights import atomic_write
 from .inference import segment
@@ -59,14 +61,26 @@ def _palette_png(values: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.
 class PredictionWriter:
     """Writes ``(H, W)`` train-id predictions of a run whose config section ``data`` is ``data`` in
     ``format`` (a key of :data:`FORMATS`, or ``None`` for the picture set); ``alpha`` is the
-    overlay's opacity of the class colours."""
+    overlay's opacity of the class colours.
 
-    def __init__(self, data: DataConfig, format: str | None = None, alpha: float = 0.5) -> None:
+    ``legends``: whether the picture set has its legend (``None``: when matplotlib is installed;
+    :attr:`no_legends` then says why there are none)."""
+
+    def __init__(self, data: DataConfig, format: str | None = None, alpha: float = 0.5,
+                 legends: bool | None = None) -> None:
         if format is not None and format not in FORMATS:
             raise ValueError(f"unknown prediction format {format!r}; choose one of {', '.join(FORMATS)}")
         self.classes, self.palette = classes_and_palette(data)
         self.label_ids, self.label_palette = label_convention(data)
         self.format, self.alpha = format, alpha
+        self.no_legends: str | None = None
+        if format is None and legends is None:
+            try:
+                require("matplotlib", extra="viz")
+            except MissingExtraError as err:
+                self.no_legends = str(err)
+        elif format is None and not legends:
+            self.no_legends = "legends not asked for"
 
     def needs_image(self) -> bool:
         return self.format in (None, "overlay")
@@ -74,12 +88,17 @@ class PredictionWriter:
     def write(self, base: str | os.PathLike, pred: np.ndarray, rgb: np.ndarray | None = None) -> Path:
         """Write ``pred`` (train ids) of the ``(H, W, 3)`` uint8 image ``rgb`` (needed by the overlay
         and the picture set) to ``<base><ending>``; returns that file (the picture set: the mask)."""
+        return self.write_files(base, pred, rgb)[0]
+
+    def write_files(self, base: str | os.PathLike, pred: np.ndarray, rgb: np.ndarray | None = None) -> list[Path]:
+        """:meth:`write`, returning every file written (the picture set: mask, overlay and legend)."""
         pred = np.asarray(pred, dtype=np.uint8)
         if self.format is None:
-            path = _save_png(_palette_png(pred, self.palette), f"{base}{FORMATS['mask']}")
-            _save_png(Image.fromarray(self.overlay(rgb, pred)), f"{base}{FORMATS['overlay']}")
-            save_prediction(rgb, pred, self.classes, self.palette, f"{base}_legend.png", self.alpha)
-            return path
+            written = [_save_png(_palette_png(pred, self.palette), f"{base}{FORMATS['mask']}"),
+                       _save_png(Image.fromarray(self.overlay(rgb, pred)), f"{base}{FORMATS['overlay']}")]
+            if self.no_legends is None:
+                written.append(save_prediction(rgb, pred, self.classes, self.palette, f"{base}_legend.png", self.alpha))
+            return written
         if self.format == "labelids":
             values = self.label_ids[pred]
             image = Image.fromarray(values) if self.label_palette is None else _palette_png(values, self.label_palette)
@@ -91,7 +110,7 @@ class PredictionWriter:
             image = Image.fromarray(colorize(pred, self.palette))
         else:
             image = Image.fromarray(self.overlay(rgb, pred))
-        return _save_png(image, f"{base}{FORMATS[self.format]}")
+        return [_save_png(image, f"{base}{FORMATS[self.format]}")]
 
     def overlay(self, rgb: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
         """The class colours of ``pred`` blended over ``rgb`` with opacity ``alpha``, ``(H, W, 3)`` uint8."""
@@ -106,13 +125,37 @@ def _save_png(image: Image.Image, path: str | os.PathLike) -> Path:
 
 
 def output_names(images: Sequence[tuple[Path, Path]]) -> list[Path]:
-    """Each image's output name without its ending, relative to the output folder: ``images`` are
-    ``(image, root)`` pairs and the names mirror the tree below the roots' common folder; images of
-    one folder that share a stem keep their extension (``x.png``, ``x.jpg``)."""
+    """Each image's (or video's) output name without its ending, relative to the output folder, one
+    per file: ``images`` are ``(file, root)`` pairs and the names mirror the tree below the roots'
+    common folder. A name is the file's without its extension, unless another file's name would
+    then be the same (ignoring case, as some file systems do), or, for a video (whose frames may go
+    to the folder of its name), lie in that folder: those keep their extension, until no two names
+    clash (``x.png``, ``x.jpg``, ``x.png.png`` -> ``x.png``, ``x.jpg``, ``x.png.png``; ``clip.mp4``
+    beside ``clip/0.png`` -> ``clip.mp4``, ``clip/0``)."""
     common = Path(os.path.commonpath([os.path.abspath(root) for _, root in images]))
     relative = [Path(os.path.abspath(image)).relative_to(common) for image, _ in images]
-    stems = Counter(rel.with_suffix("") for rel in relative)
-    return [rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel for rel in relative]
+    videos = [is_video(rel) for rel in relative]
+    names = [rel.with_suffix("") for rel in relative]
+    while True:
+        keys = [str(name).casefold() for name in names]
+        counts = Counter(keys)
+        folders = {parent for key in keys for parent in _parents(key)}
+        # each round gives at least one name its extension back; full paths are unique (but may
+        # differ in case alone, which no renaming helps)
+        clashing = [i for i, key in enumerate(keys) if names[i] != relative[i]
+                    and (counts[key] > 1 or (videos[i] and key in folders))]
+        if not clashing:
+            return names
+        for i in clashing:
+            names[i] = relative[i]
+
+
+def _parents(key: str) -> Iterator[str]:
+    """The folders of a relative name: ``"a/b/c"`` -> ``"a/b"``, ``"a"``."""
+    parent = os.path.dirname(key)
+    while parent:
+        yield parent
+        parent = os.path.dirname(parent)
 
 
 def dataset_names(dataset) -> list[Path]:

@@ -7,7 +7,7 @@ import itertools
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,18 +37,23 @@ class FilePrediction:
         path: the input file.
         written: the file written (an image: its prediction, the mask of the picture set; a video:
             its overlay video); ``None`` for a classifier or a skipped file.
+        files: every file written for it (the picture set: mask, overlay and legend).
         top: a classifier's most probable classes, ``(name, probability)``, most probable first.
         frames: a video's number of frames.
         frames_folder: the folder of a video's per-frame predictions, if they were written.
         error: why the file was skipped (it cannot be read, segmented or written), else ``None``.
+        notes: what reading changed in the image (:func:`visattn.data.segmentation.image_notes`:
+            an alpha channel dropped, 16 bits scaled to 8).
     """
 
     path: Path
     written: Path | None = None
+    files: list[Path] = field(default_factory=list)
     top: list[tuple[str, float]] | None = None
     frames: int | None = None
     frames_folder: Path | None = None
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class Predictor:
@@ -83,7 +88,7 @@ class Predictor:
                  weights: str | os.PathLike | None = None, overrides: Iterable[str] = (),
                  device: torch.device | str = "cpu", amp: torch.dtype | None = None, trust_code: bool = False,
                  **options) -> Predictor:
-        """The model of ``run`` or ``config`` + ``weights`` (see :func:`~visattn.trained.load_trained`)."""
+        """The model of ``run`` or ``config`` + ``weights`` (see :func:`~visattn.engine.run_dir.load_trained`)."""
         cfg, model = load_trained(run, config, weights, overrides, device, trust_code)
         return cls(cfg, model, device, amp, **options)
 
@@ -154,29 +159,31 @@ class Predictor:
             unreadable: list[FilePrediction] = []
             for batch in same_size_batches(self._readable(group, unreadable), batch_size):
                 yield from _drain(unreadable)
-                for ((path, base), rgb), pred in zip(batch, self.predict_each([rgb for _, rgb in batch])):
-                    yield self._image_file(path, base, pred, rgb, writer)
+                for ((path, base, notes), rgb), pred in zip(batch, self.predict_each([rgb for _, rgb in batch])):
+                    yield self._image_file(path, base, pred, rgb, writer, notes)
             yield from _drain(unreadable)
 
     @staticmethod
     def _readable(group: Iterable, unreadable: list[FilePrediction]) -> Iterator:
-        """The decoded images of ``group``; the files that could not be read go to ``unreadable``."""
-        for (path, base), picture in group:
+        """``((path, base, notes), image)`` of the decoded images of ``group``; the files that could
+        not be read go to ``unreadable``."""
+        for (path, base), (picture, notes) in group:
             if isinstance(picture, str):
-                unreadable.append(FilePrediction(path, error=picture))
+                unreadable.append(FilePrediction(path, error=picture, notes=notes))
             else:
-                yield (path, base), picture
+                yield (path, base, notes), picture
 
     def _image_file(self, path: Path, base: Path, pred: np.ndarray | Exception, rgb: np.ndarray,
-                    writer: PredictionWriter) -> FilePrediction:
+                    writer: PredictionWriter, notes: list[str]) -> FilePrediction:
         try:
             if isinstance(pred, Exception):  # its batch failed, and so did it alone
                 raise pred
             if not self.segmentation:
-                return FilePrediction(path, top=self.top_classes(pred))
-            return FilePrediction(path, written=writer.write(base, pred, rgb))
+                return FilePrediction(path, top=self.top_classes(pred), notes=notes)
+            files = writer.write_files(base, pred, rgb)
+            return FilePrediction(path, written=files[0], files=files, notes=notes)
         except (ValueError, OSError, RuntimeError) as err:
-            return FilePrediction(path, error=str(err))
+            return FilePrediction(path, error=str(err), notes=notes)
 
     def _video_file(self, path: Path, base: Path, writer: PredictionWriter, frame_writer: PredictionWriter | None,
                     batch_size: int, progress: bool) -> FilePrediction:
@@ -184,7 +191,8 @@ class Predictor:
             out, count = self.predict_video(path, base, writer, frame_writer, batch_size, progress)
         except (ValueError, OSError, RuntimeError) as err:
             return FilePrediction(path, error=str(err))
-        return FilePrediction(path, written=out, frames=count, frames_folder=base if frame_writer is not None else None)
+        return FilePrediction(path, written=out, files=[out], frames=count,
+                              frames_folder=base if frame_writer is not None else None)
 
 
 def _drain(results: list[FilePrediction]) -> Iterator[FilePrediction]:
