@@ -1,6 +1,7 @@
 """Benchmarks of the visattn attention modules against the naive published formulations.
 
-One implementation behind both ``visattn bench`` and ``benchmarks/run.py``:
+One implementation behind both ``visattn bench`` and ``benchmarks/run.py``, measuring through
+:mod:`visattn.profiling`:
 
 - **time**: naive and visattn built with the same weights in one process, warmed up, then timed
   alternately (``reps`` pairs, median of each), forward under ``no_grad`` or a training step
@@ -24,23 +25,22 @@ official counterpart for it (inference only).
 from __future__ import annotations
 
 import dataclasses
-import gc
+import functools
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from visattn._official import counterparts
+from visattn.profiling import MEMORY_ENV, PeakMemoryMeter, count_flops, interleaved_times, timed
 
-__all__ = ["Case", "NETWORKS", "MODULES", "PeakMemoryMeter", "matmul_peak", "run_cases", "format_table", "machine_info"]
+__all__ = ["Case", "NETWORKS", "MODULES", "matmul_peak", "run_cases", "format_table", "machine_info"]
 
 MODULES = tuple(counterparts())
 NETWORKS = ("danet_r50_d8", "ccnet_r50_d8")
@@ -158,28 +158,12 @@ def _call(model: nn.Module, x: Tensor, train: bool) -> None:
     out.float().sum().backward()
 
 
-def _count_flops(model: nn.Module, x: Tensor) -> int:
-    """FLOPs of one forward call."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        _call(model, x, train=False)
-    return counter.get_total_flops()
-
-
 def matmul_peak(size: int = 2048, reps: int = 5) -> float:
     """This machine's fp32 matmul throughput in GFLOP/s: best of ``reps`` ``size^3`` ``torch.mm``."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(reps))
     return 2 * size**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def model_gflop(case: Case) -> float:
@@ -194,7 +178,7 @@ def model_gflop(case: Case) -> float:
     ``groups`` times over, which put PSA above 100% of the matmul peak.)"""
     with torch.device("meta"):
         model, x = _build(dataclasses.replace(case, train=False), "naive", meta=True)
-    return (3 if case.train else 1) * _count_flops(model, x) / 1e9
+    return (3 if case.train else 1) * count_flops(model, x) / 1e9
 
 
 def implementations(case: Case) -> list[str]:
@@ -216,16 +200,9 @@ def time_case(case: Case) -> dict:
     each (the first call of ``compiled`` compiles), and ``speedup`` (naive / visattn),
     ``speedup_vs_compiled``, ``speedup_vs_sdpa``: the median over reps of the paired ratio."""
     impls = {key: _build(case, key) for key in implementations(case)}
+    calls = {key: functools.partial(_call, model, x, case.train) for key, (model, x) in impls.items()}
+    times = interleaved_times(calls, case.reps, warmup=2)
     out: dict = {}
-    for _ in range(2):
-        for model, x in impls.values():
-            _call(model, x, case.train)
-    times: dict[str, list[float]] = {key: [] for key in impls}
-    order = list(impls)
-    for rep in range(case.reps):
-        for key in order[rep % len(order):] + order[:rep % len(order)]:
-            model, x = impls[key]
-            times[key].append(_timed(lambda: _call(model, x, case.train)))
     for key, ts in times.items():
         out[f"{key}_ms"] = 1e3 * statistics.median(ts)
     # Each rep's calls run back to back, so their ratio sees one load level; the median of these
@@ -236,48 +213,6 @@ def time_case(case: Case) -> dict:
     return out
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-class PeakMemoryMeter:
-    """Peak memory from :meth:`start` on: CUDA ``max_memory_allocated``; CPU the peak RSS
-    (``VmHWM`` after resetting it through ``/proc/self/clear_refs``; ``ru_maxrss`` of a fresh
-    process without ``/proc``), both minus the memory in use at :meth:`start`."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.method, self.base = "max_memory_allocated", torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.method, self.base = "VmHWM", _status_kb("VmRSS") * 1024
-        except OSError:
-            self.method, self.base = "ru_maxrss", self._max_rss()
-
-    def peak_mb(self) -> float:
-        if self.method == "max_memory_allocated":
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = _status_kb("VmHWM") * 1024 if self.method == "VmHWM" else self._max_rss()
-        return (peak - self.base) / 2**20
-
-    @staticmethod
-    def _max_rss() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def _measure_memory(case: Case, impl: str) -> dict:
     """Peak extra resident memory of one call (run in a fresh process)."""
     model, x = _build(case, impl)
@@ -286,22 +221,14 @@ def _measure_memory(case: Case, impl: str) -> dict:
     del tiny_model, tiny_x
     meter = PeakMemoryMeter(torch.device("cpu"))
     meter.start()
-    seconds = _timed(lambda: _call(model, x, case.train))
+    seconds = timed(lambda: _call(model, x, case.train))
     return {"peak_mb": meter.peak_mb(), "seconds": seconds, "method": meter.method}
-
-
-# glibc raises its mmap threshold as large blocks are freed, after which freed blocks stay in the
-# heap and count towards the RSS: which implementation looks bigger then depends on the order of
-# its allocations (CCNet's head measured 327 vs 231 MB RSS with equal live-tensor peaks). A fixed
-# threshold returns every block above 128 KiB to the system when it is freed, so the RSS peak is
-# the peak of live memory. Other C libraries ignore the variable.
-_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def memory_case(case: Case, impl: str, threads: int) -> dict:
     """:func:`_measure_memory` in a subprocess; ``{"error": ...}`` if it fails (e.g. out of memory)."""
     cmd = [sys.executable, "-m", "visattn.benchmark", json.dumps(dataclasses.asdict(case)), impl, str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_MEMORY_ENV | dict(os.environ))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=MEMORY_ENV | dict(os.environ))
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -22,10 +22,10 @@ Re-running the same comparison skips the complete runs (those with ``final.json`
 interrupted ones from their latest checkpoint, and restarts those killed before their first one.
 
 Cost is measured after training, every entry in the same conditions (:func:`measure_cost`):
-parameters; GFLOPs of one forward at the evaluation size (:mod:`visattn.benchmark`'s counter);
+parameters; GFLOPs of one forward at the evaluation size (:func:`visattn.profiling.count_flops`);
 milliseconds per training step (the recipe's batch, entries interleaved, median); peak training
 memory, each entry in a fresh subprocess (CUDA: ``max_memory_allocated``; CPU: the peak RSS, as
-:mod:`visattn.benchmark` measures it).
+:mod:`visattn.benchmark` measures it, :mod:`visattn.profiling`).
 
 Statistics (:func:`paired_difference`): mIoU and mAcc as mean ± standard deviation over the seeds,
 and each entry's mIoU difference to the first entry with a Student t confidence interval over the
@@ -60,6 +60,7 @@ import yaml
 
 from .engine.config import Config, ConfigError, apply_overrides, dump_config, load_config, merge_config, validate_config
 from .engine.run_dir import RunDir
+from .profiling import MEMORY_ENV, PeakMemoryMeter, count_flops, timed
 from .weights import atomic_write
 
 __all__ = ["compare", "Entry", "make_entries", "entry_config", "segmentor_arguments", "CompareDir", "train_run",
@@ -442,17 +443,16 @@ def _training_step(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, 
 
 def count_gflops(cfg: Config, size: tuple[int, int], device: torch.device) -> float:
     """GFLOPs of one forward of ``cfg``'s model in eval mode on a ``(1, 3, *size)`` input
-    (:mod:`visattn.benchmark`'s counter), on the ``meta`` device where every operation allows it."""
-    from .benchmark import _count_flops
+    (:func:`visattn.profiling.count_flops`), on the ``meta`` device where every operation allows it."""
     from .engine.build import build_model
 
     try:
         with torch.device("meta"):
             model = build_model(cfg.model, _num_classes(cfg), pretrained=False)
-        return _count_flops(model.eval(), torch.empty(1, 3, *size, device="meta")) / 1e9
+        return count_flops(model.eval(), torch.empty(1, 3, *size, device="meta")) / 1e9
     except (RuntimeError, NotImplementedError):  # autocast and a few kernels do not exist on meta
         model = build_model(cfg.model, _num_classes(cfg), pretrained=False).to(device)
-        return _count_flops(model.eval(), torch.zeros(1, 3, *size, device=device)) / 1e9
+        return count_flops(model.eval(), torch.zeros(1, 3, *size, device=device)) / 1e9
 
 
 def _peak_memory_main(threads: str) -> int:
@@ -460,7 +460,6 @@ def _peak_memory_main(threads: str) -> int:
     ``{"peak_mb", "method"}``, the peak memory of two training steps of a fresh model on the
     recipe's batch (weights, gradients, optimizer state, activations), after a step at 32x32 that
     initialises the libraries."""
-    from .benchmark import PeakMemoryMeter
     from .engine.distributed import resolve_device
 
     cfg = _config_from_text(sys.stdin.read())
@@ -482,10 +481,8 @@ def _peak_memory_main(threads: str) -> int:
 
 def peak_memory(cfg: Config, threads: int) -> dict:
     """:func:`_peak_memory_main` in a fresh subprocess; ``{"error": ...}`` if it fails (e.g. out of memory)."""
-    from .benchmark import _MEMORY_ENV
-
     proc = subprocess.run([sys.executable, "-m", "visattn.compare", "peak-memory", str(threads)],
-                          input=dump_config(cfg), capture_output=True, text=True, env=_MEMORY_ENV | dict(os.environ))
+                          input=dump_config(cfg), capture_output=True, text=True, env=MEMORY_ENV | dict(os.environ))
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -500,8 +497,6 @@ def measure_cost(configs: dict[str, Config], device: torch.device, warmup: int =
     rounds of one step each, the entries in rotating order; the median per entry. The rounds run
     back to back, so every entry sees the same load. Peak memory: each entry in its own subprocess
     (:func:`peak_memory`)."""
-    from .benchmark import _timed
-
     first = next(iter(configs.values()))
     size = evaluation_size(first)
     threads = torch.get_num_threads()
@@ -526,7 +521,7 @@ def measure_cost(configs: dict[str, Config], device: torch.device, warmup: int =
     order = list(steps)
     for rep in range(reps):
         for name in order[rep % len(order):] + order[:rep % len(order)]:
-            times[name].append(_timed(functools.partial(steps[name], images, targets)))
+            times[name].append(timed(functools.partial(steps[name], images, targets)))
     for name, ts in times.items():
         out[name]["ms_per_step"] = 1e3 * statistics.median(ts)
     setup = {"device": str(device), "threads": threads, "batch": list(images.shape), "eval_size": list(size),
