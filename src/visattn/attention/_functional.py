@@ -46,8 +46,8 @@ def _query_chunks(q: Tensor, keys: int, chunk: int):
         yield s, e, *(buf[: b * (e - s) * keys].view(b, e - s, keys) for buf in bufs)
 
 
-def _chunked_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
-    """``out_i = sum_j softmax_j(q_i . k_j) v_j`` one query chunk at a time.
+def _chunked_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int, scale: float = 1.0) -> Tensor:
+    """``out_i = sum_j softmax_j(scale * q_i . k_j) v_j`` one query chunk at a time.
 
     ``q: (B, N, d)``, ``k: (B, M, d)``, ``v: (B, C, M)`` -> ``(B, C, N)`` (channel-major like the
     input, so the residual add runs on matching layouts).
@@ -55,14 +55,19 @@ def _chunked_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
     n = q.shape[1]
     kt = k.transpose(1, 2)
     if chunk >= n:
-        return v @ torch.softmax(q @ kt, dim=-1).transpose(1, 2)
+        return v @ torch.softmax(_scaled(q @ kt, scale), dim=-1).transpose(1, 2)
     # Written into one preallocated output: keeping many small chunk outputs alive between the
     # large short-lived chunk buffers fragments the glibc heap (measured: +4 GB RSS at 128x256).
     out = v.new_empty(v.shape[0], v.shape[1], n)
     for s, e, scores, p in _query_chunks(q, k.shape[1], chunk):
-        torch.softmax(torch.bmm(q[:, s:e], kt, out=scores), dim=-1, out=p)
+        torch.softmax(_scaled(torch.bmm(q[:, s:e], kt, out=scores), scale), dim=-1, out=p)
         out[:, :, s:e] = v @ p.transpose(1, 2)
     return out
+
+
+def _scaled(scores: Tensor, scale: float) -> Tensor:
+    """``scores * scale``, in place (scaling the energies, not the queries: no N x d copy)."""
+    return scores if scale == 1.0 else scores.mul_(scale)
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -75,18 +80,20 @@ class _ChunkedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk: int, gamma: Tensor | None, x: Tensor | None) -> Tensor:
-        out = _chunked_attention(q, k, v, chunk)
-        ctx.chunk = chunk
+    def forward(
+        ctx, q: Tensor, k: Tensor, v: Tensor, chunk: int, scale: float, gamma: Tensor | None, x: Tensor | None
+    ) -> Tensor:
+        out = _chunked_attention(q, k, v, chunk, scale)
+        ctx.chunk, ctx.scale = chunk, scale
         ctx.save_for_backward(q, k, v, out, gamma)
         return out if gamma is None else torch.addcmul(x, gamma, out)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         q, k, v, out, gamma = ctx.saved_tensors
-        chunk = ctx.chunk
+        chunk, scale = ctx.chunk, ctx.scale
         dq = torch.empty_like(q)
-        dkt = k.new_zeros(k.shape[0], k.shape[2], k.shape[1])  # dk as (B, d, N): K = chunk gemm
+        dkt = k.new_zeros(k.shape[0], k.shape[2], k.shape[1])  # dk as (B, d, M): K = chunk gemm
         dv = torch.zeros_like(v)
         dgamma = None if gamma is None else v.new_zeros(())
         kt = k.transpose(1, 2)
@@ -97,14 +104,16 @@ class _ChunkedAttention(torch.autograd.Function):
             if gamma is not None:  # y = x + gamma * out: d out = gamma * g
                 dgamma += delta.sum()
                 g, delta = g * gamma, delta * gamma
-            torch.softmax(torch.bmm(q[:, s:e], kt, out=scores), dim=-1, out=p)
+            torch.softmax(_scaled(torch.bmm(q[:, s:e], kt, out=scores), scale), dim=-1, out=p)
             dv.baddbmm_(g, p)
             ds = torch.bmm(g.transpose(1, 2), v, out=scores).sub_(delta).mul_(p)  # dP -> dS in place
             dq[:, s:e] = ds @ k
             dkt.baddbmm_(q[:, s:e].transpose(1, 2), ds)
+        if scale != 1.0:  # dE = dS * scale: applied once to the products with E's operands
+            dq.mul_(scale), dkt.mul_(scale)
         if gamma is None:
-            return dq, dkt.transpose(1, 2), dv, None, None, None
-        return dq, dkt.transpose(1, 2), dv, None, dgamma.reshape(gamma.shape), grad_y
+            return dq, dkt.transpose(1, 2), dv, None, None, None, None
+        return dq, dkt.transpose(1, 2), dv, None, None, dgamma.reshape(gamma.shape), grad_y
 
 
 # The fused kernels, each with PyTorch's check of whether it accepts given inputs. Both compute the
@@ -224,16 +233,14 @@ def softmax_attention(
             del heads
         # Row-major queries: MKL is ~3x slower for q^T-stored x k^T with K = d this small.
         q, k, v32 = q.to(dtype).contiguous(), k.to(dtype), v.to(dtype)
-        if scale != 1.0:
-            q = q * scale
         if gamma is not None:
             gamma, residual = gamma.to(dtype), residual.to(dtype)
         inputs = (q, k, v32) if gamma is None else (q, k, v32, gamma, residual)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
         if needs_grad and not torch.compiler.is_exporting():
-            out = _ChunkedAttention.apply(q, k, v32, chunk, gamma, residual)
+            out = _ChunkedAttention.apply(q, k, v32, chunk, scale, gamma, residual)
         else:  # inference, or export tracing: plain ops (same values; nothing kept for backward)
-            out = _chunked_attention(q, k, v32, chunk)
+            out = _chunked_attention(q, k, v32, chunk, scale)
             if gamma is not None:  # in place: the attention output is not needed afterwards
                 out = out.mul_(gamma).add_(residual)
     return out.to(out_dtype)
