@@ -35,18 +35,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the naive code")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case subprocess memory measurement")
     parser.add_argument("--output", type=Path, metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to run: cuda times by CUDA events and adds each SDPA backend (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from visattn.benchmark import MODULES, Case, format_table, run_cases
 
     if args.reps < 1:
         print("visattn bench: --reps must be >= 1")
         return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("visattn bench: --device cuda, but torch sees no CUDA device")
+        return 2
     modules = args.modules or list(MODULES)
     cases = [
         Case(name, *args.size, channels=args.channels, batch=args.batch, train=args.train, dtype=args.dtype,
-             naive=not args.no_naive, compiled=not args.no_compile, memory=not args.no_memory, reps=args.reps)
+             naive=not args.no_naive, compiled=not args.no_compile, memory=not args.no_memory, reps=args.reps,
+             device=args.device)
         for name in modules
     ]
     report = run_cases(cases, threads=args.threads)
@@ -55,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
          "--batch", str(args.batch), "--dtype", args.dtype, "--reps", str(args.reps)]
         + (["--train"] if args.train else []) + (["--no-naive"] if args.no_naive else [])
         + (["--no-compile"] if args.no_compile else []) + (["--no-memory"] if args.no_memory else [])
+        + ["--device", args.device]
     )
     print(format_table(report))
     print(f"load average: start {report['load_avg_start']}, end {report['load_avg_end']}")
