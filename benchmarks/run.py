@@ -83,7 +83,8 @@ def main() -> None:
         selected = [Case(c.module, 16, 16, channels=64, batch=c.batch, train=c.train, dtype=c.dtype, naive=c.naive,
                          compiled=False, reps=c.reps, device=c.device, default_allocator=c.default_allocator)
                     for c in selected if c.module not in NETWORKS]
-    command = "python benchmarks/run.py" + (" --quick" if args.quick else "") + (" --device cuda" if args.device == "cuda" else "")
+    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    command += " --device cuda" if args.device == "cuda" else ""
     args.output.parent.mkdir(parents=True, exist_ok=True)
 
     def save(report: dict) -> None:  # after every case: partial results survive an interruption

@@ -438,7 +438,8 @@ def format_table(report: dict) -> str:
             naive_mb_s = f"not run (N×N map: {r['naive_map_mb_theoretical']:.0f})"
         lines.append(
             f"| {r['label']} | {_fmt(r.get('gflop'), '.1f')} | {_fmt(r.get('naive_ms'), '.1f')} "
-            f"| {_fmt(r.get('compiled_ms'), '.1f')} | {_fmt(r.get('sdpa_ms'), '.1f')} | {_fmt(r.get('visattn_ms'), '.1f')} "
+            f"| {_fmt(r.get('compiled_ms'), '.1f')} | {_fmt(r.get('sdpa_ms'), '.1f')} "
+            f"| {_fmt(r.get('visattn_ms'), '.1f')} "
             f"| {_fmt(r.get('speedup'), '.2f')}× | {_fmt(r.get('speedup_vs_compiled'), '.2f')}× "
             f"| {_fmt(r.get('speedup_vs_sdpa'), '.2f')}× | {naive_mb_s} | {_fmt(r.get('sdpa_peak_mb'), '.0f')} "
             f"| {_fmt(r.get('visattn_peak_mb'), '.0f')} | {_fmt(r.get('memory_ratio'), '.1f')}× "

@@ -170,12 +170,23 @@ def _tracing() -> bool:
     return torch.compiler.is_exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+def _fused_dtype(q: Tensor, k: Tensor, v: Tensor) -> torch.dtype:
+    """The dtype the fused path computes in: the inputs' common one (none is lowered)."""
+    return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+
+
+def _may_fuse(v: Tensor, dtype: torch.dtype) -> bool:
+    """Whether the automatic choice looks for a fused kernel: on CUDA, in eager mode, in a dtype
+    the kernels take."""
+    return v.device.type == "cuda" and dtype in (torch.float32, torch.bfloat16, torch.float16) and not _tracing()
+
+
 def fused_kernels_for(q: Tensor, k: Tensor, v: Tensor) -> list[SDPBackend]:
     """The fused kernels :func:`softmax_attention` would choose from for these inputs (in its
     automatic mode); empty: it takes the chunked path."""
-    if _tracing():
+    dtype = _fused_dtype(q, k, v)
+    if not _may_fuse(v, dtype):
         return []
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     with no_autocast(v.device.type):
         return _fused_kernels(*_split_heads(q.to(dtype), k.to(dtype), v.to(dtype)))
 
@@ -221,8 +232,8 @@ def softmax_attention(
     if gamma is not None:
         out_dtype = torch.promote_types(torch.promote_types(out_dtype, residual.dtype), gamma.dtype)
     with no_autocast(v.device.type):
-        if fused or (fused is None and v.device.type == "cuda" and not _tracing()):
-            fused_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        fused_dtype = _fused_dtype(q, k, v)
+        if fused or (fused is None and _may_fuse(v, fused_dtype)):
             heads = _split_heads(q.to(fused_dtype), k.to(fused_dtype), v.to(fused_dtype))
             kernels = None if fused else _fused_kernels(*heads)
             if fused or kernels:
