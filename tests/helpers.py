@@ -94,8 +94,17 @@ class LargestAllocation(TorchDispatchMode):
         return out
 
 
+# Fused attention kernels (flash, memory-efficient) compute their softmax in fp32 accumulators
+# whatever their inputs' dtype.
+_FUSED_ATTENTION_OPS = (
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
+)
+
+
 class SoftmaxDtypes(TorchDispatchMode):
-    """Records the dtype of every softmax op (forward and backward) run under it."""
+    """Records the dtype of every softmax op (forward and backward) run under it; a fused attention
+    kernel's softmax counts as fp32."""
 
     def __init__(self):
         super().__init__()
@@ -104,4 +113,6 @@ class SoftmaxDtypes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.overloadpacket.__name__ in ("_softmax", "softmax", "_softmax_backward_data"):
             self.dtypes.add(args[0].dtype)
+        elif func.overloadpacket.__name__ in _FUSED_ATTENTION_OPS:
+            self.dtypes.add(torch.float32)
         return func(*args, **(kwargs or {}))

@@ -6,6 +6,9 @@ visattn modules ``tests/_official/test_counterparts.py`` checks). No timing asse
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,14 +20,18 @@ from visattn.attention import get_attention_class
 from visattn.benchmark import Case, format_table, run_cases
 from visattn.benchmark import matmul_peak as _matmul_peak
 from visattn.cli import main
+from visattn.profiling import timed
 
 C = 64
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
 def _small_matmul_peak(monkeypatch):
     # The real peak measurement runs 2048^3 matmuls: keep these tests fast.
-    monkeypatch.setattr(benchmark, "matmul_peak", lambda: _matmul_peak(256, 2))
+    monkeypatch.setattr(benchmark, "matmul_peak", lambda device="cpu": _matmul_peak(256, 2, device=device))
 
 
 def _pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -128,3 +135,66 @@ def test_gflop_counts_a_conv_by_hand_and_training_as_three_forwards():
     se = 4 * 2 * (16 * 1 + 1 * 16)  # the shared SE (16 -> 16 // 16 -> 16) on each branch's pooled 1x1
     assert fwd == convs + se
     assert benchmark.model_gflop(Case("psa", 8, 8, channels=64, train=True)) * 1e9 == pytest.approx(3 * fwd)
+
+
+def test_memory_with_the_default_allocator_sees_the_naive_map():
+    # glibc's default allocator (what users see): the 16 MiB map is above its largest mmap threshold
+    # and shows; the chunked PAM stays below it.
+    case = Case("pam", 32, 64, channels=16)
+    naive = benchmark.memory_case(case, "naive", threads=1, allocator="default")
+    ours = benchmark.memory_case(case, "visattn", threads=1, allocator="default")
+    assert naive["peak_mb"] > 30 and ours["peak_mb"] < naive["peak_mb"] / 1.5
+
+
+def test_tables_of_sdpa_backends_and_allocators():
+    row = {"label": "pam 1x16x6x8 fwd float32 cuda", "visattn_ms": 2.0, "naive_ms": 4.0, "speedup": 2.0,
+           "sdpa_flash_error": "No available kernel", "sdpa_efficient_ms": 3.0, "sdpa_efficient_peak_mb": 12.0,
+           "speedup_vs_sdpa_efficient": 1.5, "sdpa_math_ms": 8.0}
+    cpu_row = {"label": "nonlocal 1x512x64x128 train float32", "visattn_ms": 1.0, "naive_peak_mb": 800.0,
+               "visattn_peak_mb": 100.0, "memory_ratio": 8.0, "naive_peak_mb_default_allocator": 840.0,
+               "visattn_peak_mb_default_allocator": 120.0, "memory_ratio_default_allocator": 7.0}
+    table = format_table({"results": [row, cpu_row]})
+    main_table, backends, allocators = table.split("\n\n")
+    assert "| flash ms | flash MB | vs flash |" in backends.splitlines()[0]
+    assert "| pam 1x16x6x8 fwd float32 cuda | 2.0 | n/a | n/a | - | 3.0 | 12 | 1.50× | - | - | -× | 8.0 |" in backends
+    assert "nonlocal" not in backends and "pam" not in allocators
+    assert "| nonlocal 1x512x64x128 train float32 | 800 | 100 | 8.0× | 840 | 120 | 7.0× |" in allocators
+    assert "\n\n" not in format_table({"results": [{"label": "cam", "visattn_ms": 1.0}]})
+
+
+@NO_CUDA
+def test_bench_device_cuda_without_cuda_exits_2_in_one_line(capsys):
+    assert main(["bench", "--modules", "pam", "--device", "cuda"]) == 2
+    out = capsys.readouterr()
+    assert (out.out + out.err).strip().count("\n") == 0 and "--device cuda" in out.err
+
+
+@NO_CUDA
+def test_device_check_refuses_without_a_gpu(tmp_path):
+    import sys
+
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@CUDA
+def test_cuda_rows_time_by_events_and_compare_each_sdpa_backend():
+    cases = [Case("pam", 8, 16, channels=64, dtype=dtype, train=train, compiled=False, reps=2, device="cuda")
+             for dtype in ("float32", "bfloat16") for train in (False, True)]
+    report = run_cases(cases, log=lambda *_: None)
+    assert report["machine"]["gpu"] and report["device"] == "cuda"
+    for row in report["results"]:
+        assert row["visattn_ms"] > 0 and row["naive_ms"] > 0 and row["visattn_peak_mb"] >= 0
+        assert row["memory"] and row["visattn_memory"]["method"] == "max_memory_allocated"
+        assert "sdpa_math_ms" in row  # the math backend accepts anything
+        for key in benchmark.SDPA_BACKENDS:
+            assert (f"{key}_ms" in row) != (f"{key}_error" in row), key
+    assert "| flash ms |" in format_table(report)
+
+
+@CUDA
+def test_cuda_timing_waits_for_the_gpu():
+    a = torch.randn(4096, 4096, device="cuda")
+    assert timed(lambda: a @ a @ a @ a, "cuda") > timed(lambda: None, "cuda")

@@ -5,7 +5,8 @@
   ``torch.utils.flop_counter`` (also on the ``meta`` device: no memory, no time).
 - **time** (:func:`interleaved_times`): several calls warmed up, then timed in rotating order, so
   that every call sees the same load of the machine; ratios of such times are robust to that
-  load, absolute times are not.
+  load, absolute times are not. On CUDA a call is timed by CUDA events around it (the GPU's
+  time, queued work included), on the CPU by the wall clock.
 - **peak memory** (:class:`PeakMemoryMeter`): CUDA's ``max_memory_allocated``, or the peak RSS of
   the process on CPU. A process whose CPU peak is measured runs best with :data:`MEMORY_ENV` in its
   environment (set it when starting the subprocess: the C library reads it at start).
@@ -40,17 +41,28 @@ def count_flops(model: nn.Module, x: Tensor) -> int:
     return counter.get_total_flops()
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call of ``fn`` takes (wall clock)."""
+def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
+    """Seconds one call of ``fn`` takes: wall clock, or on a CUDA ``device`` the time between CUDA
+    events recorded before and after it (after the device has finished earlier work)."""
+    if torch.device(device).type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def interleaved_times(calls: Mapping[str, Callable[[], object]], reps: int, warmup: int = 0) -> dict[str, list[float]]:
-    """Seconds of ``reps`` calls of each of ``calls``, after ``warmup`` untimed rounds of all of them.
-    Every round calls each once, starting one further down the list than the round before, so that
-    none is always first (or always right after the same one)."""
+def interleaved_times(
+    calls: Mapping[str, Callable[[], object]], reps: int, warmup: int = 0, device: torch.device | str = "cpu"
+) -> dict[str, list[float]]:
+    """Seconds of ``reps`` calls of each of ``calls`` (:func:`timed` on ``device``), after ``warmup``
+    untimed rounds of all of them. Every round calls each once, starting one further down the list
+    than the round before, so that none is always first (or always right after the same one)."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
@@ -58,7 +70,7 @@ def interleaved_times(calls: Mapping[str, Callable[[], object]], reps: int, warm
     order = list(calls)
     for rep in range(reps):
         for key in order[rep % len(order):] + order[:rep % len(order)]:
-            times[key].append(timed(calls[key]))
+            times[key].append(timed(calls[key], device))
     return times
 
 

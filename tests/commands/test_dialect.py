@@ -11,7 +11,7 @@ import visattn.commands.demo
 from visattn._extras import MissingExtraError
 from visattn.cli import COMMANDS, main
 from visattn.commands.common import given_run
-from visattn.compare import RunFailedError
+from visattn.comparison import RunFailedError
 
 # meaning -> (its spelling, the commands that take it, spellings of it that --help must not list)
 SHARED = {
@@ -25,7 +25,7 @@ SHARED = {
                           {"--override", "--opts"}),
     "inputs per forward pass": ("--batch-size", {"eval", "predict", "bench"}, {"--batch", "--bs"}),
     "mixed precision": ("--amp", {"eval", "predict"}, {"--precision", "--autocast"}),
-    "where the model runs": ("--device", {"eval", "predict", "explain"}, set()),
+    "where the model runs": ("--device", {"bench", "eval", "predict", "explain"}, set()),
     "the sliding window": ("--crop-size", {"eval", "predict"}, {"--crop", "--window"}),
 }
 
@@ -160,7 +160,7 @@ def test_compare_says_how_to_continue(monkeypatch, capsys, raised, code, message
     def compare(*args):
         raise raised
 
-    monkeypatch.setattr(importlib.import_module("visattn.compare"), "compare", compare)
+    monkeypatch.setattr(importlib.import_module("visattn.comparison"), "compare", compare)
     assert main(["compare", "--models", "fcn"]) == code
     assert capsys.readouterr().err == message
 

@@ -30,6 +30,10 @@ Differences from the official code (values are the same):
   scores after it (equal up to rounding).
 - The softmax and the products around it run in fp32 even under bf16/fp16 autocast or for
   low-precision inputs; the result is returned in the dtype of ``g``.
+- On CUDA (eager mode), PyTorch's fused flash or memory-efficient attention kernel computes the
+  same values where one accepts the inputs (``theta``, ``phi`` and ``g`` have equal widths), with
+  energies and softmax in fp32 accumulators for fp16/bf16 inputs too; elsewhere the chunked path
+  runs (see ``visattn.attention._functional``).
 - Only the embedded Gaussian form (mmcv's default and the one mmseg's networks use); mmcv also
   offers ``gaussian``, ``dot_product`` and ``concatenation``.
 - The norm is given as a layer class instead of a config dict; its module is always named
@@ -131,21 +135,23 @@ class NonLocal2d(nn.Module):
             nn.init.zeros_(self.conv_out.bn.weight)
             nn.init.zeros_(self.conv_out.bn.bias)
 
+    @property
+    def _scale(self) -> float:
+        """The factor of the pairwise scores."""
+        return self.hidden_channels**-0.5 if self.use_scale else 1.0
+
     def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Scaled queries ``theta`` ``(B, N, C')`` (at least fp32) and keys ``phi`` ``(B, M, C')``."""
+        """Queries ``theta`` ``(B, N, C')`` and keys ``phi`` ``(B, M, C')``, unscaled."""
         check_input("NonLocal2d", x, self.channels, self)
         if self.sub_sample and min(x.shape[-2:]) < 2:
             raise ValueError(f"NonLocal2d: sub_sample needs H, W >= 2, got shape {tuple(x.shape)}")
-        theta = self.theta(x).flatten(2).transpose(1, 2)
-        theta = theta.to(torch.promote_types(theta.dtype, torch.float32))
-        if self.use_scale:
-            theta = theta * self.hidden_channels**-0.5
-        return theta, self.phi(x).flatten(2).transpose(1, 2)
+        return self.theta(x).flatten(2).transpose(1, 2), self.phi(x).flatten(2).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         theta, phi = self._embed(x)
         b, _, h, w = x.shape
-        y = softmax_attention(theta, phi, self.g(x).flatten(2), self.chunk_size, chunk_bytes=_CHUNK_BYTES)
+        y = softmax_attention(theta, phi, self.g(x).flatten(2), self.chunk_size, chunk_bytes=_CHUNK_BYTES,
+                              scale=self._scale)
         return x + self.conv_out(y.reshape(b, self.hidden_channels, h, w))
 
     @torch.no_grad()
@@ -164,6 +170,9 @@ class NonLocal2d(nn.Module):
                 raise ValueError(f"NonLocal2d: query positions {bad} outside the {h}x{w} map")
             theta = theta[:, [r * w + col for r, col in queries]]
         key_grid = (h // 2, w // 2) if self.sub_sample else (h, w)
+        theta = theta.to(torch.promote_types(theta.dtype, torch.float32))
+        if self.use_scale:
+            theta = theta * self._scale
         with no_autocast(x.device.type):
             scores = theta @ phi.to(theta.dtype).transpose(1, 2)
         return {"position": torch.softmax(scores, dim=-1).reshape(b, -1, *key_grid)}

@@ -27,6 +27,11 @@ Differences from the official code (values are the same):
   autocast would give).
 - Under ``torch.export`` / ONNX export, or when no gradient is needed, the same chunked
   computation runs as plain tensor ops (no ``autograd.Function``), so it traces and exports.
+- On CUDA (eager mode), PyTorch's fused flash or memory-efficient attention kernel computes the
+  same values where one accepts the inputs: the values are split into heads of C/8 channels that
+  share the queries, keys and hence the probability map. Those kernels keep energies and softmax
+  in fp32 accumulators for fp16/bf16 inputs too; elsewhere the chunked path runs (see
+  ``visattn.attention._functional``).
 """
 from __future__ import annotations
 

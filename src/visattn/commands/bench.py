@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from visattn.commands.common import add_hidden_alias, add_output_file_argument, int_at_least
+from visattn.commands.common import add_device_argument, add_hidden_alias, add_output_file_argument, int_at_least
 
 
 def _case_name(name: str) -> str:
@@ -43,15 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the naive code")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case subprocess memory measurement")
     add_output_file_argument(parser, "the JSON file to write the report to", type=Path)
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from visattn.benchmark import MODULES, Case, format_table, run_cases
+    import torch
 
+    from visattn.benchmark import MODULES, Case, format_table, run_cases
+    from visattn.engine.distributed import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {args.device}: the benchmark runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}, but torch sees no CUDA device")
     modules = args.modules or list(MODULES)
     cases = [
         Case(name, *args.size, channels=args.channels, batch=args.batch_size, train=args.train, dtype=args.dtype,
-             naive=not args.no_naive, compiled=not args.no_compile, memory=not args.no_memory, reps=args.reps)
+             naive=not args.no_naive, compiled=not args.no_compile, memory=not args.no_memory, reps=args.reps,
+             device=str(device))
         for name in modules
     ]
     report = run_cases(cases, threads=args.threads)
@@ -60,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
          "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--reps", str(args.reps)]
         + (["--train"] if args.train else []) + (["--no-naive"] if args.no_naive else [])
         + (["--no-compile"] if args.no_compile else []) + (["--no-memory"] if args.no_memory else [])
+        + ["--device", str(device)]
     )
     print(format_table(report))
     print(f"load average: start {report['load_avg_start']}, end {report['load_avg_end']}")
