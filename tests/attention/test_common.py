@@ -71,8 +71,9 @@ def test_parameter_gradients_flow(name, device):
     m = build(name, device=device).train()
     x = torch.randn(2, CHANNELS, 5, 6, device=device)
     m(x).square().mean().backward()
-    grads = {n: p.grad for n, p in m.named_parameters()}
+    grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
+    assert [n for n, p in m.named_parameters() if not p.requires_grad and p.grad is not None] == []  # frozen stay so
 
 
 @pytest.mark.parametrize("name", NAMES)

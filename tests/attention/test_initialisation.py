@@ -9,13 +9,15 @@ from helpers import CHANNELS
 import visattn
 
 # Each module's output at initialisation: ``x`` where the residual branch is scaled by a zero gamma
-# (PAM, CAM, CCA, RCCA, Dual) or ends in zero-initialised weights (Non-local's ``conv_out``); FLA
-# is the identity before its output conv.
+# (PAM, CAM, CCA, RCCA, Dual) or ends in zero-initialised weights (Non-local's and DNL's
+# ``conv_out``, GC's last transform conv); FLA is the identity before its output conv.
 AT_INITIALISATION = {
     "cam": lambda m, x: x,
     "cca": lambda m, x: x,
+    "dnl": lambda m, x: x,
     "dual": lambda m, x: x,
     "fla": lambda m, x: m.conv(x),
+    "gc": lambda m, x: x,
     "nonlocal": lambda m, x: x,
     "pam": lambda m, x: x,
     "rcca": lambda m, x: x,

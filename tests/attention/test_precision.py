@@ -17,16 +17,21 @@ NAMES = visattn.list_attentions()
 SOFTMAX_MAPS = {
     "cam": {"channel"},
     "cca": {"column", "row"},
+    "dnl": {"pairwise", "unary"},
     "dual": {"position", "channel"},
+    "ema": {"responsibility"},
+    "external": {"memory"},
     "fla": {"column", "row"},
+    "gc": {"context"},
+    "isa": {"long_range", "short_range"},
     "nonlocal": {"position"},
     "pam": {"position"},
     "psa": set(),  # the branch softmax, cast back to the features' dtype to weight them
     "rcca": {"column_1", "row_1", "column_2", "row_2"},
 }
-# Modules whose last op is a conv (FLA) or that concatenate conv outputs (PSA): their output takes
-# autocast's dtype; the others add or gate the float32 input and return float32.
-OUTPUT_IN_AUTOCAST_DTYPE = {"fla", "psa"}
+# Modules whose last op is a conv (FLA, ISA's out_conv) or that concatenate conv outputs (PSA):
+# their output takes autocast's dtype; the others add or gate the float32 input and return float32.
+OUTPUT_IN_AUTOCAST_DTYPE = {"fla", "isa", "psa"}
 
 
 def build(name: str, device: torch.device) -> torch.nn.Module:
