@@ -65,6 +65,10 @@ _BUILDER_MODULES = (
     "visattn.models.segmentation.flanet",
     "visattn.models.segmentation.attnet",
     "visattn.models.segmentation.nlnet",
+    "visattn.models.segmentation.gcnet",
+    "visattn.models.segmentation.emanet",
+    "visattn.models.segmentation.isanet",
+    "visattn.models.segmentation.dnlnet",
 )
 
 
