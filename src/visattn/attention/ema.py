@@ -35,7 +35,7 @@ Differences from the official code (values are the same):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -127,6 +127,11 @@ class EMAUnit(nn.Module):
             k = int(resp[:, p[0], p[1]].argmax())
             maps.append(AttentionMap(f"ema_q{i}", f"EMA: base {k}, the most responsible for {p}", to_numpy(resp[k]), point=p))
         return maps
+
+    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The unit's part of an mmseg ``EMAHead`` state dict: ``ema_module.bases`` -> ``bases``, the
+        convs' names as they are."""
+        return {("bases" if k == "ema_module.bases" else k): v for k, v in state_dict.items()}
 
     def extra_repr(self) -> str:
         return (
