@@ -99,8 +99,8 @@ def test_attention_weights_and_maps():
     maps = m.attention_maps(x, points)
     assert [a.key for a in maps] == ["dnl_q0", "dnl_q1", "dnl_unary"]
     for amap, (r, c) in zip(maps, points):
-        torch.testing.assert_close(torch.from_numpy(amap.values).double(), full[0, r * W + c], rtol=1e-6, atol=0)
-    torch.testing.assert_close(torch.from_numpy(maps[-1].values).double(), weights["unary"][0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(torch.from_numpy(amap.values).double(), full[0, r * W + c], rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(maps[-1].values).double(), weights["unary"][0], rtol=1e-6, atol=1e-12)
     with pytest.raises(ValueError, match="outside"):
         m.attention_weights(x, [(H, 0)])
 

@@ -105,7 +105,7 @@ def test_responsibilities_and_maps():
     for amap, (r, c) in zip(maps, points):
         k = int(resp[0, :, r, c].argmax())
         assert amap.title == f"EMA: base {k}, the most responsible for {(r, c)}"
-        torch.testing.assert_close(torch.from_numpy(amap.values).double(), resp[0, k], rtol=1e-6, atol=0)
+        torch.testing.assert_close(torch.from_numpy(amap.values).double(), resp[0, k], rtol=1e-6, atol=1e-12)
 
 
 def test_initialisation_keys_and_arguments():

@@ -68,7 +68,7 @@ def test_memory_weights_and_maps():
     for amap, (r, c) in zip(maps, points):
         k = int(memory[0, :, r, c].argmax())
         assert amap.title == f"External: memory unit {k}, the strongest at {(r, c)}"
-        torch.testing.assert_close(torch.from_numpy(amap.values).double(), memory[0, k], rtol=1e-6, atol=0)
+        torch.testing.assert_close(torch.from_numpy(amap.values).double(), memory[0, k], rtol=1e-6, atol=1e-12)
 
 
 def test_authors_initialisation_and_keys():

@@ -78,7 +78,7 @@ def test_context_weights_and_map():
     torch.testing.assert_close(w, torch.softmax(logits.flatten(1), -1).view(2, 5, 7))
     (amap,) = m.attention_maps(x[:1], [(1, 2)])
     assert amap.key == "gc_context" and amap.point is None and amap.values.shape == (5, 7)
-    torch.testing.assert_close(torch.from_numpy(amap.values).double(), w[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(torch.from_numpy(amap.values).double(), w[0], rtol=1e-6, atol=1e-12)
     avg = build(pooling_type="avg").attention_weights(x)["context"]
     torch.testing.assert_close(avg, torch.full_like(avg, 1 / 35))
 

@@ -82,8 +82,8 @@ def test_group_weights_and_maps():
     padded_long[2::3, 3::4] = long_range[0, 2, 3, 1 * 3 + 1].reshape(3, 3)
     padded_short = torch.zeros(9, 12, dtype=torch.float64)
     padded_short[3:6, 4:8] = short_range[0, 1, 1, 2 * 4 + 3].reshape(3, 4)
-    torch.testing.assert_close(torch.from_numpy(long_map.values).double(), padded_long[1:8, 1:11], rtol=1e-6, atol=0)
-    torch.testing.assert_close(torch.from_numpy(short_map.values).double(), padded_short[1:8, 1:11], rtol=1e-6, atol=0)
+    torch.testing.assert_close(torch.from_numpy(long_map.values).double(), padded_long[1:8, 1:11], rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(short_map.values).double(), padded_short[1:8, 1:11], rtol=1e-6, atol=1e-12)
 
 
 def test_keys_and_arguments():

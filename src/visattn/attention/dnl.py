@@ -88,7 +88,8 @@ class DisentangledNonLocal2d(NonLocal2d):
         dtype = torch.promote_types(theta.dtype, torch.float32)
         theta, phi = theta.to(dtype), phi.to(dtype)
         scale = (self.hidden_channels**-0.5 if self.use_scale else 1.0) / self.temperature
-        return (theta - theta.mean(1, keepdim=True)) * scale, phi - phi.mean(1, keepdim=True)
+        # whitened in place, as mmseg: no backward needs the embeddings before it
+        return theta.sub_(theta.mean(1, keepdim=True)).mul_(scale), phi.sub_(phi.mean(1, keepdim=True))
 
     def _unary(self, x: Tensor) -> Tensor:
         """The unary weights ``u`` ``(B, N)``, at least fp32."""
@@ -100,10 +101,11 @@ class DisentangledNonLocal2d(NonLocal2d):
         theta, phi = self._whitened(x)
         b, _, h, w = x.shape
         g = self.g(x).flatten(2)
-        y = softmax_attention(theta, phi, g, self.chunk_size, chunk_bytes=_CHUNK_BYTES)
+        # the unary term first: its backward then runs after the pairwise one has freed its tensors
         unary = self._unary(x)
         with no_autocast(x.device.type):
             unary = torch.einsum("bcn,bn->bc", g.to(unary.dtype), unary)
+        y = softmax_attention(theta, phi, g, self.chunk_size, chunk_bytes=_CHUNK_BYTES)
         y = y + unary.to(y.dtype)[:, :, None]
         return x + self.conv_out(y.reshape(b, self.hidden_channels, h, w))
 
