@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from helpers import rel_err
+from helpers import randomize_, rel_err
 
 
 def features(batch: int = 2, size=(9, 11), widths=(16, 24, 32), seed: int = 0) -> list[Tensor]:
@@ -56,3 +56,14 @@ def assert_head_equals_official(
         own, other = head.state_dict(), official.state_dict()
         for name, value in own.items():
             torch.testing.assert_close(value, other[names[name]], rtol=10 * rtol, atol=1e-14, msg=name)
+
+
+def assert_state_dict_round_trip(head: nn.Module, official: nn.Module) -> None:
+    """``head``'s own (random) weights, saved under mmseg's names, load strictly into ``official``,
+    which then computes what ``head`` computes (eval mode, float64)."""
+    names = load_mmseg_head(head, official)  # the name mapping (and a strict load mmseg -> visattn)
+    randomize_(head, seed=7)
+    official.load_state_dict({names[k]: v for k, v in head.state_dict().items()}, strict=True)
+    head, official = (m.double().eval() for m in (head, official))
+    with torch.no_grad():
+        assert rel_err(head(features()), official(features())) < 1e-7

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import randomize_
-from mmseg_heads import assert_head_equals_official
+from mmseg_heads import assert_head_equals_official, assert_state_dict_round_trip
 from mmseg_keys import BN, conv_module_keys, network_keys
 from visattn._official import mmseg
 from visattn.models.segmentation.dnlnet import DNLHead, dnlnet, dnlnet_r50_d8
@@ -36,6 +36,10 @@ def test_head_equals_mmseg_head(training, device):
     head = DNLHead(32, 5, channels=16, dropout=0.0)
     assert_head_equals_official(head, official_head(), training, device, rtol=1e-7)
 
+
+
+def test_state_dict_round_trip_under_mmseg_names():
+    assert_state_dict_round_trip(DNLHead(32, 5, channels=16, dropout=0.0), official_head())
 
 def test_network_training_and_eval_outputs():
     model = dnlnet(num_classes=3, encoder="resnet18")

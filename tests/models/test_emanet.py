@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import randomize_
-from mmseg_heads import assert_head_equals_official
+from mmseg_heads import assert_head_equals_official, assert_state_dict_round_trip
 from mmseg_keys import BN, conv_module_keys, network_keys
 from visattn._official import mmseg
 from visattn.models.segmentation.emanet import EMAHead, emanet, emanet_r50_d8
@@ -44,6 +44,10 @@ def test_head_equals_mmseg_head(training, device):
     # in training both move their bases (compared after the step) and the frozen mid conv gets no gradient
     assert_head_equals_official(visattn_head(), official_head(), training, device)
 
+
+
+def test_state_dict_round_trip_under_mmseg_names():
+    assert_state_dict_round_trip(visattn_head(), official_head())
 
 def test_network_training_and_eval_outputs():
     model = emanet(num_classes=3, encoder="resnet18")

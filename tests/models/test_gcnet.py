@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import randomize_
-from mmseg_heads import assert_head_equals_official
+from mmseg_heads import assert_head_equals_official, assert_state_dict_round_trip
 from mmseg_keys import conv_module_keys, network_keys
 from visattn._official import mmseg
 from visattn.models.segmentation.gcnet import GCHead, gcnet, gcnet_r50_d8
@@ -39,6 +39,10 @@ def test_head_with_both_fusions_equals_mmseg_head(device):
     kwargs = dict(pooling_type="avg", fusion_types=("channel_add", "channel_mul"))
     assert_head_equals_official(GCHead(32, 5, channels=16, dropout=0.0, **kwargs), official_head(**kwargs), True, device)
 
+
+
+def test_state_dict_round_trip_under_mmseg_names():
+    assert_state_dict_round_trip(GCHead(32, 5, channels=16, dropout=0.0), official_head())
 
 def test_network_training_and_eval_outputs():
     model = gcnet(num_classes=3, encoder="resnet18")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import randomize_
-from mmseg_heads import assert_head_equals_official
+from mmseg_heads import assert_head_equals_official, assert_state_dict_round_trip
 from mmseg_keys import conv_module_keys, network_keys
 from visattn._official import mmseg
 from visattn.models.segmentation.isanet import ISAHead, isanet, isanet_r50_d8
@@ -46,6 +46,10 @@ def test_keys_are_mmseg_names_under_isa():
 def test_head_equals_mmseg_head(training, device):
     assert_head_equals_official(visattn_head(), official_head(), training, device)
 
+
+
+def test_state_dict_round_trip_under_mmseg_names():
+    assert_state_dict_round_trip(visattn_head(), official_head())
 
 def test_network_training_and_eval_outputs():
     model = isanet(num_classes=3, encoder="resnet18")
