@@ -78,11 +78,14 @@ def test_matches_mmseg(training, device):
 def test_never_allocates_the_n_by_n_map(monkeypatch):
     monkeypatch.setattr(dnl, "_CHUNK_BYTES", 2**20)
     m = randomize_(DisentangledNonLocal2d(C, norm_layer=nn.BatchNorm2d))
-    x = torch.randn(1, C, 64, 64, requires_grad=True)  # the N x N map: 64 MiB
+    x = torch.randn(1, C, 48, 48, requires_grad=True)  # the N x N map: 20 MiB
     with LargestAllocation() as mode:
         m(x).sum().backward()
     assert mode.max_bytes <= 2**20
     assert x.grad is not None and all(p.grad is not None for p in m.parameters())
+    with torch.no_grad(), LargestAllocation() as mode:  # the probe sees mmseg's map
+        COUNTERPARTS["dnl"].build(m)(torch.randn(1, C, 24, 24))
+    assert mode.max_bytes >= (24 * 24) ** 2 * 4
 
 
 def test_attention_weights_and_maps():
