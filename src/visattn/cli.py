@@ -37,8 +37,8 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate trained weights: mIoU, mAcc, mDice, per-class scores, confusion matrix (or top-1/top-5)",
     "predict": "segment images, videos, folders, globs or @lists into colour masks and overlays",
     "models": "list registered models with their parameter counts",
-    "explain": "draw a segmentor's attention maps (bam, cam, cbam, cca, dual, fla, nonlocal, pam, psa, rcca, se, sge) "
-               "over an image",
+    "explain": "draw a segmentor's attention maps (bam, cam, cbam, cca, dnl, dual, ema, external, fla, gc, isa, "
+               "nonlocal, pam, psa, rcca, se, sge) over an image",
     "plot": "draw a run's training curves (loss, mIoU, learning rate) as a PNG",
     "compare": "train models and attention heads under one recipe and several seeds; mIoU with confidence intervals and cost",
     "bench": "time and peak memory of attention modules: naive published code vs visattn",

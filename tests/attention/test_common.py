@@ -2,8 +2,8 @@
 
 Value tests against independent formulations live in each module's own test file; here the
 shared rules: shapes at odd sizes, batch independence, gradients, bad input, and the export and
-layout paths (torch.compile, torch.export, ONNX, channels_last; bf16 autocast is in
-``test_precision.py``). Every module is built with its default arguments at ``CHANNELS`` channels.
+layout paths (torch.compile, torch.export, ONNX with dynamic sizes, channels_last; bf16 autocast
+is in ``test_precision.py``). Every module is built with its default arguments at ``CHANNELS`` channels.
 The parametrisations read the registry when the tests are collected, so a module registers and is
 tested.
 """
@@ -91,8 +91,9 @@ def test_parameter_gradients_flow(name, device):
     m = build(name, device=device).train()
     x = torch.randn(2, CHANNELS, 5, 6, device=device)
     m(x).square().mean().backward()
-    grads = {n: p.grad for n, p in m.named_parameters()}
+    grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
+    assert [n for n, p in m.named_parameters() if not p.requires_grad and p.grad is not None] == []  # frozen stay so
 
 
 @pytest.mark.parametrize("name", registered_names())
@@ -205,11 +206,13 @@ def test_onnx_export_matches_onnxruntime(name, tmp_path):
     m = build(name)
     x = torch.randn(1, CHANNELS, 7, 9)
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False)
+    size = {2: torch.export.Dim("height", min=2, max=256), 3: torch.export.Dim("width", min=2, max=256)}
+    torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False, dynamic_shapes=(size,))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(out), m(x), rtol=1e-3, atol=1e-4)
+    for x in (x, torch.randn(1, CHANNELS, 12, 17)):  # the exported graph takes any size
+        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), m(x), rtol=1e-3, atol=1e-4)
 
 
 def test_a_registered_module_is_covered_by_the_contract(throwaway, tmp_path):

@@ -1,32 +1,47 @@
 """open-mmlab/mmsegmentation 1.2.2's decode heads, transcribed: PSPHead, ASPPHead,
-DepthwiseSeparableASPPHead, ANNHead, OCRHead and the FCNHead of auxiliary and cascade heads.
+DepthwiseSeparableASPPHead, ANNHead, OCRHead, GCHead, EMAHead, ISAHead, DNLHead and the FCNHead of
+auxiliary and cascade heads.
 
 https://github.com/open-mmlab/mmsegmentation (``mmseg/models/decode_heads/{psp,aspp,sep_aspp,ann,
-ocr,fcn}_head.py``, ``mmseg/models/utils/self_attention_block.py``, ``decode_head.py``), with
-mmcv 2.1's ``ConvModule`` and ``DepthwiseSeparableConvModule`` (``mmcv/cnn/bricks``).
+ocr,fcn,gc,ema,isa,dnl}_head.py``, ``mmseg/models/utils/self_attention_block.py``,
+``decode_head.py``), with mmcv 2.1's ``ConvModule``, ``DepthwiseSeparableConvModule`` and
+``ContextBlock`` (``mmcv/cnn/bricks``) and mmcv's ``NonLocal2d`` (DNL's base, in
+:mod:`visattn._official.mmcv`).
 
 Step by step as mmseg: the ``_transform_inputs`` index selection, every permute and
-``.contiguous()`` copy, the full ``sim_map`` of ``SelfAttentionBlock`` scaled after the matmul,
-the ``resize`` wrapper (its alignment warning left out). Kept to what these heads need:
-``ConvModule`` is conv -> optional BN (``bn``, for the BN / SyncBN configs, built as
-``nn.BatchNorm2d``) -> optional ReLU (``activate``); ``BaseDecodeHead`` keeps ``conv_seg``,
-``dropout``, ``cls_seg``, the input selection and the ``conv_seg`` init, not the losses or
-samplers. The mmseg class ``ann_head.SelfAttentionBlock`` is named ``ANNSelfAttentionBlock`` here,
-beside ``utils.SelfAttentionBlock`` which it subclasses.
+``.contiguous()`` copy, ``repeat``, in-place divisions and subtractions, the full ``sim_map`` of
+``SelfAttentionBlock`` scaled after the matmul, the ``torch.tensor`` scale of DNL, ``no_grad`` EM
+iterations, ISA's padding and group permutations, the ``resize`` wrapper (its alignment warning
+left out). Kept to what these heads need: ``ConvModule`` is conv -> optional BN (``bn``, for the BN
+/ SyncBN configs, built as ``nn.BatchNorm2d``) -> optional ReLU (``activate``); ``BaseDecodeHead``
+keeps ``conv_seg``, ``dropout``, ``cls_seg``, the input selection and the ``conv_seg`` init, not
+the losses or samplers. The mmseg classes ``ann_head.SelfAttentionBlock`` and
+``isa_head.SelfAttentionBlock`` are named ``ANNSelfAttentionBlock`` and ``ISASelfAttentionBlock``
+here, beside ``utils.SelfAttentionBlock`` which they subclass.
+
+The attention parts of the heads, as the blocks visattn's modules compute, for ``COUNTERPARTS``:
+``ContextBlock`` (``gc``), ``EMAUnit`` (``ema``: ``EMAHead.forward`` from ``ema_mid_conv`` to the
+residual), ``ISABlock`` (``isa``: ``ISAHead.forward`` after ``in_conv``),
+``DisentangledNonLocal2d`` (``dnl``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mmcv import constant_init, kaiming_init, normal_init
+from . import Counterpart, load_from
+from .mmcv import NonLocal2d, constant_init, kaiming_init, normal_init
 
 __all__ = [
     "ConvModule", "DepthwiseSeparableConvModule", "resize", "BaseDecodeHead", "FCNHead", "PPM", "PSPHead",
     "ASPPModule", "ASPPHead", "DepthwiseSeparableASPPModule", "DepthwiseSeparableASPPHead", "SelfAttentionBlock",
     "PPMConcat", "ANNSelfAttentionBlock", "AFNB", "APNB", "ANNHead", "SpatialGatherModule", "ObjectAttentionBlock",
-    "OCRHead",
+    "OCRHead", "ContextBlock", "GCHead", "EMAModule", "EMAUnit", "EMAHead", "ISASelfAttentionBlock", "ISABlock",
+    "ISAHead", "DisentangledNonLocal2d", "DNLHead", "COUNTERPARTS",
 ]
 
 NORM_CFG = dict(type="SyncBN", requires_grad=True)
@@ -568,3 +583,470 @@ class OCRHead(BaseDecodeHead):
         object_context = self.object_context_block(feats, context)
         output = self.cls_seg(object_context)
         return output
+
+
+def last_zero_init(m):
+    if isinstance(m, nn.Sequential):
+        constant_init(m[-1], val=0)
+    else:
+        constant_init(m, val=0)
+
+
+class ContextBlock(nn.Module):
+    """mmcv's ``ContextBlock`` (GCNet)."""
+
+    _abbr_ = "context_block"
+
+    def __init__(self, in_channels, ratio, pooling_type="att", fusion_types=("channel_add",)):
+        super().__init__()
+        assert pooling_type in ["avg", "att"]
+        assert isinstance(fusion_types, (list, tuple))
+        valid_fusion_types = ["channel_add", "channel_mul"]
+        assert all([f in valid_fusion_types for f in fusion_types])
+        assert len(fusion_types) > 0, "at least one fusion should be used"
+        self.in_channels = in_channels
+        self.ratio = ratio
+        self.planes = int(in_channels * ratio)
+        self.pooling_type = pooling_type
+        self.fusion_types = fusion_types
+        if pooling_type == "att":
+            self.conv_mask = nn.Conv2d(in_channels, 1, kernel_size=1)
+            self.softmax = nn.Softmax(dim=2)
+        else:
+            self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        if "channel_add" in fusion_types:
+            self.channel_add_conv = nn.Sequential(
+                nn.Conv2d(self.in_channels, self.planes, kernel_size=1),
+                nn.LayerNorm([self.planes, 1, 1]),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(self.planes, self.in_channels, kernel_size=1))
+        else:
+            self.channel_add_conv = None
+        if "channel_mul" in fusion_types:
+            self.channel_mul_conv = nn.Sequential(
+                nn.Conv2d(self.in_channels, self.planes, kernel_size=1),
+                nn.LayerNorm([self.planes, 1, 1]),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(self.planes, self.in_channels, kernel_size=1))
+        else:
+            self.channel_mul_conv = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.pooling_type == "att":
+            kaiming_init(self.conv_mask, mode="fan_in")
+            self.conv_mask.inited = True
+        if self.channel_add_conv is not None:
+            last_zero_init(self.channel_add_conv)
+        if self.channel_mul_conv is not None:
+            last_zero_init(self.channel_mul_conv)
+
+    def spatial_pool(self, x):
+        batch, channel, height, width = x.size()
+        if self.pooling_type == "att":
+            input_x = x
+            # [N, C, H * W]
+            input_x = input_x.view(batch, channel, height * width)
+            # [N, 1, C, H * W]
+            input_x = input_x.unsqueeze(1)
+            # [N, 1, H, W]
+            context_mask = self.conv_mask(x)
+            # [N, 1, H * W]
+            context_mask = context_mask.view(batch, 1, height * width)
+            # [N, 1, H * W]
+            context_mask = self.softmax(context_mask)
+            # [N, 1, H * W, 1]
+            context_mask = context_mask.unsqueeze(-1)
+            # [N, 1, C, 1]
+            context = torch.matmul(input_x, context_mask)
+            # [N, C, 1, 1]
+            context = context.view(batch, channel, 1, 1)
+        else:
+            # [N, C, 1, 1]
+            context = self.avg_pool(x)
+        return context
+
+    def forward(self, x):
+        # [N, C, 1, 1]
+        context = self.spatial_pool(x)
+        out = x
+        if self.channel_mul_conv is not None:
+            # [N, C, 1, 1]
+            channel_mul_term = torch.sigmoid(self.channel_mul_conv(context))
+            out = out * channel_mul_term
+        if self.channel_add_conv is not None:
+            # [N, C, 1, 1]
+            channel_add_term = self.channel_add_conv(context)
+            out = out + channel_add_term
+        return out
+
+
+class GCHead(FCNHead):
+    """mmseg's ``GCHead``: ``convs.0`` -> ``gc_block`` -> ``convs.1`` -> ``conv_cat`` -> ``cls_seg``."""
+
+    def __init__(self, ratio=1 / 4.0, pooling_type="att", fusion_types=("channel_add",), **kwargs):
+        super().__init__(num_convs=2, **kwargs)
+        self.ratio = ratio
+        self.pooling_type = pooling_type
+        self.fusion_types = fusion_types
+        self.gc_block = ContextBlock(
+            in_channels=self.channels, ratio=self.ratio, pooling_type=self.pooling_type,
+            fusion_types=self.fusion_types)
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        output = self.convs[0](x)
+        output = self.gc_block(output)
+        output = self.convs[1](output)
+        if self.concat_input:
+            output = self.conv_cat(torch.cat([x, output], dim=1))
+        output = self.cls_seg(output)
+        return output
+
+
+# --------------------------------------------------------------------------------------- EMANet
+
+
+def reduce_mean(tensor):
+    """Reduce mean when distributed training."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor.div_(dist.get_world_size()), op=dist.ReduceOp.SUM)
+    return tensor
+
+
+class EMAModule(nn.Module):
+    """mmseg's ``EMAModule``: the EM iterations and the moving average of the bases."""
+
+    def __init__(self, channels, num_bases, num_stages, momentum):
+        super().__init__()
+        assert num_stages >= 1, "num_stages must be at least 1!"
+        self.num_bases = num_bases
+        self.num_stages = num_stages
+        self.momentum = momentum
+        bases = torch.zeros(1, channels, self.num_bases)
+        bases.normal_(0, math.sqrt(2.0 / self.num_bases))
+        # [1, channels, num_bases]
+        bases = F.normalize(bases, dim=1, p=2)
+        self.register_buffer("bases", bases)
+
+    def forward(self, feats):
+        batch_size, channels, height, width = feats.size()
+        # [batch_size, channels, height*width]
+        feats = feats.view(batch_size, channels, height * width)
+        # [batch_size, channels, num_bases]
+        bases = self.bases.repeat(batch_size, 1, 1)
+        with torch.no_grad():
+            for i in range(self.num_stages):
+                # [batch_size, height*width, num_bases]
+                attention = torch.einsum("bcn,bck->bnk", feats, bases)
+                attention = F.softmax(attention, dim=2)
+                # l1 norm
+                attention_normed = F.normalize(attention, dim=1, p=1)
+                # [batch_size, channels, num_bases]
+                bases = torch.einsum("bcn,bnk->bck", feats, attention_normed)
+                # l2 norm
+                bases = F.normalize(bases, dim=1, p=2)
+        feats_recon = torch.einsum("bck,bnk->bcn", bases, attention)
+        feats_recon = feats_recon.view(batch_size, channels, height, width)
+        if self.training:
+            bases = bases.mean(dim=0, keepdim=True)
+            bases = reduce_mean(bases)
+            # l2 norm
+            bases = F.normalize(bases, dim=1, p=2)
+            self.bases = (1 - self.momentum) * self.bases + self.momentum * bases
+        return feats_recon
+
+
+def _ema_unit(self, feats):
+    """``EMAHead.forward`` from ``identity = feats`` to the residual ReLU, verbatim."""
+    identity = feats
+    feats = self.ema_mid_conv(feats)
+    recon = self.ema_module(feats)
+    recon = F.relu(recon, inplace=True)
+    recon = self.ema_out_conv(recon)
+    output = F.relu(identity + recon, inplace=True)
+    return output
+
+
+class EMAUnit(nn.Module):
+    """Not an mmseg class: ``EMAHead``'s ``ema_mid_conv``, ``ema_module`` and ``ema_out_conv`` with the
+    part of its forward that uses them (the unit visattn's ``ema`` computes)."""
+
+    def __init__(self, ema_channels, num_bases, num_stages, momentum, conv_cfg=None,
+                 norm_cfg=dict(type="SyncBN", requires_grad=True)):
+        super().__init__()
+        _ema_convs(self, ema_channels, num_bases, num_stages, momentum, conv_cfg, norm_cfg)
+
+    forward = _ema_unit
+
+
+def _ema_convs(self, ema_channels, num_bases, num_stages, momentum, conv_cfg, norm_cfg):
+    """``EMAHead.__init__``'s ``ema_module``, ``ema_mid_conv`` (frozen) and ``ema_out_conv``."""
+    self.ema_module = EMAModule(ema_channels, num_bases, num_stages, momentum)
+    # project (0, inf) -> (-inf, inf)
+    self.ema_mid_conv = ConvModule(ema_channels, ema_channels, 1, conv_cfg=conv_cfg, norm_cfg=None, act_cfg=None)
+    for param in self.ema_mid_conv.parameters():
+        param.requires_grad = False
+    self.ema_out_conv = ConvModule(ema_channels, ema_channels, 1, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                                   act_cfg=None)
+
+
+class EMAHead(BaseDecodeHead):
+    """mmseg's ``EMAHead``: ``ema_in_conv`` -> EM attention unit -> ``bottleneck`` -> ``conv_cat`` -> ``cls_seg``."""
+
+    def __init__(self, ema_channels, num_bases, num_stages, concat_input=True, momentum=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.ema_channels = ema_channels
+        self.num_bases = num_bases
+        self.num_stages = num_stages
+        self.concat_input = concat_input
+        self.momentum = momentum
+        _ema_convs(self, ema_channels, num_bases, num_stages, momentum, self.conv_cfg, self.norm_cfg)
+        self.ema_in_conv = ConvModule(
+            self.in_channels, self.ema_channels, 3, padding=1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+            act_cfg=self.act_cfg)
+        self.bottleneck = ConvModule(
+            self.ema_channels, self.channels, 3, padding=1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+            act_cfg=self.act_cfg)
+        if self.concat_input:
+            self.conv_cat = ConvModule(
+                self.in_channels + self.channels, self.channels, kernel_size=3, padding=1, conv_cfg=self.conv_cfg,
+                norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        feats = self.ema_in_conv(x)
+        output = _ema_unit(self, feats)
+        output = self.bottleneck(output)
+        if self.concat_input:
+            output = self.conv_cat(torch.cat([x, output], dim=1))
+        output = self.cls_seg(output)
+        return output
+
+
+# --------------------------------------------------------------------------------------- ISANet
+
+
+class ISASelfAttentionBlock(SelfAttentionBlock):
+    """``isa_head.py``'s ``SelfAttentionBlock``: two normed key/query convs, a plain value conv,
+    ``output_project``."""
+
+    def __init__(self, in_channels, channels, conv_cfg, norm_cfg, act_cfg):
+        super().__init__(
+            key_in_channels=in_channels, query_in_channels=in_channels, channels=channels, out_channels=in_channels,
+            share_key_query=False, query_downsample=None, key_downsample=None, key_query_num_convs=2,
+            key_query_norm=True, value_out_num_convs=1, value_out_norm=False, matmul_norm=True, with_out=False,
+            conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
+        self.output_project = self.build_project(
+            in_channels, in_channels, num_convs=1, use_conv_module=True, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+            act_cfg=act_cfg)
+
+    def forward(self, x):
+        context = super().forward(x, x)
+        return self.output_project(context)
+
+
+def _isa_relations(self, channels, isa_channels):
+    """``ISAHead.__init__``'s ``global_relation``, ``local_relation`` and ``out_conv``."""
+    self.global_relation = ISASelfAttentionBlock(
+        channels, isa_channels, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+    self.local_relation = ISASelfAttentionBlock(
+        channels, isa_channels, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+    self.out_conv = ConvModule(
+        channels * 2, channels, 1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+
+
+def _isa(self, x):
+    """``ISAHead.forward`` from ``residual = x`` to ``out_conv``, verbatim."""
+    residual = x
+
+    n, c, h, w = x.size()
+    loc_h, loc_w = self.down_factor  # size of local group in H- and W-axes
+    glb_h, glb_w = math.ceil(h / loc_h), math.ceil(w / loc_w)
+    pad_h, pad_w = glb_h * loc_h - h, glb_w * loc_w - w
+    if pad_h > 0 or pad_w > 0:  # pad if the size is not divisible
+        padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        x = F.pad(x, padding)
+
+    # global relation
+    x = x.view(n, c, glb_h, loc_h, glb_w, loc_w)
+    # do permutation to gather global group
+    x = x.permute(0, 3, 5, 1, 2, 4)  # (n, loc_h, loc_w, c, glb_h, glb_w)
+    x = x.reshape(-1, c, glb_h, glb_w)
+    # apply attention within each global group
+    x = self.global_relation(x)  # (n * loc_h * loc_w, c, glb_h, glb_w)
+
+    # local relation
+    x = x.view(n, loc_h, loc_w, c, glb_h, glb_w)
+    # do permutation to gather local group
+    x = x.permute(0, 4, 5, 3, 1, 2)  # (n, glb_h, glb_w, c, loc_h, loc_w)
+    x = x.reshape(-1, c, loc_h, loc_w)
+    # apply attention within each local group
+    x = self.local_relation(x)  # (n * glb_h * glb_w, c, loc_h, loc_w)
+
+    # permute each pixel back to its original position
+    x = x.view(n, glb_h, glb_w, c, loc_h, loc_w)
+    x = x.permute(0, 3, 1, 4, 2, 5)  # (n, c, glb_h, loc_h, glb_w, loc_w)
+    x = x.reshape(n, c, glb_h * loc_h, glb_w * loc_w)
+    if pad_h > 0 or pad_w > 0:  # remove padding
+        x = x[:, :, pad_h // 2:pad_h // 2 + h, pad_w // 2:pad_w // 2 + w]
+
+    x = self.out_conv(torch.cat([x, residual], dim=1))
+    return x
+
+
+class ISABlock(nn.Module):
+    """Not an mmseg class: ``ISAHead``'s ``global_relation``, ``local_relation`` and ``out_conv`` with
+    the part of its forward after ``in_conv`` (the block visattn's ``isa`` computes)."""
+
+    def __init__(self, channels, isa_channels, down_factor=(8, 8), conv_cfg=None,
+                 norm_cfg=dict(type="SyncBN", requires_grad=True), act_cfg=dict(type="ReLU")):
+        super().__init__()
+        self.down_factor = down_factor
+        self.conv_cfg, self.norm_cfg, self.act_cfg = conv_cfg, norm_cfg, act_cfg
+        _isa_relations(self, channels, isa_channels)
+
+    forward = _isa
+
+
+class ISAHead(BaseDecodeHead):
+    """mmseg's ``ISAHead``: ``in_conv`` -> long-range then short-range attention -> ``out_conv`` -> ``cls_seg``."""
+
+    def __init__(self, isa_channels, down_factor=(8, 8), **kwargs):
+        super().__init__(**kwargs)
+        self.down_factor = down_factor
+        self.in_conv = ConvModule(
+            self.in_channels, self.channels, 3, padding=1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+            act_cfg=self.act_cfg)
+        _isa_relations(self, self.channels, isa_channels)
+
+    def forward(self, inputs):
+        x_ = self._transform_inputs(inputs)
+        x = self.in_conv(x_)
+        x = _isa(self, x)
+        out = self.cls_seg(x)
+        return out
+
+
+# --------------------------------------------------------------------------------------- DNLNet
+
+
+class DisentangledNonLocal2d(NonLocal2d):
+    """mmseg's ``DisentangledNonLocal2d`` (embedded Gaussian; mmcv's ``NonLocal2d`` underneath)."""
+
+    def __init__(self, *arg, temperature, **kwargs):
+        super().__init__(*arg, **kwargs)
+        self.temperature = temperature
+        self.conv_mask = nn.Conv2d(self.in_channels, 1, kernel_size=1)
+
+    def embedded_gaussian(self, theta_x, phi_x):
+        """Embedded gaussian with temperature."""
+        # NonLocal2d pairwise_weight: [N, HxW, HxW]
+        pairwise_weight = torch.matmul(theta_x, phi_x)
+        if self.use_scale:
+            # theta_x.shape[-1] is `self.inter_channels`
+            pairwise_weight /= torch.tensor(
+                theta_x.shape[-1], dtype=torch.float, device=pairwise_weight.device
+            ) ** torch.tensor(0.5, device=pairwise_weight.device)
+        pairwise_weight /= torch.tensor(self.temperature, device=pairwise_weight.device)
+        pairwise_weight = pairwise_weight.softmax(dim=-1)
+        return pairwise_weight
+
+    def forward(self, x):
+        # x: [N, C, H, W]
+        n = x.size(0)
+
+        # g_x: [N, HxW, C]
+        g_x = self.g(x).view(n, self.inter_channels, -1)
+        g_x = g_x.permute(0, 2, 1)
+
+        # theta_x: [N, HxW, C], phi_x: [N, C, HxW]
+        theta_x = self.theta(x).view(n, self.inter_channels, -1)
+        theta_x = theta_x.permute(0, 2, 1)
+        phi_x = self.phi(x).view(n, self.inter_channels, -1)
+
+        # subtract mean
+        theta_x -= theta_x.mean(dim=-2, keepdim=True)
+        phi_x -= phi_x.mean(dim=-1, keepdim=True)
+
+        pairwise_func = getattr(self, self.mode)
+        # pairwise_weight: [N, HxW, HxW]
+        pairwise_weight = pairwise_func(theta_x, phi_x)
+
+        # y: [N, HxW, C]
+        y = torch.matmul(pairwise_weight, g_x)
+        # y: [N, C, H, W]
+        y = y.permute(0, 2, 1).contiguous().reshape(n, self.inter_channels, *x.size()[2:])
+
+        # unary_mask: [N, 1, HxW]
+        unary_mask = self.conv_mask(x)
+        unary_mask = unary_mask.view(n, 1, -1)
+        unary_mask = unary_mask.softmax(dim=-1)
+        # unary_x: [N, 1, C]
+        unary_x = torch.matmul(unary_mask, g_x)
+        # unary_x: [N, C, 1, 1]
+        unary_x = unary_x.permute(0, 2, 1).contiguous().reshape(n, self.inter_channels, 1, 1)
+
+        output = x + self.conv_out(y + unary_x)
+
+        return output
+
+
+class DNLHead(FCNHead):
+    """mmseg's ``DNLHead``: ``convs.0`` -> ``dnl_block`` -> ``convs.1`` -> ``conv_cat`` -> ``cls_seg``."""
+
+    def __init__(self, reduction=2, use_scale=True, mode="embedded_gaussian", temperature=0.05, **kwargs):
+        super().__init__(num_convs=2, **kwargs)
+        self.reduction = reduction
+        self.use_scale = use_scale
+        self.mode = mode
+        self.temperature = temperature
+        self.dnl_block = DisentangledNonLocal2d(
+            in_channels=self.channels, reduction=self.reduction, use_scale=self.use_scale, conv_cfg=self.conv_cfg,
+            norm_cfg=self.norm_cfg, mode=self.mode, temperature=self.temperature)
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        output = self.convs[0](x)
+        output = self.dnl_block(output)
+        output = self.convs[1](output)
+        if self.concat_input:
+            output = self.conv_cat(torch.cat([x, output], dim=1))
+        output = self.cls_seg(output)
+        return output
+
+
+# ------------------------------------------------------------------------------------ COUNTERPARTS
+
+
+def _context_block(m: nn.Module) -> nn.Module:
+    return load_from(ContextBlock(m.channels, m.ratio, m.pooling_type, m.fusion_types), m)
+
+
+def _ema_unit_of(m: nn.Module) -> nn.Module:
+    official = EMAUnit(m.channels, m.num_bases, m.num_stages, m.momentum)
+    state = {("ema_module.bases" if k == "bases" else k): v for k, v in m.state_dict().items()}
+    official.load_state_dict(state)
+    param = next(m.parameters())
+    return official.to(param.device, param.dtype).train(m.training)
+
+
+def _isa_block(m: nn.Module) -> nn.Module:
+    return load_from(ISABlock(m.channels, m.isa_channels, m.down_factor), m)
+
+
+def _dnl(m: nn.Module) -> nn.Module:
+    norm_cfg = None if m.norm_layer is None else dict(type="BN")
+    official = DisentangledNonLocal2d(
+        m.channels, reduction=m.reduction, use_scale=m.use_scale, norm_cfg=norm_cfg, temperature=m.temperature)
+    return load_from(official, m)
+
+
+COUNTERPARTS = {
+    "gc": Counterpart(_context_block),
+    "ema": Counterpart(_ema_unit_of),
+    "isa": Counterpart(_isa_block),
+    "dnl": Counterpart(_dnl),
+}

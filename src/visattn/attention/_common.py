@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast", "AttentionMap",
-    "check_one_map", "query_cells", "to_numpy", "query_key_value_convs",
+    "check_one_map", "query_cells", "to_numpy", "query_key_value_convs", "conv_module",
 ]
 
 
@@ -127,3 +128,23 @@ def query_key_value_convs(channels: int, hidden: int) -> tuple[nn.Conv2d, nn.Con
     """The 1x1 projections of DANet's and CCNet's attention: query and key ``C -> hidden``, value
     ``C -> C``, all with bias (the official ``query_conv``, ``key_conv``, ``value_conv``)."""
     return nn.Conv2d(channels, hidden, 1), nn.Conv2d(channels, hidden, 1), nn.Conv2d(channels, channels, 1)
+
+
+def conv_module(
+    in_channels: int, out_channels: int, kernel_size: int = 1, norm: bool = False, act: bool = False
+) -> nn.Sequential:
+    """mmcv's ``ConvModule``: ``conv`` (bias unless normed), then ``bn`` and ``activate`` (ReLU) if asked.
+
+    Initialised as mmcv: Kaiming-normal conv weights (fan-out, ReLU gain), zero bias, BN 1 and 0.
+    The keys (``conv.weight``, ``bn.*``) are those of mmcv/mmseg checkpoints.
+    """
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not norm)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    layers = OrderedDict(conv=conv)
+    if norm:
+        layers["bn"] = nn.BatchNorm2d(out_channels)
+    if act:
+        layers["activate"] = nn.ReLU(inplace=True)
+    return nn.Sequential(layers)

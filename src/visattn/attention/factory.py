@@ -18,8 +18,13 @@ from .bam import BAM
 from .cam import ChannelAttention
 from .cbam import CBAM
 from .cca import CrissCrossAttention, RecurrentCrissCrossAttention
+from .dnl import DisentangledNonLocal2d
 from .dual import DualAttention
+from .ema import EMAUnit
+from .external import ExternalAttention
 from .fla import FullyAttentional
+from .gc import GlobalContextBlock
+from .isa import InterlacedSparseAttention
 from .non_local import NonLocal2d
 from .pam import PositionAttention
 from .psa import PyramidSqueezeAttention
@@ -41,6 +46,11 @@ _ATTENTIONS: dict[str, type[nn.Module]] = {
     "se": SqueezeExcite,
     "cbam": CBAM,
     "nonlocal": NonLocal2d,
+    "gc": GlobalContextBlock,
+    "ema": EMAUnit,
+    "isa": InterlacedSparseAttention,
+    "dnl": DisentangledNonLocal2d,
+    "external": ExternalAttention,
 }
 
 

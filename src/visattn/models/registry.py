@@ -70,6 +70,10 @@ _BUILDER_MODULES = (
     "visattn.models.segmentation.deeplabv3plus",
     "visattn.models.segmentation.ann",
     "visattn.models.segmentation.ocrnet",
+    "visattn.models.segmentation.gcnet",
+    "visattn.models.segmentation.emanet",
+    "visattn.models.segmentation.isanet",
+    "visattn.models.segmentation.dnlnet",
 )
 
 
