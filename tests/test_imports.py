@@ -41,20 +41,6 @@ def _module_name(path: Path) -> str:
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
-# Modules whose in-function imports this test does not check yet: each still imports inside a
-# function what could be imported at its top. A module leaves the set once it does not (a test
-# below says when), and is checked from then on.
-NOT_YET_CHECKED = {
-    "visattn.benchmark",
-    "visattn.commands.eval",
-    "visattn.commands.explain",
-    "visattn.commands.export",
-    "visattn.commands.predict",
-    "visattn.engine.trainer",
-    "visattn.viz",
-}
-
-
 def _is_package(module: str) -> bool:
     return MODULES[module].name == "__init__.py"
 
@@ -216,15 +202,9 @@ def test_no_module_imports_itself_through_others():
 
 
 def test_in_function_imports_only_for_optional_dependencies_or_torch_free_help():
-    late = _late_imports(set(MODULES) - NOT_YET_CHECKED)
+    late = _late_imports(set(MODULES))
     assert not late, ("imports inside functions that neither an optional dependency nor the torch-free "
                       "`visattn --help` needs (import at the top of the module):\n" + "\n".join(late))
-
-
-def test_not_yet_checked_names_only_modules_that_need_it():
-    assert NOT_YET_CHECKED <= set(MODULES)
-    in_line = sorted(module for module in NOT_YET_CHECKED if not _late_imports({module}))
-    assert not in_line, f"these modules pass the check now: remove them from NOT_YET_CHECKED: {in_line}"
 
 
 @pytest.mark.parametrize("module, name, allowed", [

@@ -45,6 +45,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from visattn._official import counterparts
+from visattn.attention.factory import create_attention, get_attention_class
+from visattn.models import create_model
 from visattn.profiling import MEMORY_ENV, PeakMemoryMeter, count_flops, interleaved_times, timed
 
 __all__ = ["Case", "NETWORKS", "MODULES", "matmul_peak", "run_cases", "format_table", "machine_info"]
@@ -112,7 +114,6 @@ class _WithSDPABackend(nn.Module):
 
 def _build_attention(name: str, channels: int, impl: str) -> nn.Module:
     """The ``impl`` (:data:`IMPLS`) of attention ``name``, all with the same deterministic weights."""
-    from visattn.attention.factory import create_attention
 
     counterpart = counterparts()[name]
     opt = _non_trivial_(create_attention(name, channels, **counterpart.visattn_kwargs))
@@ -144,8 +145,6 @@ def _non_trivial_(module: nn.Module) -> nn.Module:
 
 
 def _build_network(name: str, naive: bool) -> nn.Module:
-    from visattn.attention.factory import get_attention_class
-    from visattn.models import create_model
 
     model = create_model(name, num_classes=19)
     if naive:

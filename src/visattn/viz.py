@@ -32,7 +32,9 @@ from torch import Tensor, nn
 from ._extras import require
 from .attention import list_attentions
 from .attention._common import AttentionMap, check_one_map
+from .data import colorize
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
+from .engine.run_dir import RunDir
 
 __all__ = [
     "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
@@ -197,7 +199,6 @@ def save_prediction(image: np.ndarray, pred: np.ndarray, classes: Sequence[str],
                     path: str | os.PathLike, alpha: float = 0.5, target: np.ndarray | None = None) -> Path:
     """Image, colour mask, overlay (and ``target``'s mask if given) and a legend naming the classes
     that appear, as one PNG. ``pred``/``target``: ``(H, W)`` class ids (255 = ignore, drawn black)."""
-    from .data import colorize
 
     panels = [("image", image)]
     if target is not None:
@@ -219,7 +220,6 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     train lines carry ``loss``, validation lines ``mIoU`` (or ``top1``)."""
     path = Path(path)
     if path.is_dir():
-        from .engine.run_dir import RunDir
 
         path = RunDir(path).metrics
     if not path.is_file():

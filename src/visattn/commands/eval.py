@@ -16,6 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from visattn._extras import MissingExtraError
+
 from visattn.commands.common import (add_amp_argument, add_output_file_argument, add_run_arguments,
                                      add_segment_arguments, int_at_least, resolve_inference_device,
                                      segment_kwargs)
@@ -40,7 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     from visattn.data import build_dataset, classes_and_palette
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
@@ -84,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _save_confusion_picture(matrix, classes, path: Path, split: str) -> None:
-    from visattn._extras import MissingExtraError
     from visattn.viz import save_confusion_matrix
 
     try:

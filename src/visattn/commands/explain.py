@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from visattn.commands.common import (add_hidden_alias, add_output_dir_argument, add_run_arguments,
                                      resolve_inference_device)
 
@@ -49,7 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from visattn.data import IMAGENET_MEAN, IMAGENET_STD, read_image
     from visattn.viz import explain

@@ -16,7 +16,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from visattn._extras import MissingExtraError
+from visattn._extras import MissingExtraError, require
 from visattn.cli import EXIT_SOME_FAILED
 from visattn.commands.common import (add_output_file_argument, add_positional_run_alias, add_run_argument,
                                      add_set_argument, add_trust_code_argument, given_run)
@@ -70,7 +70,6 @@ def max_abs_error(path: str | Path, fmt: str, model, x) -> tuple[float, float]:
 
 
 def _onnx_session(path: str | Path):
-    from visattn._extras import require
 
     return require("onnxruntime", extra="export").InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

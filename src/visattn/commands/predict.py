@@ -40,6 +40,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from visattn._extras import require
 from visattn.cli import EXIT_SOME_FAILED
 from visattn.commands.common import (add_amp_argument, add_output_dir_argument, add_run_arguments,
                                      add_segment_arguments, int_at_least, resolve_inference_device, segment_kwargs)
@@ -73,9 +76,7 @@ def add_format_argument(parser: argparse.ArgumentParser, default_text: str, defa
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
 
-    from visattn._extras import require
     from visattn.data.inputs import find_inputs
     from visattn.data.segmentation import say_once
     from visattn.data.video import is_video

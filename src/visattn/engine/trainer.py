@@ -72,6 +72,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm.auto import tqdm
 
 from .._extras import MissingExtraError, require
 from ..data import build_dataset, dataset_info, dataset_spec
@@ -311,7 +312,6 @@ class Trainer:
     def fit(self) -> dict:
         """Train up to the last step (or a stop signal), save the final weights and evaluate them;
         see :func:`train`."""
-        from tqdm.auto import tqdm
 
         t = self.cfg.train
         self.log = MetricsLog(self.run, self.info.is_main, self.step if self.resumed else None)
