@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from ...data import DATASETS
+from ...data import DATASETS, dataset_spec
 from ...models import create_model, list_models
+from ...models.registry import ModelArgumentError
 from .schema import CLASS_WEIGHTINGS, LOSSES, Config, ConfigError, ModelConfig, annotation_members
 
 __all__ = ["Rule", "RULES", "validate_config"]
@@ -186,6 +187,7 @@ def validate_config(cfg: Config) -> Config:
     model (name and keyword arguments)."""
     _check_values(cfg)
     _check_relations(cfg)
+    _check_dataset_classes(cfg.data)
     _check_device(cfg.train.device)
     _check_model(cfg.model)
     return cfg
@@ -237,6 +239,7 @@ def _check_device(name: str) -> None:
 
 def _check_model(model: ModelConfig) -> None:
     """``model.name`` names a builder, and the builder accepts ``model.kwargs``."""
+    _check_set_elsewhere(model.kwargs)
     if ":" in model.name:
         # A ``module:builder`` name would run code to be checked: it is left to the build, which
         # imports it only when the user trusts it (``--trust-code``).
@@ -248,6 +251,33 @@ def _check_model(model: ModelConfig) -> None:
         # that download is the build's, never the config's
         return
     _check_builder_arguments(model.name, kwargs)
+
+
+# Builder arguments the config sets through other keys, and those keys.
+_SET_ELSEWHERE = {
+    "num_classes": "data.num_classes (a folder dataset's; a built-in dataset has its own classes)",
+    "pretrained": "model.pretrained",
+}
+
+
+def _check_set_elsewhere(kwargs: dict[str, Any]) -> None:
+    for key, where in _SET_ELSEWHERE.items():
+        if key in kwargs:
+            raise ConfigError(f"config key 'model.kwargs.{key}' is set by {where}: drop it from model.kwargs")
+
+
+def _check_dataset_classes(data: Any) -> None:
+    """``data.num_classes`` and ``data.classes`` are a folder dataset's: a built-in dataset's classes
+    are its own, and a config saying otherwise would not describe the run."""
+    own = dataset_spec(data.dataset).classes
+    if own is None:
+        return
+    if data.num_classes not in (None, len(own)):
+        raise _invalid("data.num_classes", f"null for dataset {data.dataset!r}, which has its own {len(own)} classes "
+                       "(data.num_classes is a folder dataset's)", data.num_classes)
+    if data.classes not in (None, list(own)):
+        raise _invalid("data.classes", f"null for dataset {data.dataset!r}, which has its own classes "
+                       "(data.classes is a folder dataset's)", data.classes)
 
 
 def _check_registered(name: str) -> None:
@@ -287,12 +317,12 @@ def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> None:
     try:
         with torch.device("meta"):
             create_model(name, num_classes=2, pretrained=False, **kwargs)
+    except ModelArgumentError as err:
+        argument = re.search(r"takes no argument '(\w+)'(.*)$", str(err))
+        raise ConfigError(f"config key 'model.kwargs.{argument[1]}' is not an argument of model {name!r}"
+                          f"{argument[2]}") from None
     except (TypeError, ValueError) as err:
         message = " ".join(str(err).split())
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
-        if unknown:
-            raise ConfigError(f"config key 'model.kwargs.{unknown[1]}' is not an argument of model {name!r} "
-                              f"({message})") from None
         raise ConfigError(f"config key 'model.kwargs' does not suit model {name!r}: {message}") from None
     except (RuntimeError, NotImplementedError):  # an operation the meta device lacks: the real build reports errors
         pass
