@@ -2,6 +2,7 @@
 (released or a local file, the classifier re-initialised when ``num_classes`` differs), segmentor
 encoders through ``encoder_weights``, wildcards in ``list_models``. No test touches the network."""
 import json
+import socket
 import warnings
 from collections import OrderedDict
 
@@ -171,6 +172,7 @@ def test_models_command_shows_released_weights(capsys):
 
 def test_encoder_weights_imagenet_asks_timm_for_its_weights(monkeypatch):
     asked = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **kw: [])  # online: the Hub's host resolves
     monkeypatch.setattr(timm.models._builder, "load_pretrained", lambda model, *a, **kw: asked.append(model))
     create_model("fcn", encoder="resnet18", encoder_weights="imagenet")
     assert len(asked) == 1

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import re
+import urllib.parse
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..weights import WeightsError, load_weights, read_state_dict
+from ..weights import DownloadError, fetch, load_weights, read_state_dict
 from .segmentation.base import Segmentor, build_segmentor
 
 __all__ = [
@@ -239,6 +240,8 @@ def create_model(
         if problem is None:
             raise
         raise problem from None
+    except DownloadError as err:  # the encoder's starting weights: say whose
+        raise DownloadError(f"{name}: {err}") from None
     return load_pretrained(model, name, pretrained)
 
 
@@ -257,16 +260,18 @@ def _download_source(name: str) -> Weights:
     return weights
 
 
-def _read_release(weights: Weights) -> dict[str, Tensor]:
+def _read_release(name: str, weights: Weights) -> dict[str, Tensor]:
     # torch.hub checks the digest carried by the cached file's name (``name-<sha256>.ext``)
     file_name = None
+    cached_name = os.path.basename(urllib.parse.urlsplit(weights.url).path)  # torch.hub's name without one
     if weights.sha256 is not None:
-        stem, dot, ext = os.path.basename(weights.url.split("?", 1)[0]).partition(".")
-        file_name = f"{stem}-{weights.sha256}{dot}{ext}"
-    state = torch.hub.load_state_dict_from_url(
+        stem, dot, ext = cached_name.partition(".")
+        file_name = cached_name = f"{stem}-{weights.sha256}{dot}{ext}"
+    state = fetch(lambda: torch.hub.load_state_dict_from_url(
         weights.url, map_location="cpu", weights_only=True, check_hash=weights.sha256 is not None,
         file_name=file_name,
-    )
+    ), what=name, source=weights.url,
+        cache_file=os.path.join(torch.hub.get_dir(), "checkpoints", cached_name))
     return read_state_dict(state)
 
 
@@ -298,7 +303,7 @@ def load_pretrained(model: nn.Module, name: str, pretrained: Pretrained) -> nn.M
         return model
     if pretrained is True:
         weights = _download_source(name)
-        state, origin = _read_release(weights), weights.url
+        state, origin = _read_release(name, weights), weights.url
     else:
         state, origin = read_state_dict(pretrained), f"file {os.fspath(pretrained)}"
     own = model.state_dict()
