@@ -17,6 +17,7 @@ Reading a recipe runs no code of its own and reads nothing but the files it name
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -109,4 +110,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    """``cfg`` as YAML, read back by :func:`load_config`. Where ``train.epochs`` is set it governs the
+    run's length, and ``train.iters`` says so in a comment."""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    if cfg.train.epochs is not None:
+        text = re.sub(r"^(  iters: .*)$", r"\1  # not used: train.epochs sets the length", text, count=1, flags=re.M)
+    return text
