@@ -200,7 +200,8 @@ def push_to_hub(model_or_run: nn.Module | str | os.PathLike, repo_id: str, *, pr
     repo_id = repo_id.removeprefix(HUB_PREFIX)
     huggingface_hub.utils.validate_repo_id(repo_id)
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model_or_run, tmp, **save_kwargs)  # everything local first: a bad run leaves no empty repository
+        # everything local first: a mistyped run leaves no empty repository behind
+        save_pretrained(model_or_run, tmp, **save_kwargs)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)

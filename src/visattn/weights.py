@@ -27,7 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-__all__ = ["WeightsError", "DownloadError", "fetch", "host_resolves", "hub_cache_file", "load_official", "load_weights", "read_state_dict", "save_state_dict", "atomic_write"]
+__all__ = ["WeightsError", "DownloadError", "fetch", "host_resolves", "hub_cache_file", "load_official", "load_weights",
+           "read_state_dict", "save_state_dict", "atomic_write"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "net")
 

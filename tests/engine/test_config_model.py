@@ -93,3 +93,17 @@ def test_the_run_header_gives_the_built_models_parameter_count(tmp_path, capsys)
     lines = capsys.readouterr().out.splitlines()
     count = _parameters(tinyseg.build(num_classes=11))
     assert f"model tinyseg:build: {count:,} parameters" in lines
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.name=cbam_resnet50"], r"^config key 'model\.name' must be a segmentor for task 'segmentation' "
+                                   r"\(cbam_resnet50 is a classifier: for it set task=classification with a "
+                                   r"classification dataset \(digits_cls, imagefolder\)\), got 'cbam_resnet50'$"),
+    (["task=classification", "data.dataset=digits_cls"],
+     r"^config key 'model\.name' must be a classifier for task 'classification' \(danet is a segmentor"),
+])
+def test_the_model_is_of_the_tasks_kind(overrides, message, capsys):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    assert main(["train", "--print-config", *[a for s in overrides for a in ("--set", s)]]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

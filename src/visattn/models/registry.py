@@ -3,7 +3,9 @@
 Builders take ``num_classes`` and keyword arguments and return a freshly initialised network;
 ``create_model`` loads weights into it. ``pretrained=True`` always means the whole model's
 released weights, as timm and torchvision: a builder records where they are published with
-``@register_model(weights=Weights(...))``.
+``@register_model(weights=Weights(...))``. A keyword argument the model does not take is a
+:class:`ModelArgumentError` naming the model and the arguments it takes (:func:`model_arguments`);
+a failed download, a :class:`~visattn.weights.DownloadError` naming the model.
 """
 from __future__ import annotations
 
@@ -148,8 +150,11 @@ def model_arguments(name: str) -> list[str]:
     fn = _MODELS[_registered(name)]
     names = _parameters(fn) | {"pretrained"}
     if _takes_any_keyword(fn):
-        with torch.device("meta"):  # no memory, no weights: only the parts' types are read
-            model = fn()
+        try:
+            with torch.device("meta"):  # no memory, no weights: only the parts' types are read
+                model = fn()
+        except (RuntimeError, NotImplementedError):  # an operation the meta device lacks
+            return sorted(names)
         if isinstance(model, Segmentor):
             names |= _parameters(build_segmentor) - {"head", "aux_head"}
             names |= _parameters(type(model.head).__init__, skip=3) | set(_ENCODER_ARGUMENTS)  # self, in, classes
@@ -267,11 +272,10 @@ def _read_release(name: str, weights: Weights) -> dict[str, Tensor]:
     if weights.sha256 is not None:
         stem, dot, ext = cached_name.partition(".")
         file_name = cached_name = f"{stem}-{weights.sha256}{dot}{ext}"
-    state = fetch(lambda: torch.hub.load_state_dict_from_url(
-        weights.url, map_location="cpu", weights_only=True, check_hash=weights.sha256 is not None,
-        file_name=file_name,
-    ), what=name, source=weights.url,
-        cache_file=os.path.join(torch.hub.get_dir(), "checkpoints", cached_name))
+    state = fetch(
+        lambda: torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", weights_only=True,
+                                                   check_hash=weights.sha256 is not None, file_name=file_name),
+        what=name, source=weights.url, cache_file=os.path.join(torch.hub.get_dir(), "checkpoints", cached_name))
     return read_state_dict(state)
 
 

@@ -5,6 +5,9 @@ Every key named must be a field of its section (a typo is an error naming the ke
 from and the closest valid one). A field typed as a dict (``model.kwargs``: keyword arguments passed
 through to the model builder) is free-form: it accepts any key. Where a number belongs, a string is
 read as one (PyYAML reads ``1e-4``, without a dot, as a string).
+
+A model's name decides its arguments: an override naming another model drops the ``model.kwargs``
+set for the previous one (:func:`for_model_name`).
 """
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ the later of two files wins. Mappings merge key by key, free-form ones (``model.
 ``train.loss``) included, so a recipe adds to or changes its bases' builder arguments; lists,
 scalars and ``null`` replace. The recipe so resolved then replaces the defaults' ``model.kwargs``
 as a whole (a recipe describes its model; the defaults' arguments are the demo's), and a recipe
-that names another model without ``model.kwargs`` gets none of the defaults' (see
-:func:`~.merge.for_model_name`). ``_base_``
-exists only in files: the resolved config, which a run saves, has none.
+that names another model without ``model.kwargs`` gets none of the defaults'
+(:func:`~.merge.for_model_name`). ``_base_`` exists only in files: the resolved config, which a
+run saves, has none.
 
 Reading a recipe runs no code of its own and reads nothing but the files it names.
 """
