@@ -9,7 +9,9 @@ The encoder returns the last three feature maps (ResNet stages 2, 3 and 4: strid
 timm's names, which for ResNets are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...).
 
 Weights come from timm (``pretrained=True``: its default ImageNet weights, or those of the name's
-pretrained tag or ``hf-hub:`` id) or from a local file
+pretrained tag or ``hf-hub:`` id; a failed download is a :class:`~visattn.weights.DownloadError`
+naming the Hub id or URL and the cache file, and when the host cannot be resolved nothing is
+tried and a cached file is read directly) or from a local file
 (``pretrained_file``, or a path as ``pretrained``) holding a timm model's state dict, e.g.
 ``timm.create_model(name).state_dict()`` saved with safetensors or ``torch.save``. The file is read
 without unpickling code and loaded strictly: only the classifier that a feature extractor lacks
@@ -30,8 +32,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import huggingface_hub
 import timm
@@ -132,10 +134,10 @@ def create_encoder(
         if cache_file.is_file() and not huggingface_hub.constants.is_offline_mode() and not host_resolves(url):
             # cached, and the host is out of reach: timm would retry it before reading the cache
             from_timm, weights_file = False, cache_file
-        else:
-            model = fetch(lambda: _feature_extractor(name, output_stride, True, kwargs), source=source,
-                          cache_file=cache_file, what=f"encoder {name} (ImageNet weights)", check_host=url)
-    if not from_timm:
+    if from_timm:
+        model = fetch(lambda: _feature_extractor(name, output_stride, True, kwargs), source=source,
+                      cache_file=cache_file, what=f"encoder {name} (ImageNet weights)", check_host=url)
+    else:
         model = _feature_extractor(name, output_stride, False, kwargs)
     if weights_file is not None:
         _load_encoder_file(model, name, weights_file, kwargs)
