@@ -7,10 +7,13 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from helpers import randomize_
@@ -22,7 +25,7 @@ from visattn.engine.config import ConfigError, load_config
 from visattn.engine.run_dir import RunDir
 from visattn.trained import load_trained
 from visattn.models import create_model, list_models
-from visattn.weights import WeightsError, save_state_dict
+from visattn.weights import DownloadError, WeightsError, save_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 # DANet on resnet18 at a quarter of its widths
@@ -103,6 +106,20 @@ def test_run_directory_to_pretrained_directory(tmp_path, run):
     loaded_cfg, loaded = load_trained(saved)
     assert loaded_cfg.data == cfg.data and loaded_cfg.eval == cfg.eval
     assert torch.equal(_logits(loaded, x), expected)
+
+
+def test_from_pretrained_reads_a_run_directory_as_every_command_does(tmp_path, run):
+    x = _input()
+    _, trained = load_trained(run)
+    model = visattn.from_pretrained(run)
+    assert not model.training and torch.equal(_logits(model, x), _logits(trained, x))
+    # it saves as the run does
+    again = visattn.save_pretrained(model, tmp_path / "again")
+    saved = visattn.save_pretrained(run, tmp_path / "saved")
+    assert (again / "config.json").read_text() == (saved / "config.json").read_text()
+    with pytest.raises(FileNotFoundError, match=r"^.*nothing: neither a training run directory \(config\.yaml\) "
+                                                r"nor a directory saved by visattn\.save_pretrained \(config\.json\)$"):
+        visattn.from_pretrained(tmp_path / "nothing")
 
 
 def _lay_out_cache(hub_cache: Path, repo_id: str, saved: Path) -> None:
@@ -196,6 +213,48 @@ def test_push_to_hub_uploads_the_saved_layout(tmp_path, monkeypatch):
     assert url == "https://huggingface.co/user/danet/commit/0"
     assert calls == [("create_repo", "user/danet", True), ("upload_folder", "user/danet", None)]
     assert torch.equal(_logits(visattn.from_pretrained(tmp_path / "uploaded"), x), _logits(model, x))
+
+
+def test_push_to_hub_checks_everything_local_before_sending(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    sent = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: sent.append(repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: sent.append(kwargs["repo_id"]))
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        visattn.push_to_hub(tmp_path / "no-such-run", "user/danet")
+    with pytest.raises(ValueError, match="needs model_name= and num_classes="):
+        visattn.push_to_hub(_model(), "user/danet")
+    with pytest.raises(ValueError, match="user/da net"):
+        visattn.push_to_hub(_model(), "user/da net", model_name="danet", model_kwargs=KWARGS, num_classes=3)
+    assert sent == []
+
+
+def test_an_unreachable_hub_fails_at_once_naming_the_id_and_the_cache(tmp_path, monkeypatch, run):
+    def unresolvable(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("a request was sent to a host that cannot be resolved")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", no_request)
+    start = time.perf_counter()
+    with pytest.raises(DownloadError) as err:
+        visattn.from_pretrained("hf-hub:user/missing")
+    assert time.perf_counter() - start < 5
+    cache = tmp_path / "hub" / "models--user--missing" / "snapshots" / "<revision>" / "config.json"
+    assert str(err.value) == (f"cannot fetch hf-hub:user/missing: cannot resolve the host huggingface.co. Offline, "
+                              f"place the file at {cache} and set HF_HUB_OFFLINE=1 (local files only, no retries)")
+    # a cached repository loads without asking the host
+    x = _input()
+    _, trained = load_trained(run)
+    _lay_out_cache(tmp_path / "hub", "user/danet-digits", visattn.save_pretrained(run, tmp_path / "saved"))
+    start = time.perf_counter()
+    assert torch.equal(_logits(visattn.from_pretrained("hf-hub:user/danet-digits"), x), _logits(trained, x))
+    assert time.perf_counter() - start < 30
 
 
 def test_torch_hub_entry_points_are_the_registered_models():

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 from huggingface_hub import HfApi, hf_hub_download
 from torch import nn
@@ -41,10 +42,10 @@ from .engine.run_dir import RunDir
 from .models import create_model
 from .models.registry import without_starting_weights
 from .models.segmentation.base import Segmentor
-from .weights import atomic_write, read_state_dict, save_state_dict
+from .weights import WeightsError, atomic_write, fetch, host_resolves, hub_cache_file, read_state_dict, save_state_dict
 
 __all__ = ["save_pretrained", "push_to_hub", "is_pretrained_source", "local_dir", "read_hub_config", "HUB_PREFIX",
-           "CONFIG_NAME", "WEIGHTS_NAME"]
+           "CONFIG_NAME", "WEIGHTS_NAME", "run_hub_config"]
 
 HUB_PREFIX = "hf-hub:"
 CONFIG_NAME = "config.json"
@@ -70,12 +71,19 @@ def local_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
             raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a directory saved by visattn.save_pretrained")
         return path
     repo_id, _, pinned = str(source).removeprefix(HUB_PREFIX).partition("@")
+    revision = pinned or revision
+    # a host out of reach is not retried: the cache alone answers (and without the file, nothing is tried)
+    local_only = not host_resolves(huggingface_hub.constants.ENDPOINT)
     try:
-        files = [hf_hub_download(repo_id, name, revision=pinned or revision, library_name="visattn",
-                                 library_version=__version__) for name in (CONFIG_NAME, WEIGHTS_NAME)]
-    except (OSError, ValueError) as err:  # not found, offline and not cached, an invalid id
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FileNotFoundError(f"cannot fetch {source}: {reason}") from err
+        files = [fetch(lambda name=name: hf_hub_download(repo_id, name, revision=revision, library_name="visattn",
+                                                         library_version=__version__, local_files_only=local_only),
+                       source=str(source), cache_file=hub_cache_file(repo_id, name, revision),
+                       check_host=huggingface_hub.constants.ENDPOINT)
+                 for name in (CONFIG_NAME, WEIGHTS_NAME)]
+    except WeightsError:
+        raise
+    except ValueError as err:  # an invalid id
+        raise FileNotFoundError(f"cannot fetch {source}: {' '.join(str(err).split())}") from err
     return Path(files[0]).parent
 
 
@@ -144,7 +152,7 @@ def _model_config(model: nn.Module, model_name: str | None, model_kwargs: dict |
     return config
 
 
-def _run_config_json(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+def run_hub_config(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     """``config.json`` of a training run and the weights it offers for inference."""
     run = RunDir(run_dir)
     cfg = run.load_config()
@@ -173,7 +181,7 @@ def save_pretrained(model_or_run: nn.Module | str | os.PathLike, directory: str 
         config = _model_config(model_or_run, model_name, model_kwargs, num_classes, classes, palette)
         state = model_or_run.state_dict()
     else:
-        config, weights = _run_config_json(model_or_run)
+        config, weights = run_hub_config(model_or_run)
         state = read_state_dict(weights)
     directory = Path(directory)
     save_state_dict(state, directory / WEIGHTS_NAME)
@@ -187,11 +195,14 @@ def push_to_hub(model_or_run: nn.Module | str | os.PathLike, repo_id: str, *, pr
                 commit_message: str = "Upload visattn model", **save_kwargs) -> str:
     """:func:`save_pretrained` into a temporary directory, then upload it to the Hub repository
     ``repo_id`` (``user/repo``, created if missing); returns the commit's URL. ``save_kwargs`` go to
-    :func:`save_pretrained`."""
+    :func:`save_pretrained`. Everything local (the id's form, the run or model, its weights) is
+    checked before anything is sent."""
     repo_id = repo_id.removeprefix(HUB_PREFIX)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    huggingface_hub.utils.validate_repo_id(repo_id)
     with tempfile.TemporaryDirectory() as tmp:
+        # everything local first: a mistyped run leaves no empty repository behind
         save_pretrained(model_or_run, tmp, **save_kwargs)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
     return str(getattr(commit, "commit_url", commit))

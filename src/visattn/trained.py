@@ -21,7 +21,7 @@ from .data import classes_and_palette, dataset_defaults
 from .engine.build import build_model
 from .engine.config import Config, ConfigError, load_config, merge_config
 from .engine.run_dir import RunDir
-from .hub import CONFIG_NAME, WEIGHTS_NAME, is_pretrained_source, local_dir, read_hub_config
+from .hub import CONFIG_NAME, WEIGHTS_NAME, is_pretrained_source, local_dir, read_hub_config, run_hub_config
 from .models.registry import without_starting_weights
 from .weights import load_weights
 
@@ -80,10 +80,18 @@ def from_pretrained(source: str | os.PathLike, *, revision: str | None = None,
                     device: torch.device | str = "cpu") -> nn.Module:
     """The model saved by :func:`visattn.save_pretrained` in directory ``source``, or in the Hub
     repository ``"hf-hub:user/repo"`` (``"hf-hub:user/repo@revision"`` or ``revision`` pins a branch,
-    tag or commit), in eval mode on ``device``. Its ``hub_config`` attribute holds the
+    tag or commit), or trained in the run directory ``source`` (its best weights, as every command
+    reads a run), in eval mode on ``device``. Its ``hub_config`` attribute holds the
     ``config.json`` (classes, palette), which :func:`visattn.save_pretrained` and
     :func:`visattn.push_to_hub` reuse."""
-    return load_pretrained(source, device=device, revision=revision)[1]
+    if is_pretrained_source(source):
+        return load_pretrained(source, device=device, revision=revision)[1]
+    if not RunDir(source).config.is_file():
+        raise FileNotFoundError(f"{source}: neither a training run directory (config.yaml) nor a directory saved by "
+                                f"visattn.save_pretrained ({CONFIG_NAME})")
+    _, model = load_trained(source, device=device)
+    model.hub_config = run_hub_config(source)[0]
+    return model
 
 
 def _run_config(config: dict[str, Any], origin: Path, overrides: Iterable[str]) -> Config:

@@ -6,27 +6,100 @@ defines ``convert_official_state_dict(state_dict)`` returning the state dict in 
 everything else loads as it is. ``load_weights`` loads visattn's own (trained) weights.
 
 A file that cannot be read, holds no state dict, or does not fit the model raises
-:class:`WeightsError`, a one-line message naming the file.
+:class:`WeightsError`, a one-line message naming the file. A download that fails (offline, a
+host that cannot be resolved, a missing file) raises :class:`DownloadError`, a one-line message
+naming what was fetched, from where, the local file it would be read from, and ``HF_HUB_OFFLINE=1``
+(:func:`fetch`); a host that cannot be resolved is not tried (no retries, no waiting).
 """
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import huggingface_hub
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-__all__ = ["WeightsError", "load_official", "load_weights", "read_state_dict", "save_state_dict", "atomic_write"]
+__all__ = ["WeightsError", "DownloadError", "fetch", "host_resolves", "hub_cache_file", "load_official", "load_weights",
+           "read_state_dict", "save_state_dict", "atomic_write"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "net")
 
 
 class WeightsError(ValueError):
     """A weights file that cannot be read, holds no state dict, or does not fit the model."""
+
+
+class DownloadError(WeightsError, FileNotFoundError):
+    """Weights that could not be downloaded (also a ``FileNotFoundError``: the file is not here)."""
+
+
+_T = TypeVar("_T")
+
+
+def host_resolves(url: str) -> bool:
+    """Whether the host of ``url`` has an address (one DNS lookup, answered at once offline): a
+    download from a host that does not would only be retried until it times out."""
+    host = urllib.parse.urlsplit(url).hostname
+    if host is None:
+        return True
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
+def _is_download_failure(err: Exception) -> bool:
+    """Whether ``err`` is a failed download (no connection, not found, offline) rather than a bug:
+    ``OSError`` (``URLError``, ``huggingface_hub``'s ``LocalEntryNotFoundError`` and
+    ``OfflineModeIsEnabled``), ``huggingface_hub``'s HTTP errors, or an HTTP client's own."""
+    return isinstance(err, (OSError, huggingface_hub.errors.HfHubHTTPError)) or \
+        type(err).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3")
+
+
+def fetch(download: Callable[[], _T], *, source: str, cache_file: str | os.PathLike, what: str | None = None,
+          check_host: str | None = None) -> _T:
+    """``download()``, which fetches ``source`` (a URL or Hub id) into the local ``cache_file`` unless
+    it is there already; a failed download is a :class:`DownloadError` naming ``what`` it is for,
+    ``source``, ``cache_file`` (where to place the file by hand) and ``HF_HUB_OFFLINE=1``.
+
+    ``check_host``: a URL whose host ``download`` would retry: when the file is not cached, Hub
+    downloads are not offline (``HF_HUB_OFFLINE``) and the host cannot be resolved, nothing is tried.
+    """
+    if check_host is not None and not Path(cache_file).is_file() and not huggingface_hub.constants.is_offline_mode() \
+            and not host_resolves(check_host):
+        host = urllib.parse.urlsplit(check_host).hostname
+        raise _download_error(what, source, cache_file, f"cannot resolve the host {host}")
+    try:
+        return download()
+    except Exception as err:
+        if not _is_download_failure(err):
+            raise
+        raise _download_error(what, source, cache_file, _one_line(err) or type(err).__name__) from None
+
+
+def _download_error(what: str | None, source: str, cache_file: str | os.PathLike, reason: str) -> DownloadError:
+    prefix = f"{what}: " if what else ""
+    return DownloadError(f"{prefix}cannot fetch {source}: {reason}. Offline, place the file at {os.fspath(cache_file)} "
+                         "and set HF_HUB_OFFLINE=1 (local files only, no retries)")
+
+
+def hub_cache_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
+    """Where ``hf_hub_download`` keeps ``filename`` of the Hub model ``repo_id``: the cached file if
+    there is one, else its place in the cache's layout (``<revision>`` standing for the commit)."""
+    cached = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    folder = huggingface_hub.file_download.repo_folder_name(repo_id=repo_id, repo_type="model")
+    return Path(huggingface_hub.constants.HF_HUB_CACHE, folder, "snapshots", "<revision>", filename)
 
 
 def _umask() -> int:

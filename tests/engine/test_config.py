@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from visattn.engine.config import ConfigError, load_config
+from visattn.engine.config import ConfigError, dump_config, load_config
 
 HERE = Path(__file__).parent
 CONFIGS = HERE.parents[1] / "configs"
@@ -83,8 +83,16 @@ def test_free_form_model_kwargs():
 
 
 def test_dumped_config_loads_back_equal(tmp_path):
-    from visattn.engine.config import dump_config
-
     cfg = load_config(HERE.parents[1] / "configs" / "bam_resnet50_imagenet.yaml", ["model.kwargs.combine=sum"])
     (tmp_path / "c.yaml").write_text(dump_config(cfg))
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_a_dumped_config_says_which_length_governs(tmp_path):
+    by_epochs = load_config(CONFIGS / "danet_cityscapes_769x769.yaml")
+    lines = dump_config(by_epochs).splitlines()
+    assert "  iters: 800  # not used: train.epochs sets the length" in lines and "  epochs: 240" in lines
+    (tmp_path / "c.yaml").write_text(dump_config(by_epochs))
+    assert load_config(tmp_path / "c.yaml") == by_epochs
+    by_steps = dump_config(load_config()).splitlines()
+    assert "  iters: 800" in by_steps and "  epochs: null" in by_steps and not any("#" in line for line in by_steps)

@@ -2,6 +2,7 @@
 (released or a local file, the classifier re-initialised when ``num_classes`` differs), segmentor
 encoders through ``encoder_weights``, wildcards in ``list_models``. No test touches the network."""
 import json
+import socket
 import warnings
 from collections import OrderedDict
 
@@ -172,6 +173,7 @@ def test_models_command_shows_released_weights(capsys):
 
 def test_encoder_weights_imagenet_asks_timm_for_its_weights(monkeypatch):
     asked = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **kw: [])  # online: the Hub's host resolves
     monkeypatch.setattr(timm.models._builder, "load_pretrained", lambda model, *a, **kw: asked.append(model))
     create_model("fcn", encoder="resnet18", encoder_weights="imagenet")
     assert len(asked) == 1
@@ -208,3 +210,41 @@ def test_configs_and_trained_runs_leave_encoder_weights_unread(tmp_path):
     assert load_config(None, ["model.kwargs.encoder_weights=imagenet"]).model.kwargs["encoder_weights"] == "imagenet"
     cfg = ModelConfig(kwargs={"encoder": "resnet18", "encoder_weights": "imagenet"})
     assert build_model(cfg, 2, pretrained=False).encoder is not None  # timm's weights not asked for
+
+
+@pytest.mark.parametrize("argument, value, hint", [
+    ("features_only", True, "create_encoder(name, output_stride)"),
+    ("encoder_name", "resnet18", "encoder="),
+    ("classes", 5, "num_classes="),
+    ("in_channels", 4, "in_chans="),
+    ("no_such_argument", 1, None),
+])
+def test_an_unknown_argument_names_the_model_and_what_it_takes(argument, value, hint):
+    with pytest.raises(registry.ModelArgumentError) as err:
+        create_model("danet", encoder="resnet18", **{argument: value})
+    message = str(err.value)
+    assert message.startswith(f"model 'danet' takes no argument {argument!r}") and "\n" not in message
+    assert (hint in message) if hint else f"{argument!r}; it takes: " in message
+    takes = message.split("; it takes: ")[1].split(", ")
+    assert {"encoder", "encoder_weights", "output_stride", "aux", "in_chans", "reduction"} <= set(takes)
+    assert isinstance(err.value, TypeError) and isinstance(err.value, ValueError)
+
+
+def test_an_argument_the_builder_sets_itself_is_named():
+    with pytest.raises(registry.ModelArgumentError, match=r"^model 'bam_resnet50' takes no argument 'stage_attn' "
+                                                          r"\(the model sets it itself\)"):
+        create_model("bam_resnet50", stage_attn="se")
+
+
+def test_in_chans_is_the_images_channels_as_in_timm():
+    model = create_model("danet", encoder="resnet18", in_chans=4).eval()
+    assert model.encoder.conv1.in_channels == 4
+    with torch.no_grad():
+        assert model(torch.randn(1, 4, 32, 32)).shape == (1, 19, 32, 32)
+    assert create_model("danet", encoder="resnet18", encoder_kwargs={"in_chans": 1}).encoder.conv1.in_channels == 1
+
+
+def test_names_are_found_whatever_their_case():
+    assert type(create_model("DANet", encoder="resnet18")) is type(create_model("danet", encoder="resnet18"))
+    with pytest.raises(ValueError, match=r"unknown model 'DANetX'\. Did you mean 'danet'"):
+        create_model("DANetX")

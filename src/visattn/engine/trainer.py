@@ -190,6 +190,8 @@ class Trainer:
         torch.manual_seed(self.seed)
         model = build_model(cfg.model, len(self.classes), trust_code=trust_code,
                             origin=str(self.run.config) if self.resumed else "the config").to(self.device)
+        if self.info.is_main and not self.quiet:  # what was built, whatever the config's arguments meant
+            print(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
         class_weights, self._new_class_weights = resolve_class_weights(
             t.class_weights, self.train_set, self.classes, self.run.class_weights if self.resumed else None, self.info,
             self.device, self.quiet)

@@ -3,14 +3,19 @@
 Builders take ``num_classes`` and keyword arguments and return a freshly initialised network;
 ``create_model`` loads weights into it. ``pretrained=True`` always means the whole model's
 released weights, as timm and torchvision: a builder records where they are published with
-``@register_model(weights=Weights(...))``.
+``@register_model(weights=Weights(...))``. A keyword argument the model does not take is a
+:class:`ModelArgumentError` naming the model and the arguments it takes (:func:`model_arguments`);
+a failed download, a :class:`~visattn.weights.DownloadError` naming the model.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import importlib
+import inspect
 import os
+import re
+import urllib.parse
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,11 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..weights import load_weights, read_state_dict
+from ..weights import DownloadError, fetch, load_weights, read_state_dict
+from .segmentation.base import Segmentor, build_segmentor
 
 __all__ = [
     "Weights", "register_model", "create_model", "list_models", "is_model", "released_weights", "load_pretrained",
-    "without_starting_weights",
+    "without_starting_weights", "model_arguments", "ModelArgumentError",
 ]
 
 Pretrained = bool | str | os.PathLike
@@ -117,6 +123,98 @@ def released_weights(name: str) -> Weights | None:
     return _WEIGHTS.get(name)
 
 
+class ModelArgumentError(TypeError, ValueError):
+    """A keyword argument that model does not take: the message names the model, the argument and
+    the arguments it takes (a ``TypeError`` as Python's own, and a ``ValueError``: a user's error)."""
+
+
+# Arguments users bring from timm and segmentation_models_pytorch: what each is called here.
+_FOREIGN_ARGUMENTS = {
+    "features_only": "a segmentor's encoder is timm's features_only model (model.encoder); "
+                     "visattn.models.segmentation.create_encoder(name, output_stride) builds one alone",
+    "encoder_name": "the encoder is encoder= here (a timm model name)",
+    "classes": "the class count is num_classes= here",
+    "in_channels": "the image's channels are in_chans= here (timm's name), for segmentors",
+    "encoder_depth": "segmentors use the encoder's last three stages at output_stride= 8 or 16",
+}
+# Taken from timm with the same meaning: passed to a segmentor's encoder.
+_ENCODER_ARGUMENTS = ("in_chans",)
+
+
+def _parameters(fn: Callable, skip: int = 0) -> set[str]:
+    """Names of ``fn``'s keyword-passable parameters, less its first ``skip`` positional ones."""
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return {p.name for p in params[skip:]}
+
+
+def _takes_any_keyword(fn: Callable) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
+def model_arguments(name: str) -> list[str]:
+    """The keyword arguments of ``create_model(name, ...)``, sorted: the builder's own and, where it
+    passes the rest on, those of what receives them (a segmentor: :func:`build_segmentor`'s, its
+    head's and ``in_chans``; a classifier: its network class's)."""
+    fn = _MODELS[_registered(name)]
+    names = _parameters(fn) | {"pretrained"}
+    if _takes_any_keyword(fn):
+        try:
+            with torch.device("meta"):  # no memory, no weights: only the parts' types are read
+                model = fn()
+        except (RuntimeError, NotImplementedError):  # an operation the meta device lacks
+            return sorted(names)
+        if isinstance(model, Segmentor):
+            names |= _parameters(build_segmentor) - {"head", "aux_head"}
+            names |= _parameters(type(model.head).__init__, skip=3) | set(_ENCODER_ARGUMENTS)  # self, in, classes
+        else:
+            names |= _parameters(type(model).__init__, skip=2)  # self, layers
+    return sorted(names)
+
+
+def _registered(name: str) -> str:
+    """The registered name ``name`` spells (case does not matter, as for attentions); unknown names
+    raise ``ValueError`` with close matches."""
+    _load_builders()
+    if name in _MODELS:
+        return name
+    if isinstance(name, str) and name.lower() in _MODELS:
+        return name.lower()
+    close = difflib.get_close_matches(str(name).lower(), list(_MODELS), n=4, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"unknown model {name!r}.{hint} See visattn.list_models() for all {len(_MODELS)} names.")
+
+
+def _argument_error(name: str, err: TypeError) -> ModelArgumentError | None:
+    """The :class:`ModelArgumentError` a builder's ``TypeError`` is, when it is about an argument."""
+    found = re.search(r"(unexpected keyword argument|multiple values for (?:keyword )?argument) '(\w+)'", str(err))
+    if found is None:
+        return None
+    argument = found[2]
+    if argument in _FOREIGN_ARGUMENTS:
+        why = f" ({_FOREIGN_ARGUMENTS[argument]})"
+    elif found[1].startswith("multiple"):
+        why = " (the model sets it itself)"
+    else:
+        why = ""
+    return ModelArgumentError(f"model {name!r} takes no argument {argument!r}{why}; it takes: "
+                              f"{', '.join(model_arguments(name))}")
+
+
+def _with_encoder_arguments(fn: Callable, kwargs: dict) -> dict:
+    """``kwargs`` with the timm names of :data:`_ENCODER_ARGUMENTS` moved into a segmentor's
+    ``encoder_kwargs``."""
+    moved = {k: kwargs[k] for k in _ENCODER_ARGUMENTS if k in kwargs}
+    if not moved or _parameters(fn) & set(moved) or not _builds_segmentor(fn):
+        return kwargs
+    rest = {k: v for k, v in kwargs.items() if k not in moved}
+    return {**rest, "encoder_kwargs": {**moved, **(kwargs.get("encoder_kwargs") or {})}}
+
+
+def _builds_segmentor(fn: Callable) -> bool:
+    return inspect.signature(fn).return_annotation in (Segmentor, "Segmentor")
+
+
 def _check_pretrained(name: str, pretrained: object) -> None:
     if not isinstance(pretrained, (bool, str, os.PathLike)):
         raise TypeError(f"{name}: pretrained must be True, False or a file path, got {pretrained!r}")
@@ -128,7 +226,8 @@ def create_model(
     """Build the registered model ``name``, as ``timm.create_model``.
 
     Args:
-        name: a name of :func:`list_models`; unknown names raise ``ValueError`` with close matches.
+        name: a name of :func:`list_models` (case does not matter); unknown names raise
+            ``ValueError`` with close matches.
         num_classes: outputs of the classifier (default: the builder's own, 1000 for classifiers,
             19 for Cityscapes segmentors).
         pretrained: ``False``; ``True``, the whole model's released weights (downloaded when the
@@ -136,20 +235,27 @@ def create_model(
             path of a local weights file, in the authors' layout or visattn's. With ``num_classes``
             different from the weights', the classifier starts anew and everything else loads
             strictly (see :func:`load_pretrained`).
-        **kwargs: the builder's arguments; segmentors take ``encoder_weights="imagenet"`` (or a
-            local encoder file) for an ImageNet-pretrained encoder.
+        **kwargs: the builder's arguments (:func:`model_arguments`); segmentors take
+            ``encoder_weights="imagenet"`` (or a local encoder file) for an ImageNet-pretrained
+            encoder, and ``in_chans`` for the image's channels (timm's argument). An argument the
+            model does not take is a :class:`ModelArgumentError` listing those it does.
     """
-    _load_builders()
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, list(_MODELS), n=4, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} See visattn.list_models() for all {len(_MODELS)} names.")
+    name = _registered(name)
     _check_pretrained(name, pretrained)
     if pretrained is True:
         _download_source(name)  # no download link: fail before building
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    model = _MODELS[name](**kwargs)
+    builder = _MODELS[name]
+    try:
+        model = builder(**_with_encoder_arguments(builder, kwargs))
+    except TypeError as err:
+        problem = _argument_error(name, err)
+        if problem is None:
+            raise
+        raise problem from None
+    except DownloadError as err:  # the encoder's starting weights: say whose
+        raise DownloadError(f"{name}: {err}") from None
     return load_pretrained(model, name, pretrained)
 
 
@@ -168,16 +274,17 @@ def _download_source(name: str) -> Weights:
     return weights
 
 
-def _read_release(weights: Weights) -> dict[str, Tensor]:
+def _read_release(name: str, weights: Weights) -> dict[str, Tensor]:
     # torch.hub checks the digest carried by the cached file's name (``name-<sha256>.ext``)
     file_name = None
+    cached_name = os.path.basename(urllib.parse.urlsplit(weights.url).path)  # torch.hub's name without one
     if weights.sha256 is not None:
-        stem, dot, ext = os.path.basename(weights.url.split("?", 1)[0]).partition(".")
-        file_name = f"{stem}-{weights.sha256}{dot}{ext}"
-    state = torch.hub.load_state_dict_from_url(
-        weights.url, map_location="cpu", weights_only=True, check_hash=weights.sha256 is not None,
-        file_name=file_name,
-    )
+        stem, dot, ext = cached_name.partition(".")
+        file_name = cached_name = f"{stem}-{weights.sha256}{dot}{ext}"
+    state = fetch(
+        lambda: torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", weights_only=True,
+                                                   check_hash=weights.sha256 is not None, file_name=file_name),
+        what=name, source=weights.url, cache_file=os.path.join(torch.hub.get_dir(), "checkpoints", cached_name))
     return read_state_dict(state)
 
 
@@ -209,7 +316,7 @@ def load_pretrained(model: nn.Module, name: str, pretrained: Pretrained) -> nn.M
         return model
     if pretrained is True:
         weights = _download_source(name)
-        state, origin = _read_release(weights), weights.url
+        state, origin = _read_release(name, weights), weights.url
     else:
         state, origin = read_state_dict(pretrained), f"file {os.fspath(pretrained)}"
     own = model.state_dict()

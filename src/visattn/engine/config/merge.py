@@ -5,6 +5,9 @@ Every key named must be a field of its section (a typo is an error naming the ke
 from and the closest valid one). A field typed as a dict (``model.kwargs``: keyword arguments passed
 through to the model builder) is free-form: it accepts any key. Where a number belongs, a string is
 read as one (PyYAML reads ``1e-4``, without a dot, as a string).
+
+A model's name decides its arguments: an override naming another model drops the ``model.kwargs``
+set for the previous one (:func:`for_model_name`).
 """
 from __future__ import annotations
 
@@ -12,14 +15,14 @@ import copy
 import dataclasses
 import difflib
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import yaml
 
 from .schema import Config, ConfigError, annotation_members
 
-__all__ = ["merge_config", "apply_overrides", "yaml_problem"]
+__all__ = ["merge_config", "apply_overrides", "for_model_name", "model_kwargs_named", "yaml_problem"]
 
 
 def _unknown(path: str, options: Iterable[str], where: str) -> ConfigError:
@@ -91,22 +94,52 @@ def _integral(number: float) -> int | float:
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
-    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.02``, ``[1, 2]``, ``null``)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.02)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({yaml_problem(err)})") from None
-        parts = key.strip().split(".")
-        update: Any = value
-        for part in reversed(parts):
-            update = {part: update}
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.02``, ``[1, 2]``, ``null``).
+
+    An override that changes ``model.name`` drops the ``model.kwargs`` that were set for the
+    previous model (the recipe's, the defaults'): a model's name decides its arguments. The
+    ``model.kwargs`` the overrides set themselves, before or after it, stay."""
+    updates = [(item, _parse_override(item)) for item in overrides]
+    given = set().union(*(model_kwargs_named(update) for _, update in updates))
+    for item, update in updates:
+        parts = item.split("=", 1)[0].strip().split(".")
         # model.kwargs={...} replaces the section, model.kwargs.x=1 sets one key in it
-        cfg = merge_config(cfg, update, where=f" in --set {item}", replace_free_form=_is_free_form(cfg, parts))
+        changed = merge_config(cfg, update, where=f" in --set {item}", replace_free_form=_is_free_form(cfg, parts))
+        cfg = for_model_name(cfg, changed, given)
     return cfg
+
+
+def _parse_override(item: str) -> dict[str, Any]:
+    """The nested mapping ``key=value`` sets (``a.b=1``: ``{"a": {"b": 1}}``)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.02)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({yaml_problem(err)})") from None
+    update: Any = value
+    for part in reversed(key.strip().split(".")):
+        update = {part: update}
+    return update
+
+
+def model_kwargs_named(update: Mapping) -> set[str]:
+    """The ``model.kwargs`` keys the nested mapping ``update`` sets."""
+    model = update.get("model")
+    kwargs = model.get("kwargs") if isinstance(model, Mapping) else None
+    return set(kwargs) if isinstance(kwargs, Mapping) else set()
+
+
+def for_model_name(before: Config, after: Config, given: Collection[str]) -> Config:
+    """``after``, a change of ``before``; where it names another model, its ``model.kwargs`` keep
+    only the keys in ``given`` (those set together with the name): the others were the previous
+    model's, and a model's name decides what its arguments mean (``danet_r101_d8`` is a ResNet-101
+    unless its own settings say otherwise, whatever encoder the demo's ``danet`` had)."""
+    if after.model.name == before.model.name:
+        return after
+    kwargs = {k: v for k, v in after.model.kwargs.items() if k in given}
+    return dataclasses.replace(after, model=dataclasses.replace(after.model, kwargs=kwargs))
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:

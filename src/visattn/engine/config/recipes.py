@@ -7,14 +7,17 @@ depth-first in the order listed (a base's own bases before it), then the recipe'
 the later of two files wins. Mappings merge key by key, free-form ones (``model.kwargs``,
 ``train.loss``) included, so a recipe adds to or changes its bases' builder arguments; lists,
 scalars and ``null`` replace. The recipe so resolved then replaces the defaults' ``model.kwargs``
-as a whole (a recipe describes its model; the defaults' arguments are the demo's). ``_base_``
-exists only in files: the resolved config, which a run saves, has none.
+as a whole (a recipe describes its model; the defaults' arguments are the demo's), and a recipe
+that names another model without ``model.kwargs`` gets none of the defaults'
+(:func:`~.merge.for_model_name`). ``_base_`` exists only in files: the resolved config, which a
+run saves, has none.
 
 Reading a recipe runs no code of its own and reads nothing but the files it names.
 """
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import yaml
 
 from ...data import dataset_defaults
-from .merge import apply_overrides, merge_config, yaml_problem
+from .merge import apply_overrides, for_model_name, merge_config, model_kwargs_named, yaml_problem
 from .schema import Config, ConfigError
 from .validation import validate_config
 
@@ -97,7 +100,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     overrides = list(overrides)
 
     def build(start: Config) -> Config:
-        return apply_overrides(merge_config(start, recipe, where=f" in {path}"), overrides)
+        with_recipe = for_model_name(start, merge_config(start, recipe, where=f" in {path}"), model_kwargs_named(recipe))
+        return apply_overrides(with_recipe, overrides)
 
     if base is not None:
         return validate_config(build(base))
@@ -106,4 +110,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    """``cfg`` as YAML, read back by :func:`load_config`. Where ``train.epochs`` is set it governs the
+    run's length, and ``train.iters`` says so in a comment."""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    if cfg.train.epochs is not None:
+        text = re.sub(r"^(  iters: .*)$", r"\1  # not used: train.epochs sets the length", text, count=1, flags=re.M)
+    return text

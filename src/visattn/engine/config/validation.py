@@ -1,8 +1,10 @@
 """Validation of a resolved config (:func:`validate_config`), before anything is built from it.
 
 Every value has its field's type (an integer field refuses ``2.5`` rather than truncating it) and
-lies in its allowed range (:data:`RULES`), related keys agree, the model name is registered and its
-keyword arguments are the builder's, and the device exists. A violation is a :class:`ConfigError`
+lies in its allowed range (:data:`RULES`), related keys agree, a built-in dataset keeps its own
+classes (``data.num_classes`` and ``data.classes`` are a folder dataset's), the model name is
+registered and its keyword arguments are the builder's (none of them one with a key of its own:
+``num_classes``, ``pretrained``), and the device exists. A violation is a :class:`ConfigError`
 naming the key and what it allows.
 
 Validating runs no user code and reads nothing from the network: a ``module:builder`` model, and
@@ -24,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from ...data import DATASETS
+from ...data import DATASETS, dataset_spec
 from ...models import create_model, list_models
+from ...models.registry import ModelArgumentError
+from ...models.segmentation import Segmentor
 from .schema import CLASS_WEIGHTINGS, LOSSES, Config, ConfigError, ModelConfig, annotation_members
 
 __all__ = ["Rule", "RULES", "validate_config"]
@@ -186,8 +191,9 @@ def validate_config(cfg: Config) -> Config:
     model (name and keyword arguments)."""
     _check_values(cfg)
     _check_relations(cfg)
+    _check_dataset_classes(cfg.data)
     _check_device(cfg.train.device)
-    _check_model(cfg.model)
+    _check_model(cfg.model, cfg.task)
     return cfg
 
 
@@ -235,8 +241,10 @@ def _check_device(name: str) -> None:
         raise _invalid("train.device", "auto or cpu (MPS is not available on this machine)", name)
 
 
-def _check_model(model: ModelConfig) -> None:
-    """``model.name`` names a builder, and the builder accepts ``model.kwargs``."""
+def _check_model(model: ModelConfig, task: str) -> None:
+    """``model.name`` names a builder of the ``task``'s kind of model, and the builder accepts
+    ``model.kwargs``."""
+    _check_set_elsewhere(model.kwargs)
     if ":" in model.name:
         # A ``module:builder`` name would run code to be checked: it is left to the build, which
         # imports it only when the user trusts it (``--trust-code``).
@@ -247,7 +255,40 @@ def _check_model(model: ModelConfig) -> None:
         # timm reads a Hub id's architecture from its repository even for a model without weights:
         # that download is the build's, never the config's
         return
-    _check_builder_arguments(model.name, kwargs)
+    built = _check_builder_arguments(model.name, kwargs)
+    if built is not None and isinstance(built, Segmentor) != (task == "segmentation"):
+        kind, other = ("a segmentor", "a classifier") if task == "segmentation" else ("a classifier", "a segmentor")
+        hint = ("task=classification with a classification dataset (digits_cls, imagefolder)" if task == "segmentation"
+                else "task=segmentation with a segmentation dataset")
+        raise _invalid("model.name", f"{kind} for task {task!r} ({model.name} is {other}: for it set {hint})",
+                       model.name)
+
+
+# Builder arguments the config sets through other keys, and those keys.
+_SET_ELSEWHERE = {
+    "num_classes": "data.num_classes (a folder dataset's; a built-in dataset has its own classes)",
+    "pretrained": "model.pretrained",
+}
+
+
+def _check_set_elsewhere(kwargs: dict[str, Any]) -> None:
+    for key, where in _SET_ELSEWHERE.items():
+        if key in kwargs:
+            raise ConfigError(f"config key 'model.kwargs.{key}' is set by {where}: drop it from model.kwargs")
+
+
+def _check_dataset_classes(data: Any) -> None:
+    """``data.num_classes`` and ``data.classes`` are a folder dataset's: a built-in dataset's classes
+    are its own, and a config saying otherwise would not describe the run."""
+    own = dataset_spec(data.dataset).classes
+    if own is None:
+        return
+    if data.num_classes not in (None, len(own)):
+        raise _invalid("data.num_classes", f"null for dataset {data.dataset!r}, which has its own {len(own)} classes "
+                       "(data.num_classes is a folder dataset's)", data.num_classes)
+    if data.classes not in (None, list(own)):
+        raise _invalid("data.classes", f"null for dataset {data.dataset!r}, which has its own classes "
+                       "(data.classes is a folder dataset's)", data.classes)
 
 
 def _check_registered(name: str) -> None:
@@ -276,8 +317,9 @@ def _names_a_hub_repository(kwargs: dict[str, Any]) -> bool:
     return any(isinstance(value, str) and value.startswith("hf-hub:") for value in kwargs.values())
 
 
-def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> None:
-    """Whether the registered builder ``name`` accepts ``kwargs``.
+def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> nn.Module | None:
+    """The model the registered builder ``name`` builds from ``kwargs`` on the meta device (``None``
+    when the meta device cannot build it), or the error that it does not accept them.
 
     Builders pass their ``**kwargs`` on to encoders and heads, so their signatures do not tell which
     arguments they accept: the model is built on the meta device (no memory, no weights read, no
@@ -286,13 +328,13 @@ def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> None:
     """
     try:
         with torch.device("meta"):
-            create_model(name, num_classes=2, pretrained=False, **kwargs)
+            return create_model(name, num_classes=2, pretrained=False, **kwargs)
+    except ModelArgumentError as err:
+        argument = re.search(r"takes no argument '(\w+)'(.*)$", str(err))
+        raise ConfigError(f"config key 'model.kwargs.{argument[1]}' is not an argument of model {name!r}"
+                          f"{argument[2]}") from None
     except (TypeError, ValueError) as err:
         message = " ".join(str(err).split())
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
-        if unknown:
-            raise ConfigError(f"config key 'model.kwargs.{unknown[1]}' is not an argument of model {name!r} "
-                              f"({message})") from None
         raise ConfigError(f"config key 'model.kwargs' does not suit model {name!r}: {message}") from None
     except (RuntimeError, NotImplementedError):  # an operation the meta device lacks: the real build reports errors
-        pass
+        return None

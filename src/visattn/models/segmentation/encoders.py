@@ -9,7 +9,9 @@ The encoder returns the last three feature maps (ResNet stages 2, 3 and 4: strid
 timm's names, which for ResNets are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...).
 
 Weights come from timm (``pretrained=True``: its default ImageNet weights, or those of the name's
-pretrained tag or ``hf-hub:`` id) or from a local file
+pretrained tag or ``hf-hub:`` id; a failed download is a :class:`~visattn.weights.DownloadError`
+naming the Hub id or URL and the cache file, and when the host cannot be resolved nothing is
+tried and a cached file is read directly) or from a local file
 (``pretrained_file``, or a path as ``pretrained``) holding a timm model's state dict, e.g.
 ``timm.create_model(name).state_dict()`` saved with safetensors or ``torch.save``. The file is read
 without unpickling code and loaded strictly: only the classifier that a feature extractor lacks
@@ -31,12 +33,14 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+import huggingface_hub
 import timm
 import torch
 from torch import nn
 
-from ...weights import load_official, read_state_dict
+from ...weights import fetch, host_resolves, hub_cache_file, load_official, read_state_dict
 
 __all__ = ["create_encoder"]
 
@@ -129,7 +133,16 @@ def create_encoder(
     """
     _check_name(name, output_stride, stages)
     from_timm, weights_file = _weights_source(pretrained, pretrained_file)
-    model = _feature_extractor(name, output_stride, stages, from_timm, kwargs)
+    if from_timm:
+        source, cache_file, url = _timm_download(name)
+        if cache_file.is_file() and not huggingface_hub.constants.is_offline_mode() and not host_resolves(url):
+            # cached, and the host is out of reach: timm would retry it before reading the cache
+            from_timm, weights_file = False, cache_file
+    if from_timm:
+        model = fetch(lambda: _feature_extractor(name, output_stride, stages, True, kwargs), source=source,
+                      cache_file=cache_file, what=f"encoder {name} (ImageNet weights)", check_host=url)
+    else:
+        model = _feature_extractor(name, output_stride, stages, False, kwargs)
     if weights_file is not None:
         _load_encoder_file(model, name, weights_file, kwargs)
     if full_first_dilation:
@@ -139,6 +152,22 @@ def create_encoder(
     if ceil_maxpool:
         _ceil_stem_pool(model, name)
     return model
+
+
+def _timm_download(name: str) -> tuple[str, Path, str]:
+    """``(source, cache file, URL)`` of the weights ``timm.create_model(name, pretrained=True)``
+    downloads: a Hub id (timm's first choice) and the file in the Hugging Face cache, else its URL
+    and the file in torch.hub's cache."""
+    if name.startswith("hf-hub:"):
+        repo, _, revision = name.removeprefix("hf-hub:").partition("@")
+        return name, hub_cache_file(repo, "model.safetensors", revision or None), huggingface_hub.constants.ENDPOINT
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        file = hub_cache_file(repo, cfg.hf_hub_filename or "model.safetensors", revision or None)
+        return f"hf-hub:{cfg.hf_hub_id}", file, huggingface_hub.constants.ENDPOINT
+    url = (cfg.url if cfg is not None else None) or ""
+    return url or name, Path(torch.hub.get_dir(), "checkpoints", os.path.basename(url) or name), url
 
 
 def _check_name(name: str, output_stride: int, stages: int) -> None:
