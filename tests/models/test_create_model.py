@@ -155,7 +155,8 @@ def test_pretrained_true_downloads_through_torch_hub_with_the_hash(monkeypatch):
 def test_list_models_takes_wildcards_and_substrings():
     assert list_models("danet*") == ["danet", "danet_r101_d8", "danet_r50_d8"]
     assert list_models("*_r101_d8") == ["ann_r101_d8", "ccnet_r101_d8", "danet_r101_d8", "deeplabv3_r101_d8",
-                                        "deeplabv3plus_r101_d8", "fcn_r101_d8", "flanet_r101_d8", "nlnet_r101_d8",
+                                        "deeplabv3plus_r101_d8", "dnlnet_r101_d8", "emanet_r101_d8", "fcn_r101_d8",
+                                        "flanet_r101_d8", "gcnet_r101_d8", "isanet_r101_d8", "nlnet_r101_d8",
                                         "ocrnet_r101_d8", "pspnet_r101_d8"]
     assert list_models("fcn_r?0_d8") == ["fcn_r50_d8"]
     assert list_models("danet") == list_models("danet*")
