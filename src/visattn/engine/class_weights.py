@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..bounded import read_json
 from ..data import IGNORE_INDEX
 from ..weights import atomic_write
 from .config import CLASS_WEIGHTINGS, ConfigError
@@ -138,7 +139,7 @@ def _read_cache(path: Path, method: str, classes: Sequence[str]) -> list[float] 
     """The weights ``path`` keeps for ``method`` and ``classes``; ``None`` when it is missing,
     unreadable or holds another method's or class list's."""
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path)
         weights = record["weights"]
         matches = record["method"] == method and record["classes"] == list(classes) and len(weights) == len(classes)
         if matches and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights):

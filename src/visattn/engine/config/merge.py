@@ -15,11 +15,10 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import yaml
-
+from ...bounded import UnreadableFileError, load_yaml, shorten
 from .schema import Config, ConfigError, annotation_members
 
-__all__ = ["merge_config", "apply_overrides", "yaml_problem"]
+__all__ = ["merge_config", "apply_overrides"]
 
 
 def _unknown(path: str, options: Iterable[str], where: str) -> ConfigError:
@@ -55,7 +54,7 @@ def merge_config(base: Any, update: Mapping, where: str = "", replace_free_form:
             if value is None and isinstance(current, dict):
                 value = {}
             if not isinstance(value, Mapping):
-                raise ConfigError(f"config key {name!r}{where} must be a mapping, got {value!r}")
+                raise ConfigError(f"config key {name!r}{where} must be a mapping, got {shorten(value)}")
             if isinstance(current, dict):  # free-form
                 value = {**({} if replace_free_form else current), **copy.deepcopy(dict(value))}
             else:
@@ -79,7 +78,7 @@ def _coerce(annotation: Any, value: Any, path: str, where: str) -> Any:
         try:
             value = float(value)
         except ValueError:
-            raise ConfigError(f"config key {path!r}{where} must be a number, got {value!r}") from None
+            raise ConfigError(f"config key {path!r}{where} must be a number, got {shorten(value)}") from None
         return value if float in kinds else _integral(value)
     if kinds == (int,) and isinstance(value, float):
         return _integral(value)
@@ -91,15 +90,16 @@ def _integral(number: float) -> int | float:
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
-    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.02``, ``[1, 2]``, ``null``)."""
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.02``, ``[1, 2]``, ``null``;
+    :func:`~visattn.bounded.load_yaml`: no aliases)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.02)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({yaml_problem(err)})") from None
+            value = load_yaml(raw, "the value") if raw.strip() else None
+        except UnreadableFileError as err:
+            raise ConfigError(f"override {shorten(item)}: {err}") from None
         parts = key.strip().split(".")
         update: Any = value
         for part in reversed(parts):
@@ -107,13 +107,6 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         # model.kwargs={...} replaces the section, model.kwargs.x=1 sets one key in it
         cfg = merge_config(cfg, update, where=f" in --set {item}", replace_free_form=_is_free_form(cfg, parts))
     return cfg
-
-
-def yaml_problem(err: yaml.YAMLError) -> str:
-    """The parser's complaint and where, on one line: ``line 3, column 7: mapping values are not allowed here``."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _is_free_form(cfg: Config, parts: list[str]) -> bool:
