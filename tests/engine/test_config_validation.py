@@ -281,3 +281,8 @@ def test_cli_eval_with_mismatched_weights_exits_2(tmp_path, capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"visattn eval: error: cannot load weights {weights} into TinySeg: missing keys (")
     assert "unexpected keys (1): head.weight" in line
+
+
+def test_a_model_too_large_to_build_is_refused_before_it_is_allocated():
+    with pytest.raises(ConfigError, match=r"makes model 'fcn' of 1\.84e\+16 parameters, more than 2e\+09$"):
+        load_config(None, ["model.name=fcn", "model.kwargs={channels: 1000000000000}"])

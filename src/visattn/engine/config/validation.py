@@ -30,7 +30,9 @@ from ...data import DATASETS
 from ...models import create_model, list_models
 from .schema import CLASS_WEIGHTINGS, LOSSES, Config, ConfigError, ModelConfig, annotation_members
 
-__all__ = ["Rule", "RULES", "validate_config"]
+__all__ = ["Rule", "RULES", "MAX_PARAMETERS", "validate_config"]
+
+MAX_PARAMETERS = 2_000_000_000  # the largest model a config may build: several times the largest segmentor
 
 
 @dataclass(frozen=True)
@@ -285,11 +287,12 @@ def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> None:
     Builders pass their ``**kwargs`` on to encoders and heads, so their signatures do not tell which
     arguments they accept: the model is built on the meta device (no memory, no weights read, no
     data), for two classes, with ``pretrained`` off, and a ``TypeError`` or ``ValueError`` it raises
-    is the config's error.
+    is the config's error, as is a model of more than :data:`MAX_PARAMETERS` parameters (refused
+    before a byte of it is allocated).
     """
     try:
         with torch.device("meta"):
-            create_model(name, num_classes=2, pretrained=False, **kwargs)
+            model = create_model(name, num_classes=2, pretrained=False, **kwargs)
     except (TypeError, ValueError) as err:
         message = " ".join(str(err).split())
         unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
@@ -298,4 +301,8 @@ def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> None:
                               f"({message})") from None
         raise ConfigError(f"config key 'model.kwargs' does not suit model {name!r}: {message}") from None
     except (RuntimeError, NotImplementedError):  # an operation the meta device lacks: the real build reports errors
-        pass
+        return
+    size = sum(p.numel() for p in model.parameters())
+    if size > MAX_PARAMETERS:
+        raise ConfigError(f"config key 'model.kwargs' makes model {name!r} of {size:.3g} parameters, more than "
+                          f"{MAX_PARAMETERS:.0e}")
