@@ -18,7 +18,6 @@ to the image the same way, so a feature cell's centre lands where its logits do.
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -216,14 +215,14 @@ def save_prediction(image: np.ndarray, pred: np.ndarray, classes: Sequence[str],
 def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """``(train records, validation records)`` of a run directory's (or a file's) metrics.jsonl:
     train lines carry ``loss``, validation lines ``mIoU`` (or ``top1``)."""
+    from .engine.run_dir import RunDir, read_metrics_file
+
     path = Path(path)
     if path.is_dir():
-        from .engine.run_dir import RunDir
-
         path = RunDir(path).metrics
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl at {path}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_metrics_file(path)
     return [r for r in records if "loss" in r], [r for r in records if "loss" not in r]
 
 
