@@ -16,12 +16,12 @@ Layout::
     lock                   "PID HOST" of the process training in it, while it trains
 
 Every file is written atomically (:func:`visattn.weights.atomic_write`): a reader, or a run killed
-while writing, never leaves a half-written file behind. metrics.jsonl grows by whole lines, each
-flushed to the disk before the run goes on; what a crash (a full disk) can leave is a torn last
-line, which :func:`read_metrics_file` drops with a warning, while any other line that is not a JSON
-object with an integer ``step`` is an error naming the file and the line. One process at a time trains in a run
-directory (:meth:`RunDir.lock`), and a new run only starts in an empty one
-(:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
+while writing, never leaves a half-written file behind. metrics.jsonl, which grows, is appended to
+by whole lines, each flushed to the disk before the run goes on: what a crash (a full disk) can
+leave is a torn last line, which :func:`read_metrics_file` drops with a warning, while any other
+line that is not a JSON object with an integer ``step`` is an error naming the file and the line.
+One process at a time trains in a run directory (:meth:`RunDir.lock`), and a new run only starts
+in an empty one (:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
 safetensors and ``weights_only`` pickles, and a config naming code to import
 (``model.name: "module:builder"``) builds only with ``trust_code=True``.
 
@@ -262,9 +262,9 @@ class RunDir:
 
 def read_metrics_file(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl (at most :data:`~visattn.bounded.MAX_LOG_BYTES`): a JSON
-    object with an integer ``step`` per line (blank lines skipped). A last line cut short (no newline after it, not JSON), as a crash while appending
-    leaves it, is dropped with a warning; any other line that is not such a record is a
-    ``ValueError`` naming the file and the line."""
+    object with an integer ``step`` per line (blank lines skipped). A last line cut short (no
+    newline after it, not JSON), as a crash while appending leaves it, is dropped with a warning;
+    any other line that is not such a record is a ``ValueError`` naming the file and the line."""
     path = Path(path)
     text = read_text(path, MAX_LOG_BYTES)
     lines = text.splitlines()

@@ -80,11 +80,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .._extras import MissingExtraError, require
+from ..bounded import shorten
 from ..data import build_dataset, dataset_info, dataset_spec
 from ..data.validate import bad_files_error, dataset_files, find_bad_files
 from .build import build_model
 from .class_weights import resolve_class_weights, save_class_weights
-from ..bounded import shorten
 from .config import Config, ConfigError
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
 from .inference import segment_options
