@@ -22,18 +22,19 @@ SRC = Path(visattn.__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
 
-# nine levels of nine aliases: 9**9 (387 million) strings once expanded
-ALIASES = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
-    for i in range(1, 9))
+# nine levels of nine aliases, 9**9 (387 million) strings once expanded, defined where any key is
+# allowed (model.kwargs; compare.yaml's entries) so that only the aliases are wrong
+ALIASES = "  a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+ALIASES_IN_KWARGS = "model:\n  name: fcn\n  kwargs:\n" + ALIASES.replace("  a", "    a")
 VALID_RUN_CONFIG = "model:\n  name: tinyseg:build\ndata:\n  dataset: digits\ntrain:\n  iters: 4\n"
 
 # (reader, case, file name, content): each file is written into a folder of its own
 CORPUS = [
     ("run_config", "aliases in data.classes", "config.yaml",
-     ALIASES + "data:\n  dataset: folder\n  classes: *a8\n"),
-    ("run_config", "aliases in train.loss", "config.yaml", ALIASES + "train:\n  loss: {ce: *a8}\n"),
-    ("run_config", "aliases in eval.scales", "config.yaml", ALIASES + "eval:\n  scales: *a8\n"),
+     ALIASES_IN_KWARGS + "data:\n  dataset: folder\n  classes: *a8\n"),
+    ("run_config", "aliases in train.loss", "config.yaml", ALIASES_IN_KWARGS + "train:\n  loss: {ce: *a8}\n"),
+    ("run_config", "aliases in eval.scales", "config.yaml", ALIASES_IN_KWARGS + "eval:\n  scales: *a8\n"),
     ("run_config", "a key given twice", "config.yaml", "train:\n  lr: 0.1\n  lr: 0.2\n"),
     ("run_config", "10**12 classes", "config.yaml", "data:\n  dataset: folder\n  num_classes: 1000000000000\n"),
     ("run_config", "a model of 10**16 parameters", "config.yaml",
@@ -57,7 +58,7 @@ CORPUS = [
     ("hub_config", "truncated", "config.json", '{"model": "fcn", "num_c'),
     ("hub_config", "nested 100000 deep", "config.json", "[" * 100_000),
     ("hub_config", "too large", "config.json", '{"model": "fcn", "pad": "' + "x" * (2 << 20) + '"}'),
-    ("compare_yaml", "aliases", "compare.yaml", ALIASES + "recipe: *a8\n"),
+    ("compare_yaml", "aliases", "compare.yaml", "entries:\n" + ALIASES + "recipe: {train: {lr: *a8}}\n"),
     ("compare_yaml", "a key given twice", "compare.yaml", "recipe: {}\nrecipe: {}\n"),
     ("compare_yaml", "a list", "compare.yaml", "- recipe\n"),
     ("compare_yaml", "truncated", "compare.yaml", "recipe:\n  train: {lr: [0.1,\n"),
@@ -79,8 +80,10 @@ CORPUS = [
      {"method": "median_frequency", "classes": ["a", "b"], "weights": [1.0, -1.0]}),
     ("class_weights_json", "nested 100000 deep", "class_weights.json", "[" * 100_000),
     ("class_weights_json", "too large", "class_weights.json", '{"pad": "' + "x" * (17 << 20) + '"}'),
-    ("recipe", "a base of aliases", "recipe.yaml", {"_base_": "base.yaml", "base.yaml": ALIASES}),
-    ("recipe", "a base with a key twice", "recipe.yaml", {"_base_": "base.yaml", "base.yaml": "train: {}\ntrain: {}\n"}),
+    ("recipe", "a base of aliases", "recipe.yaml",
+     {"_base_": "base.yaml", "base.yaml": ALIASES_IN_KWARGS + "eval:\n  scales: *a8\n"}),
+    ("recipe", "a base with a key twice", "recipe.yaml",
+     {"_base_": "base.yaml", "base.yaml": "train: {}\ntrain: {}\n"}),
     ("recipe", "a base by a traversal name", "recipe.yaml", {"_base_": "../../../../../../../../no/such.yaml"}),
     ("recipe", "bases in a cycle", "recipe.yaml", {"_base_": "recipe.yaml"}),
     ("recipe", "a base that is a number", "recipe.yaml", {"_base_": 3}),

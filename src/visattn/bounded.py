@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["UnreadableFileError", "MAX_CONFIG_BYTES", "MAX_RECORD_BYTES", "MAX_LOG_BYTES", "MAX_CLASSES", "read_text", "load_yaml",
-           "read_yaml", "read_json", "yaml_problem", "shorten"]
+__all__ = ["UnreadableFileError", "MAX_CONFIG_BYTES", "MAX_RECORD_BYTES", "MAX_LOG_BYTES", "MAX_CLASSES", "read_text",
+           "load_yaml", "read_yaml", "read_json", "yaml_problem", "shorten"]
 
-MAX_CONFIG_BYTES = 1 << 20  # a recipe, a run's config.yaml, compare.yaml, config.json, an @LIST file
+MAX_CONFIG_BYTES = 1 << 20  # a recipe, a run's config.yaml, compare.yaml, config.json
 MAX_RECORD_BYTES = 16 << 20  # final.json, class_weights.json (a confusion matrix of a thousand classes)
 MAX_LOG_BYTES = 256 << 20  # metrics.jsonl (a million log lines)
 # The most classes a config or a config.json may name: more than any dataset has, and a bound on the

@@ -3,9 +3,9 @@ files name, and a dataset that decodes them one by one (in ``DataLoader`` worker
 
 ``@LIST`` names a text file of inputs, one file, folder or glob per line (blank lines and lines
 starting with ``#`` skipped; relative paths are relative to the list's folder; at most
-:data:`MAX_LIST_BYTES`). Each input found
-comes with its root (a folder itself, a file's folder, a glob's fixed leading folders), below which
-the output folder mirrors it (:func:`visattn.engine.predictions.output_names`).
+:data:`MAX_LIST_BYTES`). Each input found comes with its root (a folder itself, a file's folder, a
+glob's fixed leading folders), below which the output folder mirrors it
+(:func:`visattn.engine.predictions.output_names`).
 """
 from __future__ import annotations
 

@@ -160,6 +160,7 @@ class Trainer:
         self.ema = self.training_step.ema
         self.step, self.best = 0, -math.inf
         self._evaluation_due = False  # the current step's periodic evaluation has not completed
+        self._signal = None  # the stop signal received, if any (while fit runs)
         if self.resumed:
             self._restore()
             self._logged = [r for r in self.run.read_metrics() if r["step"] <= self.step]  # read before writing
