@@ -92,7 +92,7 @@ def test_training_log_without_tensorboard(tmp_path, monkeypatch):
     run = RunDir(tmp_path)
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     with pytest.warns(UserWarning, match=r"no TensorBoard events .*visattn\[tensorboard\]") as warned:
-        log = MetricsLog(run, enabled=True, resume_step=None)
+        log = MetricsLog(run, enabled=True, resumed=None)
     assert len(warned) == 1
     log.write({"step": 1, "loss": 0.5}, "train")
     log.close()

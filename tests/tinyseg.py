@@ -66,7 +66,7 @@ def build_bn(num_classes: int, **kwargs) -> TinySeg:
     return model
 
 
-STEP_POINTS = ("forward", "backward", "update", "checkpoint")
+STEP_POINTS = ("forward", "backward", "update", "checkpoint", "evaluation")
 
 
 @contextlib.contextmanager
@@ -74,7 +74,8 @@ def signal_during(point: str, nth: int, signum: int):
     """Send ``signum`` to this process from inside the ``nth`` event of kind ``point`` of the runs
     trained within: a training forward, a backward (when the stem's gradient is computed, before
     the others are accumulated), an optimizer update (after the parameters changed, before the
-    scheduler steps) or a checkpoint write (after the weights file, before the state file).
+    scheduler steps), a checkpoint write (after the weights file, before the state file) or an
+    evaluation forward (one per validation batch).
     Yields the count of each kind of event so far."""
     import visattn.engine.run_dir as run_dir
     import visattn.engine.trainer as trainer
@@ -92,7 +93,7 @@ def signal_during(point: str, nth: int, signum: int):
 
     def build_hooked(*args, **kwargs):
         model = build_model(*args, **kwargs)
-        model.register_forward_hook(lambda module, inputs, output: event("forward") if module.training else None)
+        model.register_forward_hook(lambda module, inputs, output: event("forward" if module.training else "evaluation"))
         next(model.parameters()).register_hook(lambda grad: event("backward"))
         return model
 

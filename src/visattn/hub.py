@@ -36,6 +36,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from torch import nn
 
 from . import __version__
+from .bounded import MAX_CLASSES, MAX_CONFIG_BYTES, UnreadableFileError, read_json, shorten
 from .data import classes_and_palette
 from .engine.config import ConfigError
 from .engine.run_dir import RunDir
@@ -89,27 +90,29 @@ def local_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
 
 def read_hub_config(path: Path) -> dict[str, Any]:
     """``config.json`` at ``path``, checked: a registered model name, its keyword arguments, the
-    classes. Anything else is a :class:`ConfigError` naming the file."""
+    classes (at most :data:`~visattn.bounded.MAX_CLASSES`). The file is read within
+    :data:`~visattn.bounded.MAX_CONFIG_BYTES`. Anything else is a :class:`ConfigError` naming the file."""
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read {path}: {err}") from None
+        config = read_json(path, MAX_CONFIG_BYTES)
+    except UnreadableFileError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a JSON object")
     name, kwargs, num_classes = config.get("model"), config.get("model_kwargs", {}), config.get("num_classes")
     if not isinstance(name, str) or ":" in name:
-        raise ConfigError(f"'model' in {path} must be a registered model name (`visattn models`), got {name!r}; "
+        raise ConfigError(f"'model' in {path} must be a registered model name (`visattn models`), got {shorten(name)}; "
                           "a downloaded config never names code to import")
     if not isinstance(kwargs, dict):
-        raise ConfigError(f"'model_kwargs' in {path} must be an object, got {kwargs!r}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ConfigError(f"'num_classes' in {path} must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"'model_kwargs' in {path} must be an object, got {shorten(kwargs)}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 0 < num_classes <= MAX_CLASSES:
+        raise ConfigError(f"'num_classes' in {path} must be an integer in [1, {MAX_CLASSES}], "
+                          f"got {shorten(num_classes)}")
     if config.get("task", "segmentation") not in _TASKS:
-        raise ConfigError(f"'task' in {path} must be one of {', '.join(_TASKS)}, got {config['task']!r}")
+        raise ConfigError(f"'task' in {path} must be one of {', '.join(_TASKS)}, got {shorten(config['task'])}")
     classes = config.get("classes")
     if classes is not None and (not isinstance(classes, list) or len(classes) != num_classes
                                 or not all(isinstance(c, str) for c in classes)):
-        raise ConfigError(f"'classes' in {path} must be {num_classes} names, got {classes!r}")
+        raise ConfigError(f"'classes' in {path} must be {num_classes} names, got {shorten(classes)}")
     if not isinstance(config.get("config", {}), dict):
         raise ConfigError(f"'config' in {path} must be an object")
     return config

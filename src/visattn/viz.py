@@ -18,7 +18,6 @@ to the image the same way, so a feature cell's centre lands where its logits do.
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +33,7 @@ from .attention import list_attentions
 from .attention._common import AttentionMap, check_one_map
 from .data import colorize
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
-from .engine.run_dir import RunDir
+from .engine.run_dir import RunDir, read_metrics_file
 
 __all__ = [
     "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
@@ -220,11 +219,10 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     train lines carry ``loss``, validation lines ``mIoU`` (or ``top1``)."""
     path = Path(path)
     if path.is_dir():
-
         path = RunDir(path).metrics
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl at {path}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_metrics_file(path)
     return [r for r in records if "loss" in r], [r for r in records if "loss" not in r]
 
 

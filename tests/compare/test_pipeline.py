@@ -3,6 +3,7 @@ numbers against the runs, and the refusals."""
 import inspect
 import json
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import visattn.comparison
 from visattn.cli import main
 from visattn.comparison import compare
 from visattn.engine.config import ConfigError
+
+import tinyseg
 
 
 def test_resume_skips_the_complete_run_and_completes_the_report(compared, mtimes):
@@ -89,3 +92,18 @@ def test_visattn_compare_is_a_plain_function_importing_the_package_leaves():
     assert visattn.compare is compare  # importing the package did not rebind the name
     with pytest.raises(ConfigError, match="unknown attention 'nope'"):
         visattn.compare(attentions=["nope"])
+
+
+def test_sigint_in_a_final_evaluation_stops_the_comparison(tmp_path, recipe_file, tiny, capsys):
+    """Ctrl-C during the first entry's final evaluation: exit 130, that run left resumable (its
+    last checkpoint, no final record), no other entry started, no cost measured, no report."""
+    out = tmp_path / "cmp"
+    with tinyseg.signal_during("evaluation", 1, signal.SIGINT):
+        code = main(["compare", "--config", recipe_file, "--models", "fcn", "--attentions", "sge", "--seeds", "1",
+                     "--set", *tiny, "eval.batch_size=2", "--output", str(out)])
+    assert code == 130
+    run = out / "runs" / "fcn" / "seed0"
+    assert (run / "checkpoints" / "latest").read_text() == "step_0000002"
+    assert not (run / visattn.comparison.FINAL_METRICS).exists()
+    assert not (out / "runs" / "attnet-sge").exists() and not (out / "report.json").exists()
+    assert "start attnet-sge" not in capsys.readouterr().out

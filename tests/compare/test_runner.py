@@ -1,12 +1,20 @@
-"""The runs of a comparison: parallel workers share out the cores, a failed worker stops the rest."""
+"""The runs of a comparison: parallel workers share out the cores, a failed worker stops the rest,
+a Ctrl-C to the comparison alone stops the workers at a step boundary."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from visattn.comparison import FINAL_METRICS, CompareDir, Entry, entry_config
 from visattn.comparison.runner import Job, Progress, RunFailedError, train_in_parallel
 from visattn.engine.config import load_config
+
+import visattn
 
 ENTRIES = (Entry("fcn", "fcn"), Entry("attnet-sge", "attnet", "sge"))
 
@@ -30,3 +38,27 @@ def test_a_failed_worker_is_reported_and_nothing_more_starts(tmp_path, recipe_fi
         train_in_parallel(jobs, 1, 0, Progress(2, lines.append))
     assert lines[0].startswith("start fcn seed 0 (") and lines[-1].startswith("fcn seed 0 failed")
     assert not cdir.log(ENTRIES[1], 0).exists()  # the second run never started
+
+
+def test_sigint_to_the_comparison_alone_stops_its_workers(tmp_path, recipe_file, tiny):
+    """SIGINT to the comparison's process (its workers run in sessions of their own, as a Ctrl-C
+    from a terminal would not reach them): it is passed on, each worker checkpoints the step it is
+    at and exits 130, and the comparison exits 130 without a report, long before the runs' end."""
+    out = tmp_path / "cmp"
+    env = {**os.environ, "PYTHONPATH": str(Path(visattn.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "visattn", "compare", "--config", recipe_file, "--models", "fcn",
+                             "--attentions", "sge", "--seeds", "1", "--jobs", "2", "--set", *tiny,
+                             "train.iters=100000", "--output", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    runs = [out / "runs" / entry.name / "seed0" for entry in ENTRIES]
+    deadline = time.monotonic() + 240
+    while not all((run / "metrics.jsonl").is_file() for run in runs):  # both have logged a step
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, proc.stderr.read()
+    proc.stderr.close()
+    for run in runs:
+        step = int((run / "checkpoints" / "latest").read_text().removeprefix("step_"))
+        assert 0 < step < 100000 and not (run / FINAL_METRICS).exists()
+    assert not (out / "report.json").exists()

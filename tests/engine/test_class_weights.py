@@ -126,9 +126,15 @@ def test_a_run_keeps_its_weights_and_a_resumed_run_reads_them(tmp_path, monkeypa
     with Trainer(run.load_config(), torch.device("cpu"), resume=run.path, quiet=True, trust_code=True) as resumed:
         assert resumed.criterion.class_weights.tolist() == weights
     monkeypatch.undo()
-    # another weighting on resume: counted and kept instead
-    with Trainer(run.load_config(["train.class_weights=inverse_sqrt_frequency"]), torch.device("cpu"), resume=run.path,
-                 quiet=True, trust_code=True) as resumed:
-        assert json.loads(run.class_weights.read_text())["method"] == "inverse_sqrt_frequency"
-        assert resumed.criterion.class_weights.tolist() == pytest.approx(cw.inverse_sqrt_frequency_weights(
-            cw.LabelCounts(pixels, image_pixels, 8)))
+    # another weighting on resume is refused: the loss of the steps so far is the run's
+    with pytest.raises(ConfigError, match=r"train\.class_weights='inverse_sqrt_frequency' \(the run's is "
+                                          r"'median_frequency'\)"):
+        Trainer(run.load_config(["train.class_weights=inverse_sqrt_frequency"]), torch.device("cpu"), resume=run.path,
+                quiet=True, trust_code=True)
+    assert json.loads(run.class_weights.read_text()) == record
+    # a record of another weighting is not used: counted again
+    assert cw.read_class_weights(run.class_weights, "inverse_sqrt_frequency", resumed.classes) is None
+    counted, new_record = cw.resolve_class_weights("inverse_sqrt_frequency", resumed.train_set, resumed.classes,
+                                                   run.class_weights, quiet=True)
+    assert new_record["method"] == "inverse_sqrt_frequency"
+    assert counted == pytest.approx(cw.inverse_sqrt_frequency_weights(cw.LabelCounts(pixels, image_pixels, 8)))

@@ -64,12 +64,13 @@ INVALID = [
     ("data.scale_range=[2, 1]", "data.scale_range", "[low, high], numbers with 0 < low <= high", "[2, 1]"),
     ("data.std=[1, 0, 1]", "data.std", "three numbers > 0 (R, G, B)", "[1, 0, 1]"),
     ("data.workers=-1", "data.workers", "an integer >= 0", "-1"),
-    ("data.num_classes=0", "data.num_classes", "null or an integer > 0", "0"),
+    ("data.num_classes=0", "data.num_classes", "null or an integer in [1, 100000]", "0"),
+    ("data.num_classes=1000000000000", "data.num_classes", "null or an integer in [1, 100000]", "1000000000000"),
     ("data.root=3", "data.root", "null or a string", "3"),
     ("data.digits.digit_size=[20, 10]", "data.digits.digit_size", "[low, high], integers with 1 <= low <= high",
      "[20, 10]"),
     ("eval.batch_size=0", "eval.batch_size", "an integer > 0", "0"),
-    ("eval.scales=[]", "eval.scales", "a non-empty list of numbers > 0", "[]"),
+    ("eval.scales=[]", "eval.scales", "a non-empty list of at most 16 numbers > 0", "[]"),
     ("eval.mode=tiles", "eval.mode", "one of whole, slide", "'tiles'"),
     ("eval.crop_size=[64]", "eval.crop_size", "null or [height, width], integers > 0", "[64]"),
     ("eval.stride=[0, 8]", "eval.stride", "null or [height, width], integers > 0", "[0, 8]"),
@@ -215,7 +216,7 @@ def test_broken_yaml_names_file_and_line(tmp_path):
                                           r"line 4, column 6: expected ',' or '\]', but got ':'$") as err:
         load_config(recipe)
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match=r"^override 'train\.betas=\[0\.9': the value is not valid YAML \(line 1"):
+    with pytest.raises(ConfigError, match=r"^override 'train\.betas=\[0\.9': the value is not valid YAML: line 1"):
         load_config(None, ["train.betas=[0.9"])
 
 
@@ -280,3 +281,8 @@ def test_cli_eval_with_mismatched_weights_exits_2(tmp_path, capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"visattn eval: error: cannot load weights {weights} into TinySeg: missing keys (")
     assert "unexpected keys (1): head.weight" in line
+
+
+def test_a_model_too_large_to_build_is_refused_before_it_is_allocated():
+    with pytest.raises(ConfigError, match=r"makes model 'fcn' of 1\.84e\+16 parameters, more than 2e\+09$"):
+        load_config(None, ["model.name=fcn", "model.kwargs={channels: 1000000000000}"])

@@ -188,3 +188,48 @@ def test_ddp_processes_stop_after_the_same_step(tmp_path):
     assert _latest(tmp_path / "run") == "step_0000004"
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("*.state.pt")) == [
         "step_0000002.state.pt", "step_0000004.state.pt"]
+
+
+def test_sigint_in_the_final_evaluation_exits_130_and_resumes(tmp_path, straight, capsys):
+    """Ctrl-C while the final weights are evaluated: the evaluation stops between two batches, the
+    command exits 130 naming the final evaluation, and a resumed run evaluates again."""
+    sets = [a for s in RUN + [f"run.dir={tmp_path / 'run'}", "eval.batch_size=2"] for a in ("--set", s)]
+    with tinyseg.signal_during("evaluation", 1, signal.SIGINT) as events:
+        assert cli_main(["train", "--quiet", "--trust-code", *sets]) == 130
+    assert events["evaluation"] == 1  # of the four batches, only the first ran
+    assert "stopped by SIGINT in the final evaluation after step 6/6" in capsys.readouterr().err
+    assert _latest(tmp_path / "run") == "step_0000006"
+    assert cli_main(["train", "--quiet", "--trust-code", "--resume", str(tmp_path / "run")]) == 0
+    assert "after 6 steps" in capsys.readouterr().out
+    assert_same_run(tmp_path / "run", straight)
+
+
+def test_sigint_in_a_periodic_evaluation_checkpoints_it_as_due(tmp_path):
+    """Ctrl-C during step 4's evaluation: step 4 is checkpointed, the resumed run evaluates it first
+    and then logs what the uninterrupted run logs."""
+    periodic = ("train.eval_every=4", "eval.batch_size=2")
+    assert _run(tmp_path / "straight", *periodic)["step"] == 6
+    with tinyseg.signal_during("evaluation", 2, signal.SIGINT) as events:
+        stopped = _run(tmp_path / "run", *periodic)
+    assert stopped["interrupted"] and stopped["step"] == 4 and events["evaluation"] == 2
+    assert _latest(tmp_path / "run") == "step_0000004"
+    assert torch.load(tmp_path / "run/checkpoints/step_0000004.state.pt", weights_only=True)["evaluation_due"]
+    assert _resume(tmp_path / "run")["step"] == 6
+    assert_same_run(tmp_path / "run", tmp_path / "straight")
+
+    def evaluations(run_dir):
+        return [(r["step"], r["mIoU"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                if "mIoU" in r]
+
+    assert [step for step, _ in evaluations(tmp_path / "run")] == [4, 6]
+    assert evaluations(tmp_path / "run") == evaluations(tmp_path / "straight")
+
+
+def test_a_second_sigint_stops_inside_the_step(tmp_path, straight):
+    """One SIGINT in step 3 stops after step 3; a second one in the same step stops at once: step 3
+    is given up (its BatchNorm statistics rolled back) and the run resumes exactly from step 2."""
+    with tinyseg.signal_during("forward", 5, signal.SIGINT), tinyseg.signal_during("forward", 6, signal.SIGINT):
+        stopped = _run(tmp_path / "run")
+    assert stopped["interrupted"] and stopped["step"] == 2 and _latest(tmp_path / "run") == "step_0000002"
+    assert _resume(tmp_path / "run")["step"] == 6
+    assert_same_run(tmp_path / "run", straight)

@@ -1,6 +1,7 @@
 """What a shared or damaged run directory cannot do: run code on eval/predict/explain, be trained in
-by two processes, have a new run written over it, change a resumed run's schedule, or fail a
-resume while an older complete checkpoint is on disk; bad checkpoints are errors naming the file."""
+by two processes, have a new run written over it, change a resumed run's schedule, loss or data, or
+fail a resume while an older complete checkpoint is on disk; bad checkpoints are errors naming the file."""
+import json
 import os
 import pickle
 import socket
@@ -115,6 +116,47 @@ def test_a_resumed_run_keeps_its_schedule(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.iters=6 (the run's is 4)" in err and "train.lr=0.1 (the run's is 0.002)" in err
     assert _files(run) == before
+
+
+@pytest.mark.parametrize("override, named", [
+    ("data.dataset=occluded_digits", "data.dataset='occluded_digits' (the run's is 'digits')"),
+    ("train.loss={dice: 1}", "train.loss={'dice': 1} (the run's is None)"),
+    ("data.color_jitter=0.5", "data.color_jitter=0.5 (the run's is 0.0)"),
+])
+def test_a_resumed_run_keeps_its_loss_and_data(tmp_path, capsys, override, named):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--trust-code", "--quiet", "--set", override]) == 2
+    assert named in capsys.readouterr().err
+    assert _files(run) == before  # config.yaml not rewritten
+    assert main(["train", "--resume", str(run), "--trust-code", "--quiet", "--set", "data.workers=1"]) == 0
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, capsys):
+    """A crash while appending (a full disk) leaves a line cut short at the end of metrics.jsonl:
+    the resumed run says it drops it and goes on; every line is a record afterwards."""
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    logged = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(logged + "{")
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: dropped its last line \(\d+\), cut short"):
+        assert main(["train", "--resume", str(run), "--trust-code", "--quiet"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[:-1] == [json.loads(line) for line in logged.splitlines()]  # and the final evaluation again
+    assert records[-1]["step"] == 4 and "mIoU" in records[-1]
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", "{", '{"loss": 1}', '{"step": "4"}'])
+def test_a_foreign_metrics_line_is_an_error_naming_it_and_nothing_is_rewritten(tmp_path, capsys, line):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--trust-code", "--quiet"]) == 2
+    assert "metrics.jsonl, line 2: not a" in capsys.readouterr().err
+    assert _files(run) == before  # config.yaml and metrics.jsonl as they were
 
 
 def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, capsys):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import yaml
 
 from ..attention import list_attentions
+from ..bounded import load_yaml
 from ..engine.config import Config, ConfigError, merge_config, validate_config
 from ..models import list_models
 from ..models.segmentation import build_segmentor
@@ -86,4 +87,5 @@ def recipe(cfg: Config) -> dict:
 
 def config_from_text(text: str) -> Config:
     """A config dumped by :func:`~visattn.engine.config.dump_config`, read back and validated."""
-    return validate_config(merge_config(Config(), yaml.safe_load(text), where=" in the comparison's config"))
+    return validate_config(merge_config(Config(), load_yaml(text, "the comparison's config"),
+                                        where=" in the comparison's config"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from ..bounded import read_json, read_yaml
 from ..engine.config import Config, ConfigError
 from ..engine.run_dir import RunDir
 from ..weights import atomic_write
@@ -46,7 +47,10 @@ class CompareDir:
         naming the keys that differ) or something else (``FileExistsError``)."""
         wanted = recipe(base)
         if self.spec.is_file():
-            saved = (yaml.safe_load(self.spec.read_text()) or {}).get("recipe")
+            saved = read_yaml(self.spec)
+            if saved is not None and not isinstance(saved, dict):
+                raise ConfigError(f"{self.spec} is not a comparison's record (a mapping of recipe, entries, seeds)")
+            saved = (saved or {}).get("recipe")
             if saved != wanted:
                 changed = _differences(wanted, saved or {})
                 listed = "; ".join(changed[:5]) + ("; ..." if len(changed) > 5 else "")
@@ -80,9 +84,15 @@ def default_output(base: Config, config: str | os.PathLike | None) -> Path:
 
 
 def read_final(run: RunDir) -> dict | None:
-    """The record :func:`write_final` wrote when the run completed, ``None`` if it has not."""
+    """The record :func:`write_final` wrote when the run completed, ``None`` if it has not; a file
+    that is not such a record is a ``ValueError`` naming it."""
     path = run.path / FINAL_METRICS
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+        raise ValueError(f"{path} is not a run's final record (a JSON object with its metrics)")
+    return record
 
 
 def write_final(run: RunDir, record: dict) -> None:

@@ -107,7 +107,10 @@ def cpu_count() -> int:
 
 def train_in_parallel(jobs: Sequence[Job], workers: int, gpus: int, progress: Progress) -> dict[tuple[str, int], dict]:
     """``workers`` runs at a time, each in a subprocess (:func:`worker_main`) with ``cores // workers``
-    torch threads and, with ``gpus > 1``, its own GPU (``CUDA_VISIBLE_DEVICES``, round-robin over slots)."""
+    torch threads and, with ``gpus > 1``, its own GPU (``CUDA_VISIBLE_DEVICES``, round-robin over slots).
+
+    The workers run in sessions of their own, so a Ctrl-C reaches them through this process alone:
+    it starts no more runs and passes each Ctrl-C on (:func:`_stop_workers`)."""
     threads = max(1, cpu_count() // workers)
     queue, running, records, failed = list(jobs), {}, {}, []
     try:
@@ -124,7 +127,7 @@ def train_in_parallel(jobs: Sequence[Job], workers: int, gpus: int, progress: Pr
                     with job.log.open("w") as out:
                         proc = subprocess.Popen([sys.executable, "-m", "visattn.comparison", "train", str(job.run.path),
                                                  str(threads)], stdin=subprocess.PIPE, stdout=out,
-                                                stderr=subprocess.STDOUT, env=env, text=True)
+                                                stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True)
                     with contextlib.suppress(BrokenPipeError):  # a worker that died at once: its log tells why
                         proc.stdin.write(dump_config(job.cfg))
                         proc.stdin.close()
@@ -144,13 +147,28 @@ def train_in_parallel(jobs: Sequence[Job], workers: int, gpus: int, progress: Pr
                     tail = job.log.read_text().strip().splitlines()[-1:] or ["no output"]
                     failed.append(f"{job.label} (exit {proc.returncode}: {tail[0]}; log {job.log})")
                     progress.log(f"{job.label} failed; its log: {job.log}")
-    except KeyboardInterrupt:  # Ctrl-C reached the workers too: each stops at a step boundary and saves
-        for proc, _, _ in running.values():
-            proc.wait()
+    except KeyboardInterrupt:
+        _stop_workers([proc for proc, _, _ in running.values()])
         raise
     if failed:
         raise RunFailedError(f"{len(failed)} run(s) failed: {'; '.join(failed)}")
     return records
+
+
+def _stop_workers(procs: Sequence[subprocess.Popen]) -> None:
+    """Pass a Ctrl-C on to the running workers, each of which stops at its next safe point with a
+    resumable run, and wait for them; a further Ctrl-C meanwhile is passed on too (they stop at once)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    while True:
+        try:
+            for proc in procs:
+                proc.wait()
+            return
+        except KeyboardInterrupt:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
 
 
 def _stop_with_parent() -> None:

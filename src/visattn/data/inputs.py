@@ -2,9 +2,10 @@
 files name, and a dataset that decodes them one by one (in ``DataLoader`` workers) for batching.
 
 ``@LIST`` names a text file of inputs, one file, folder or glob per line (blank lines and lines
-starting with ``#`` skipped; relative paths are relative to the list's folder). Each input found
-comes with its root (a folder itself, a file's folder, a glob's fixed leading folders), below which
-the output folder mirrors it (:func:`visattn.engine.predictions.output_names`).
+starting with ``#`` skipped; relative paths are relative to the list's folder; at most
+:data:`MAX_LIST_BYTES`). Each input found comes with its root (a folder itself, a file's folder, a
+glob's fixed leading folders), below which the output folder mirrors it
+(:func:`visattn.engine.predictions.output_names`).
 """
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from typing import TypeVar
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from ..bounded import UnreadableFileError, read_text
 from .segmentation import IMAGE_EXTENSIONS, read_image
 from .video import VIDEO_EXTENSIONS, is_video
 
-__all__ = ["LIST_PREFIX", "find_inputs", "Pictures", "picture_loader", "same_size_batches"]
+__all__ = ["LIST_PREFIX", "MAX_LIST_BYTES", "find_inputs", "Pictures", "picture_loader", "same_size_batches"]
 
 T = TypeVar("T")
 LIST_PREFIX = "@"
+MAX_LIST_BYTES = 16 << 20  # an @LIST file: some hundred thousand paths
 _EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 
@@ -62,10 +65,12 @@ def _files(item: str, exclude: str | os.PathLike | None) -> tuple[list[Path], Pa
 
 def _read_list(path: Path, exclude: str | os.PathLike | None) -> list[tuple[list[Path], Path]]:
     """:func:`_files` of each line of the list file ``path``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot read the list {LIST_PREFIX}{path}: no such file")
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise FileNotFoundError(f"cannot read the list {LIST_PREFIX}{path}: {err}") from None
+        lines = read_text(path, MAX_LIST_BYTES).splitlines()
+    except UnreadableFileError as err:
+        raise ValueError(f"cannot read the list {LIST_PREFIX}{path}: {err}") from None
     groups = []
     for number, line in enumerate(lines, 1):
         entry = line.strip()

@@ -40,13 +40,14 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..bounded import read_json
 from ..data import IGNORE_INDEX
 from ..weights import atomic_write
 from .config import CLASS_WEIGHTINGS, ConfigError
 from .distributed import DistInfo
 
 __all__ = ["LabelCounts", "count_labels", "median_frequency_weights", "inverse_sqrt_frequency_weights", "WEIGHTINGS",
-           "resolve_class_weights", "save_class_weights"]
+           "resolve_class_weights", "read_class_weights", "save_class_weights"]
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,12 @@ WEIGHTINGS: dict[str, Callable[[LabelCounts], list[float]]] = {
 }
 
 
-def _read_cache(path: Path, method: str, classes: Sequence[str]) -> list[float] | None:
+def read_class_weights(path: Path, method: str, classes: Sequence[str]) -> list[float] | None:
     """The weights ``path`` keeps for ``method`` and ``classes``; ``None`` when it is missing,
-    unreadable or holds another method's or class list's."""
+    unreadable (:func:`~visattn.bounded.read_json`: at most 16 MiB) or holds another method's or class
+    list's, or anything else."""
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path)
         weights = record["weights"]
         matches = record["method"] == method and record["classes"] == list(classes) and len(weights) == len(classes)
         if matches and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights):
@@ -175,7 +177,7 @@ def resolve_class_weights(setting: Sequence[float] | str | None, dataset: Datase
     if setting not in WEIGHTINGS:
         raise ConfigError(f"config key 'train.class_weights' must be {', '.join(WEIGHTINGS)} or a list of numbers, "
                           f"got {setting!r}")
-    cached = None if cache is None else _read_cache(Path(cache), setting, classes)
+    cached = None if cache is None else read_class_weights(Path(cache), setting, classes)
     if cached is not None:
         return cached, None
     counts = count_labels(dataset, len(classes), info, device, quiet)

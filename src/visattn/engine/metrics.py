@@ -14,11 +14,14 @@ column ``c``:
 - ``pixel_acc = sum_c TP_c / sum C`` (labelled pixels only).
 
 Under DDP the confusion matrix is summed over processes.
+
+:func:`evaluate` given ``stop`` looks at it before every batch and raises :class:`EvaluationStopped`
+(a ``KeyboardInterrupt``) when it says so: an evaluation is a place where Ctrl-C is honoured.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,10 +30,14 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from ..data import IGNORE_INDEX
 from .inference import segment
 
-__all__ = ["SegmentationMetrics", "ClassificationMetrics", "evaluate", "format_table", "format_confusion_matrix",
+__all__ = ["SegmentationMetrics", "ClassificationMetrics", "evaluate", "EvaluationStopped", "format_table", "format_confusion_matrix",
            "metrics_from_confusion", "PER_CLASS_KEYS"]
 
 PER_CLASS_KEYS = ("per_class_iou", "per_class_acc", "per_class_dice", "confusion_matrix")
+
+
+class EvaluationStopped(KeyboardInterrupt):
+    """An evaluation given up between two batches because a stop was requested (Ctrl-C, SIGTERM)."""
 
 
 def _nan_to_none(values: Tensor) -> list[float | None]:
@@ -91,14 +98,19 @@ class ClassificationMetrics:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, num_classes: int, task: str = "segmentation",
-             device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None, **segment_kwargs) -> dict:
-    """Run ``model`` (switched to eval mode) over ``(image, target)`` batches and return the metrics."""
+             device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
+             stop: Callable[[], bool] | None = None, **segment_kwargs) -> dict:
+    """Run ``model`` (switched to eval mode) over ``(image, target)`` batches and return the metrics.
+
+    ``stop``: asked before every batch; when it answers true, :class:`EvaluationStopped` is raised."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     metrics = (SegmentationMetrics if task == "segmentation" else ClassificationMetrics)(num_classes, device)
     try:
         for image, target in batches:
+            if stop is not None and stop():
+                raise EvaluationStopped("evaluation stopped between batches")
             image, target = image.to(device), target.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 if task == "segmentation":

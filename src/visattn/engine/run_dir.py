@@ -4,7 +4,7 @@
 Layout::
 
     config.yaml            the resolved configuration (re-read by --resume, eval and predict)
-    metrics.jsonl          one JSON line per log step and per evaluation
+    metrics.jsonl          one JSON object per line, per log step and per evaluation
     tb/                    TensorBoard events
     checkpoints/           step_XXXXXXX.safetensors (weights) + step_XXXXXXX.state.pt (optimizer,
                            scheduler, step, RNG states, with train.ema the weight average; torch.save,
@@ -16,9 +16,12 @@ Layout::
     lock                   "PID HOST" of the process training in it, while it trains
 
 Every file is written atomically (:func:`visattn.weights.atomic_write`): a reader, or a run killed
-while writing, never leaves a half-written file behind. One process at a time trains in a run
-directory (:meth:`RunDir.lock`), and a new run only starts in an empty one
-(:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
+while writing, never leaves a half-written file behind. metrics.jsonl, which grows, is appended to
+by whole lines, each flushed to the disk before the run goes on: what a crash (a full disk) can
+leave is a torn last line, which :func:`read_metrics_file` drops with a warning, while any other
+line that is not a JSON object with an integer ``step`` is an error naming the file and the line.
+One process at a time trains in a run directory (:meth:`RunDir.lock`), and a new run only starts
+in an empty one (:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
 safetensors and ``weights_only`` pickles, and a config naming code to import
 (``model.name: "module:builder"``) builds only with ``trust_code=True``.
 
@@ -40,10 +43,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..bounded import MAX_LOG_BYTES, read_text, shorten
 from ..weights import atomic_write, read_state_dict, save_state_dict
 from .config import Config, dump_config, load_config
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "read_metrics_file"]
 
 _STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "best", "rng")
 # Run directories this process holds the lock of: a lock file naming this PID is stale unless listed
@@ -173,12 +177,21 @@ class RunDir:
             raise FileNotFoundError(f"not a run directory (no {self.config.name}): {self.path}")
         return load_config(self.config, overrides)
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop the metrics lines written after ``step`` (a resumed run writes them again)."""
-        if not self.metrics.is_file():
-            return
-        lines = [ln for ln in self.metrics.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-        atomic_write(self.metrics, lambda tmp: Path(tmp).write_text("".join(ln + "\n" for ln in lines)))
+    def read_metrics(self) -> list[dict]:
+        """The records of metrics.jsonl (:func:`read_metrics_file`), none when it is missing."""
+        return read_metrics_file(self.metrics) if self.metrics.is_file() else []
+
+    def rewrite_metrics(self, records: Iterable[dict]) -> None:
+        """Replace metrics.jsonl by ``records``, atomically."""
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        atomic_write(self.metrics, lambda tmp: Path(tmp).write_text(text))
+
+    def append_metrics(self, record: dict) -> None:
+        """Add ``record`` to metrics.jsonl as one line, on the disk when this returns."""
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def save_best(self, model: nn.Module, record: dict) -> None:
         """``model``'s weights and the evaluation ``record`` (metrics and step) that made them the best."""
@@ -245,6 +258,34 @@ class RunDir:
         names = {p.name.split(".")[0] for p in self.checkpoints.glob("step_*.*")
                  if p.name.endswith((".safetensors", ".state.pt"))}
         return sorted(names, key=lambda name: int(name.removeprefix("step_")))
+
+
+def read_metrics_file(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl (at most :data:`~visattn.bounded.MAX_LOG_BYTES`): a JSON
+    object with an integer ``step`` per line (blank lines skipped). A last line cut short (no
+    newline after it, not JSON), as a crash while appending leaves it, is dropped with a warning;
+    any other line that is not such a record is a ``ValueError`` naming the file and the line."""
+    path = Path(path)
+    text = read_text(path, MAX_LOG_BYTES)
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as err:
+            if number == len(lines) and not text.endswith("\n"):
+                warnings.warn(f"{path}: dropped its last line ({number}), cut short by an interrupted write",
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record ({err})") from None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ValueError(f"{path}, line {number}: not a metrics record (a JSON object with an integer step), "
+                             f"got {shorten(line)}")
+        records.append(record)
+    return records
 
 
 def _read_training_state(path: Path) -> dict:

@@ -41,6 +41,13 @@ Stopping keeps that guarantee:
   at it at step boundaries (after the update, the evaluation and the periodic checkpoint), then saves
   a checkpoint of that step (unless it was just saved) and returns. Under DDP the flag is OR-ed over
   the processes in every step, so all of them stop after the same step.
+- An evaluation looks at the flag between its batches too (one process; under DDP, whose processes
+  hold different numbers of batches, it finishes first). Stopped in a periodic evaluation, the run
+  checkpoints the step with its evaluation marked as due, and a resumed run evaluates it before its
+  next step; stopped in the final evaluation, it returns as interrupted (``final`` weights written,
+  no result), and a resumed run evaluates again. Either way the run is resumable.
+- A second stop signal stops at once: it raises ``KeyboardInterrupt`` wherever the run is (the
+  handling of errors below applies).
 - SIGKILL at any moment: every file is written atomically and ``checkpoints/latest`` is updated last,
   so the latest checkpoint is always a complete step; at most the steps since it are lost.
 - An error raised inside a step (out of memory, a ``KeyboardInterrupt`` raised by code) rolls the
@@ -58,7 +65,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -75,29 +81,36 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from .._extras import MissingExtraError, require
+from ..bounded import shorten
 from ..data import build_dataset, dataset_info, dataset_spec
 from ..data.validate import bad_files_error, dataset_files, find_bad_files
 from .build import build_model
 from .class_weights import resolve_class_weights, save_class_weights
-from .config import Config, ConfigError, TrainConfig
+from .config import Config, ConfigError
 from .distributed import DistInfo, cleanup_distributed, init_distributed, resolve_device
 from .inference import segment_options
 from .losses import LossTerms
 from .metrics import evaluate as evaluate_model
-from .metrics import PER_CLASS_KEYS, format_table
+from .metrics import PER_CLASS_KEYS, EvaluationStopped, format_table
 from .precision import amp_dtype
 from .run_dir import RunDir
 from .step import TrainingStep
 
-__all__ = ["train", "Trainer", "FIXED_ON_RESUME", "NonFiniteLossError"]
+__all__ = ["train", "Trainer", "FIXED_ON_RESUME", "DATA_FREE_ON_RESUME", "NonFiniteLossError"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # train.* keys a resumed run must keep: the checkpoint restores the optimizer's hyperparameters, the
 # learning-rate schedule and the weights' average, its step counts batches of this size, the seed
-# orders the samples, and gradient clipping belongs to the update rule as the learning rate does.
+# orders the samples, and gradient clipping belongs to the update rule as the learning rate does;
+# the loss (its terms, their weights, the class weights) is what the steps so far minimised.
 FIXED_ON_RESUME = ("iters", "epochs", "batch_size", "seed", "optimizer", "lr", "momentum", "nesterov", "betas",
                    "weight_decay", "schedule", "power", "lr_steps", "lr_gamma", "warmup_iters", "warmup_factor",
-                   "min_lr", "head_lr_mult", "clip_grad", "ema")
+                   "min_lr", "head_lr_mult", "clip_grad", "ema", "loss", "loss_weights", "class_weights",
+                   "focal_gamma", "ohem", "ohem_thresh", "ohem_min_kept", "label_smoothing")
+# data.* keys a resumed run may change: where the files lie and how many workers read them. The
+# others (the dataset, its splits and classes, the augmentation) are what the steps so far learned
+# from, and stay, as ``task`` does: config.yaml describes every step of the run.
+DATA_FREE_ON_RESUME = ("root", "workers")
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -116,8 +129,9 @@ def train(cfg: Config, resume: str | os.PathLike | RunDir | None = None, quiet: 
     The run directory is locked while the run lasts (:meth:`RunDir.lock`); a new run starts only in
     a new or empty directory. A resumed run continues from the newest readable checkpoint, under
     the run's own length, batch size, optimizer and learning-rate schedule (the checkpoint restores
-    them) and seed: a ``cfg`` that changes one of them (:data:`FIXED_ON_RESUME`) raises ``ConfigError``,
-    so config.yaml always describes the steps that ran. To train longer, start a new run.
+    them), seed, loss and data: a ``cfg`` that changes one of them (:data:`FIXED_ON_RESUME`, ``task``
+    and the ``data`` keys but :data:`DATA_FREE_ON_RESUME`) raises ``ConfigError``, so config.yaml
+    always describes the steps that ran. To train longer or differently, start a new run.
     """
     device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = init_distributed(device)
@@ -146,8 +160,11 @@ class Trainer:
         self.module = self.training_step.module  # the bare network, whose weights the checkpoints hold
         self.ema = self.training_step.ema
         self.step, self.best = 0, -math.inf
+        self._evaluation_due = False  # the current step's periodic evaluation has not completed
+        self._signal = None  # the stop signal received, if any (while fit runs)
         if self.resumed:
             self._restore()
+            self._logged = [r for r in self.run.read_metrics() if r["step"] <= self.step]  # read before writing
         self.training_step.wrap_model(self._distributed if info.enabled else None)
         self._build_loaders()
         self.segment_options = segment_options(cfg) if cfg.task == "segmentation" else {}
@@ -255,19 +272,22 @@ class Trainer:
         """The run directory to resume, after checking that the config keeps every key of
         :data:`FIXED_ON_RESUME` of its config.yaml (``saved``, read here if not given); else ``ConfigError``."""
         run = resume if isinstance(resume, RunDir) else RunDir(resume)
-        saved_train = (saved if saved is not None else run.load_config()).train
-        self._check_resumable(run, saved_train)
+        self._check_resumable(run, saved if saved is not None else run.load_config())
         return run
 
-    def _check_resumable(self, run: RunDir, saved: TrainConfig) -> None:
-        """Raise ``ConfigError`` if the config changes a key of :data:`FIXED_ON_RESUME` of ``saved``."""
-        given = self.cfg.train
-        changed = [f"train.{key}={getattr(given, key)!r} (the run's is {getattr(saved, key)!r})"
-                   for key in FIXED_ON_RESUME if getattr(given, key) != getattr(saved, key)]
+    def _check_resumable(self, run: RunDir, saved: Config) -> None:
+        """Raise ``ConfigError`` if the config changes a key of ``saved`` that a resumed run keeps
+        (:data:`FIXED_ON_RESUME`, ``task``, ``data`` but :data:`DATA_FREE_ON_RESUME`)."""
+        given, kept = _dotted(self.cfg), _dotted(saved)
+        fixed = ["task", *(f"train.{key}" for key in FIXED_ON_RESUME),
+                 *(key for key in kept if key.startswith("data.") and key[5:] not in DATA_FREE_ON_RESUME)]
+        changed = [f"{key}={shorten(given[key])} (the run's is {shorten(kept[key])})"
+                   for key in fixed if given[key] != kept[key]]
         if changed:
-            raise ConfigError(f"{', '.join(changed)}: a resumed run keeps the length, batch size, optimizer and "
-                              f"learning-rate schedule of {run.config}, which its checkpoint restores; "
-                              "to train longer or differently, start a new run")
+            raise ConfigError(f"{', '.join(changed)}: a resumed run keeps the length, batch size, optimizer, "
+                              f"learning-rate schedule, loss and data of {run.config} (the checkpoint restores the "
+                              "schedule; config.yaml describes every step); to train longer or differently, "
+                              "start a new run")
 
     def _restore(self) -> None:
         """The weights, the optimizer, schedule, scaler and average, the step and the RNG of the latest checkpoint."""
@@ -279,6 +299,7 @@ class Trainer:
             step.scheduler.load_state_dict(state["scheduler"])
             step.scaler.load_state_dict(state["scaler"])
             self.step, self.best = int(state["step"]), float(state["best"])
+            self._evaluation_due = bool(state.get("evaluation_due", False))
             if self.ema is not None:
                 if "ema" not in state:
                     raise ValueError("it holds no weight average (train.ema)")
@@ -316,7 +337,7 @@ class Trainer:
         see :func:`train`."""
 
         t = self.cfg.train
-        self.log = MetricsLog(self.run, self.info.is_main, self.step if self.resumed else None)
+        self.log = MetricsLog(self.run, self.info.is_main, (self.step, self._logged) if self.resumed else None)
         self.bar = tqdm(total=self.total, initial=self.step, desc="train", disable=self.quiet or not self.info.is_main,
                         dynamic_ncols=True)
         self._signal = None  # the stop signal received, if any
@@ -327,6 +348,8 @@ class Trainer:
         self._losses, self._grad_norms, self._since = [], [], time.perf_counter()
         try:
             self.training_step.model.train()
+            if self._evaluation_due and self.step < self.total:  # stopped during this step's evaluation
+                metrics = self._periodic_evaluation()
             batches = None
             while self.step < self.total and not interrupted:
                 if batches is None:
@@ -338,9 +361,7 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == self.total:
                     self._log_training(terms, lr)
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total:
-                    metrics = self.evaluate()
-                    if self.info.is_main:
-                        self.bar.write(f"step {self.step}: {self.key_metric} {100 * metrics[self.key_metric]:.2f}")
+                    metrics = self._periodic_evaluation()
                 if self.step % t.ckpt_every == 0 or self.step == self.total:
                     self.checkpoint()
                 interrupted = self._stop_requested()
@@ -348,12 +369,22 @@ class Trainer:
             if interrupted:
                 if self._saved_step != self.step:
                     self.checkpoint()
-                self._report_stop(f"stopped by {signal.Signals(self._signal).name}" if self._signal
-                                  else "stopped by a signal to another process")
+                self._report_stop(self._stop_reason())
             else:
                 if self.info.is_main:
                     self.run.save_final(self.released_module)
                 metrics = self.evaluate()
+                (interrupted,) = self._any_process(self._signal is not None)  # a signal during its last batch
+                if interrupted:
+                    metrics = {}
+                    self._report_stop(self._stop_reason("in the final evaluation"))
+        except EvaluationStopped:
+            self.bar.close()
+            interrupted, metrics = True, {}
+            if self._saved_step != self.step:
+                self.checkpoint()  # with the evaluation due
+            where = "in the final evaluation" if self.step == self.total else f"in the evaluation of step {self.step}"
+            self._report_stop(self._stop_reason(where))
         except NonFiniteLossError:
             self.bar.close()
             self._report_stop("stopped: the loss is not finite")
@@ -373,15 +404,22 @@ class Trainer:
                 "table": format_table(metrics, self.classes) if metrics else ""}
 
     def _catch_stop_signals(self) -> dict:
-        """Make SIGINT and SIGTERM raise the stop flag (only possible on the main thread); returns
-        the handlers to restore."""
+        """Make SIGINT and SIGTERM raise the stop flag, and a second one raise ``KeyboardInterrupt``
+        (only possible on the main thread); returns the handlers to restore."""
         if threading.current_thread() is not threading.main_thread():
             return {}
 
         def request_stop(signum, frame):
+            if self._signal is not None:
+                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once")
             self._signal = signum
 
         return {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
+
+    def _stop_reason(self, where: str = "") -> str:
+        how = (f"stopped by {signal.Signals(self._signal).name}" if self._signal
+               else "stopped by a signal to another process")
+        return f"{how} {where}" if where else how
 
     def _stop_requested(self) -> bool:
         return self._stop_agreed if self.info.enabled else self._signal is not None
@@ -459,11 +497,22 @@ class Trainer:
         """The weights evaluated and saved as best and final: the average with ``train.ema``, else the trained ones."""
         return self.module if self.ema is None else self.ema.module
 
+    def _periodic_evaluation(self) -> dict:
+        """:meth:`evaluate` at a step boundary (while it runs, the step's checkpoint records it as due)."""
+        self._evaluation_due = True
+        metrics = self.evaluate()
+        self._evaluation_due = False
+        if self.info.is_main:
+            self.bar.write(f"step {self.step}: {self.key_metric} {100 * metrics[self.key_metric]:.2f}")
+        return metrics
+
     def evaluate(self) -> dict:
         """Metrics of :attr:`released_module` on the validation set (shared out over the processes);
-        logged, and the best weights kept."""
+        logged, and the best weights kept. With one process, a stop signal ends it between batches
+        (:class:`~visattn.engine.metrics.EvaluationStopped`)."""
+        stop = None if self.info.enabled else (lambda: self._signal is not None)
         metrics = evaluate_model(self.released_module, self.val_loader, len(self.classes), self.cfg.task, self.device,
-                                 self.amp, **self.segment_options)
+                                 self.amp, stop=stop, **self.segment_options)
         if self.info.is_main:
             self.log.write({"step": self.step, **{k: v for k, v in metrics.items() if k not in PER_CLASS_KEYS}}, "val")
             if metrics[self.key_metric] > self.best:
@@ -485,6 +534,7 @@ class Trainer:
         step = self.training_step
         return {"step": self.step, "optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
                 "scaler": step.scaler.state_dict(), "best": self.best, "seed": self.seed,
+                "evaluation_due": self._evaluation_due,
                 "rng": {"torch": rng, "world_size": len(rng)}, **ema}
 
     def checkpoint(self, gather: bool = True) -> None:
@@ -520,19 +570,23 @@ class Trainer:
 
 
 class MetricsLog:
-    """metrics.jsonl + TensorBoard (when installed: one warning otherwise), written by rank 0 only.
-    A resumed run (``resume_step``) first drops what was logged after its checkpoint."""
+    """metrics.jsonl (one line per record, on the disk before the run goes on:
+    :meth:`RunDir.append_metrics`) + TensorBoard (when installed: one warning otherwise), written by
+    rank 0 only. A resumed run (``resumed``: its checkpoint's step and the records logged up to it)
+    first rewrites metrics.jsonl to those records, dropping what was logged after the checkpoint."""
 
-    def __init__(self, run: RunDir, enabled: bool, resume_step: int | None) -> None:
-        self.enabled, self.path, self.writer = enabled, run.metrics, None
+    def __init__(self, run: RunDir, enabled: bool, resumed: tuple[int, list[dict]] | None) -> None:
+        self.enabled, self.run, self.writer = enabled, run, None
         if not enabled:
             return
-        if resume_step is not None:
-            run.truncate_metrics(resume_step)
+        resume_step = None
+        if resumed is not None:
+            resume_step, kept = resumed
+            run.rewrite_metrics(kept)
         try:
             require("tensorboard", extra="tensorboard")
         except MissingExtraError as err:
-            warnings.warn(f"no TensorBoard events ({err}); metrics go to {self.path.name} only", stacklevel=2)
+            warnings.warn(f"no TensorBoard events ({err}); metrics go to {run.metrics.name} only", stacklevel=2)
             return
         from torch.utils.tensorboard import SummaryWriter
 
@@ -541,8 +595,7 @@ class MetricsLog:
     def write(self, record: dict, prefix: str) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.run.append_metrics(record)
         if self.writer is None:
             return
         for key, value in record.items():
@@ -568,6 +621,16 @@ class _ShardSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.length - self.start
+
+
+def _dotted(section: object, prefix: str = "") -> dict:
+    """Every value of a config (or section) by its dotted key (``data.digits.size``)."""
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        out.update(_dotted(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value)
+                   else {prefix + f.name: value})
+    return out
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -18,11 +18,10 @@ import typing
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-import yaml
-
+from ...bounded import UnreadableFileError, load_yaml, shorten
 from .schema import Config, ConfigError, annotation_members
 
-__all__ = ["merge_config", "apply_overrides", "for_model_name", "model_kwargs_named", "yaml_problem"]
+__all__ = ["merge_config", "apply_overrides", "for_model_name", "model_kwargs_named"]
 
 
 def _unknown(path: str, options: Iterable[str], where: str) -> ConfigError:
@@ -58,7 +57,7 @@ def merge_config(base: Any, update: Mapping, where: str = "", replace_free_form:
             if value is None and isinstance(current, dict):
                 value = {}
             if not isinstance(value, Mapping):
-                raise ConfigError(f"config key {name!r}{where} must be a mapping, got {value!r}")
+                raise ConfigError(f"config key {name!r}{where} must be a mapping, got {shorten(value)}")
             if isinstance(current, dict):  # free-form
                 value = {**({} if replace_free_form else current), **copy.deepcopy(dict(value))}
             else:
@@ -82,7 +81,7 @@ def _coerce(annotation: Any, value: Any, path: str, where: str) -> Any:
         try:
             value = float(value)
         except ValueError:
-            raise ConfigError(f"config key {path!r}{where} must be a number, got {value!r}") from None
+            raise ConfigError(f"config key {path!r}{where} must be a number, got {shorten(value)}") from None
         return value if float in kinds else _integral(value)
     if kinds == (int,) and isinstance(value, float):
         return _integral(value)
@@ -94,7 +93,8 @@ def _integral(number: float) -> int | float:
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
-    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.02``, ``[1, 2]``, ``null``).
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.02``, ``[1, 2]``, ``null``;
+    :func:`~visattn.bounded.load_yaml`: no aliases).
 
     An override that changes ``model.name`` drops the ``model.kwargs`` that were set for the
     previous model (the recipe's, the defaults'): a model's name decides its arguments. The
@@ -115,9 +115,9 @@ def _parse_override(item: str) -> dict[str, Any]:
         raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.02)")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({yaml_problem(err)})") from None
+        value = load_yaml(raw, "the value") if raw.strip() else None
+    except UnreadableFileError as err:
+        raise ConfigError(f"override {shorten(item)}: {err}") from None
     update: Any = value
     for part in reversed(key.strip().split(".")):
         update = {part: update}
@@ -140,13 +140,6 @@ def for_model_name(before: Config, after: Config, given: Collection[str]) -> Con
         return after
     kwargs = {k: v for k, v in after.model.kwargs.items() if k in given}
     return dataclasses.replace(after, model=dataclasses.replace(after.model, kwargs=kwargs))
-
-
-def yaml_problem(err: yaml.YAMLError) -> str:
-    """The parser's complaint and where, on one line: ``line 3, column 7: mapping values are not allowed here``."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _is_free_form(cfg: Config, parts: list[str]) -> bool:

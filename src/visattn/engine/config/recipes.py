@@ -12,7 +12,9 @@ that names another model without ``model.kwargs`` gets none of the defaults'
 (:func:`~.merge.for_model_name`). ``_base_`` exists only in files: the resolved config, which a
 run saves, has none.
 
-Reading a recipe runs no code of its own and reads nothing but the files it names.
+Reading a recipe runs no code of its own and reads nothing but the files it names, each within
+:data:`~visattn.bounded.MAX_CONFIG_BYTES` and as plain YAML without aliases or a key given twice
+(:func:`~visattn.bounded.read_yaml`).
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from typing import Any
 
 import yaml
 
+from ...bounded import UnreadableFileError, read_yaml, shorten
 from ...data import dataset_defaults
-from .merge import apply_overrides, for_model_name, merge_config, model_kwargs_named, yaml_problem
+from .merge import apply_overrides, for_model_name, merge_config, model_kwargs_named
 from .schema import Config, ConfigError
 from .validation import validate_config
 
@@ -53,9 +56,9 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
 def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     """:func:`read_recipe` of ``path``, named as a base by the files of ``chain`` (outermost first)."""
     try:
-        recipe = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from None
+        recipe = read_yaml(path)
+    except UnreadableFileError as err:
+        raise ConfigError(f"config file {err}") from None
     recipe = {} if recipe is None else recipe
     if not isinstance(recipe, Mapping):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not a {type(recipe).__name__}")
@@ -63,7 +66,7 @@ def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     names = recipe.pop(_BASE_KEY, [])
     names = [names] if isinstance(names, str) else names
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ConfigError(f"{_BASE_KEY!r} in {path} must be a file name or a list of file names, got {names!r}")
+        raise ConfigError(f"{_BASE_KEY!r} in {path} must be a file name or a list of file names, got {shorten(names)}")
     merge_config(Config(), recipe, where=f" in {path}")  # names this file in a key error
     chain += (path,)
     merged: dict[str, Any] = {}

@@ -28,13 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...bounded import MAX_CLASSES, shorten
 from ...data import DATASETS, dataset_spec
 from ...models import create_model, list_models
 from ...models.registry import ModelArgumentError
 from ...models.segmentation import Segmentor
 from .schema import CLASS_WEIGHTINGS, LOSSES, Config, ConfigError, ModelConfig, annotation_members
 
-__all__ = ["Rule", "RULES", "validate_config"]
+__all__ = ["Rule", "RULES", "MAX_PARAMETERS", "validate_config"]
+
+MAX_PARAMETERS = 2_000_000_000  # the largest model a config may build: several times the largest segmentor
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ def _is_device_name(name: str) -> bool:
 
 _POSITIVE_INT = _above(0, "an integer")
 _COUNT = _at_least(0, "an integer")
+_MAX_SCALES = 16  # eval.scales: each is a forward pass of every image
 _SIZE = Rule(lambda v: len(v) == 2 and min(v) > 0, "[height, width], integers > 0")
 
 # Range of every constrained key (a field absent here only has to have its type). A field that may
@@ -84,8 +88,8 @@ _SIZE = Rule(lambda v: len(v) == 2 and min(v) > 0, "[height, width], integers > 
 RULES: dict[str, Rule] = {
     "task": _one_of("segmentation", "classification"),
     "data.dataset": _one_of(*DATASETS),
-    "data.num_classes": _POSITIVE_INT,
-    "data.classes": Rule(bool, "a non-empty list of class names"),
+    "data.num_classes": Rule(lambda v: 0 < v <= MAX_CLASSES, f"an integer in [1, {MAX_CLASSES}]"),
+    "data.classes": Rule(lambda v: 0 < len(v) <= MAX_CLASSES, f"a non-empty list of at most {MAX_CLASSES} class names"),
     "data.crop_size": Rule(lambda v: v > 0 if isinstance(v, int) else _SIZE.test(v),
                            "an integer > 0 or [height, width], integers > 0"),
     "data.scale_range": Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high], numbers with 0 < low <= high"),
@@ -121,7 +125,7 @@ RULES: dict[str, Rule] = {
                        and any(w > 0 for w in v.values()),
                        f"a mapping of {', '.join(LOSSES)} to numbers >= 0, not all 0"),
     "train.class_weights": Rule(lambda v: v in CLASS_WEIGHTINGS if isinstance(v, str) else
-                                bool(v) and all(w >= 0 for w in v),
+                                0 < len(v) <= MAX_CLASSES and all(w >= 0 for w in v),
                                 f"{', '.join(CLASS_WEIGHTINGS)} or a list of numbers >= 0, one per class"),
     "train.focal_gamma": _at_least(0),
     "train.ohem_thresh": _within(0, 1),
@@ -137,7 +141,8 @@ RULES: dict[str, Rule] = {
     "train.ckpt_every": _POSITIVE_INT,
     "train.keep_ckpts": _POSITIVE_INT,
     "eval.batch_size": _POSITIVE_INT,
-    "eval.scales": Rule(lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of numbers > 0"),
+    "eval.scales": Rule(lambda v: 0 < len(v) <= _MAX_SCALES and min(v) > 0,
+                        f"a non-empty list of at most {_MAX_SCALES} numbers > 0"),
     "eval.mode": _one_of("whole", "slide"),
     "eval.crop_size": _SIZE,
     "eval.stride": _SIZE,
@@ -182,7 +187,7 @@ def _leaves(section: Any, prefix: str = "") -> Iterable[tuple[str, Any, Any]]:
 
 
 def _invalid(key: str, allowed: str, value: Any) -> ConfigError:
-    return ConfigError(f"config key {key!r} must be {allowed}, got {value!r}")
+    return ConfigError(f"config key {key!r} must be {allowed}, got {shorten(value)}")
 
 
 def validate_config(cfg: Config) -> Config:
@@ -324,11 +329,12 @@ def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> nn.Module | N
     Builders pass their ``**kwargs`` on to encoders and heads, so their signatures do not tell which
     arguments they accept: the model is built on the meta device (no memory, no weights read, no
     data), for two classes, with ``pretrained`` off, and a ``TypeError`` or ``ValueError`` it raises
-    is the config's error.
+    is the config's error, as is a model of more than :data:`MAX_PARAMETERS` parameters (refused
+    before a byte of it is allocated).
     """
     try:
         with torch.device("meta"):
-            return create_model(name, num_classes=2, pretrained=False, **kwargs)
+            model = create_model(name, num_classes=2, pretrained=False, **kwargs)
     except ModelArgumentError as err:
         argument = re.search(r"takes no argument '(\w+)'(.*)$", str(err))
         raise ConfigError(f"config key 'model.kwargs.{argument[1]}' is not an argument of model {name!r}"
@@ -338,3 +344,8 @@ def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> nn.Module | N
         raise ConfigError(f"config key 'model.kwargs' does not suit model {name!r}: {message}") from None
     except (RuntimeError, NotImplementedError):  # an operation the meta device lacks: the real build reports errors
         return None
+    size = sum(p.numel() for p in model.parameters())
+    if size > MAX_PARAMETERS:
+        raise ConfigError(f"config key 'model.kwargs' makes model {name!r} of {size:.3g} parameters, more than "
+                          f"{MAX_PARAMETERS:.0e}")
+    return model
