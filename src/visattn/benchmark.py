@@ -49,7 +49,7 @@ from visattn.attention.factory import create_attention, get_attention_class
 from visattn.models import create_model
 from visattn.profiling import MEMORY_ENV, PeakMemoryMeter, count_flops, interleaved_times, timed
 
-__all__ = ["Case", "NETWORKS", "MODULES", "matmul_peak", "run_cases", "format_table", "machine_info"]
+__all__ = ["non_trivial_", "Case", "NETWORKS", "MODULES", "matmul_peak", "run_cases", "format_table", "machine_info"]
 
 MODULES = tuple(counterparts())
 NETWORKS = ("danet_r50_d8", "ccnet_r50_d8", "nlnet_r50_d8")
@@ -116,7 +116,7 @@ def _build_attention(name: str, channels: int, impl: str) -> nn.Module:
     """The ``impl`` (:data:`IMPLS`) of attention ``name``, all with the same deterministic weights."""
 
     counterpart = counterparts()[name]
-    opt = _non_trivial_(create_attention(name, channels, **counterpart.visattn_kwargs))
+    opt = non_trivial_(create_attention(name, channels, **counterpart.visattn_kwargs))
     if impl == "visattn":
         return opt
     if impl == "sdpa":
@@ -127,7 +127,7 @@ def _build_attention(name: str, channels: int, impl: str) -> nn.Module:
     return torch.compile(naive) if impl == "compiled" else naive
 
 
-def _non_trivial_(module: nn.Module) -> nn.Module:
+def non_trivial_(module: nn.Module) -> nn.Module:
     """Zero-initialised parameters made non-zero: scales (residual gammas, SGE's ``weight``) set to
     0.5, weight tensors (Non-local's ``conv_out``) drawn with std ``1 / sqrt(fan_in)``. At 0 the
     module is the identity (or a constant gate). Meta tensors have no values to test."""

@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from visattn.attention import create_attention, list_attentions
+    from visattn.benchmark import non_trivial_
 
     torch.manual_seed(args.seed)
     x = torch.randn(1, args.channels, *args.size)
@@ -24,11 +25,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'name':<{name_width}} {'class':<{class_width}} {'params':>10}  {'output shape':<22} {'max |y - x|':>11}")
     for name, module in modules.items():
         with torch.no_grad():
-            # residual modules start as the identity (gamma = 0): show them with gamma = 1
-            for pname, p in module.named_parameters():
-                if pname.endswith("gamma"):
-                    p.fill_(1.0)
-            y = module(x)
+            # residual modules start as the identity (a zero gamma or zero output weights): show them
+            # with those parameters made non-zero, as the benchmark does
+            y = non_trivial_(module)(x)
         params = sum(p.numel() for p in module.parameters())
         print(f"{name:<{name_width}} {type(module).__name__:<{class_width}} {params:>10,}  "
               f"{str(tuple(y.shape)):<22} {(y - x).abs().max().item():>11.4f}")
