@@ -42,9 +42,10 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         write(tmp)
+        # after the write: mkstemp makes 0600, and writers that replace the file (safetensors) make it anew
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -53,11 +54,15 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike) -> Path:
-    """Write tensors atomically: safetensors for ``.safetensors``, else ``torch.save``."""
+def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike,
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Write tensors atomically: safetensors for ``.safetensors`` (with ``metadata`` in its header),
+    else ``torch.save``."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if str(path).endswith(".safetensors"):
-        return atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {}) or None))
+    if metadata:
+        raise ValueError(f"metadata is kept in .safetensors files only, not in {path}")
     return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
 
