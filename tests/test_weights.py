@@ -128,3 +128,32 @@ def test_atomic_write_honours_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == mode
+
+
+def test_a_failed_write_is_an_os_error_naming_the_file_and_leaves_nothing(tmp_path):
+    import os
+
+    from visattn.weights import atomic_write
+
+    def full_disk(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a.pt'}: .*file write failed") as err:
+        atomic_write(tmp_path / "a.pt", full_disk)
+    assert "\n" not in str(err.value) and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_saved_weights_honour_the_umask(tmp_path, suffix):
+    import os
+
+    from visattn.weights import save_state_dict
+
+    old = os.umask(0o022)
+    try:
+        path = save_state_dict({"w": torch.zeros(2)}, tmp_path / f"w{suffix}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -10,6 +10,7 @@ A file that cannot be read, holds no state dict, or does not fit the model raise
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Mapping
@@ -37,13 +38,17 @@ def _umask() -> int:
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
-    The file gets the mode ``open()`` would give it (``0o666`` less the umask)."""
+    The file gets the mode ``open()`` would give it (``0o666`` less the umask). A writer failing with
+    ``RuntimeError`` (torch's for a full disk) raises ``OSError`` naming ``path``; nothing is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except RuntimeError as err:  # torch.save on a full disk: "PytorchStreamWriter failed writing file ..."
+            raise OSError(errno.EIO, f"cannot write {path}: {_one_line(err)}") from err
         # after the write: mkstemp makes 0600, and writers that replace the file (safetensors) make it anew
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)

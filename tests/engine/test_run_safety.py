@@ -172,3 +172,36 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys):
 def test_resume_of_a_missing_directory_says_so(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert f"not a run directory: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_every_file_of_a_run_and_of_save_pretrained_honours_the_umask(tmp_path):
+    """Under umask 022 every file a run writes (config, metrics, events, checkpoints, best and final
+    weights, class weights) and save_pretrained's are 0644, every folder 0755."""
+    from visattn.hub import save_pretrained
+    from visattn.models import create_model
+
+    kwargs = {"encoder": "resnet18", "encoder_kwargs": {"channels": [16, 32, 64, 128]}}
+    run = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        assert _train(run, "--set", "train.eval_every=2", "--set", "train.class_weights=median_frequency") == 0
+        save_pretrained(create_model("fcn", num_classes=3, **kwargs), tmp_path / "pretrained", model_name="fcn",
+                        model_kwargs=kwargs, num_classes=3)
+    finally:
+        os.umask(old)
+    written = sorted(run.rglob("*")) + sorted((tmp_path / "pretrained").rglob("*"))
+    kinds = {p.name.split(".")[-1] if "." in p.name else p.name for p in written if p.is_file()}
+    assert {"yaml", "jsonl", "json", "safetensors", "pt", "latest"} <= kinds
+    assert {p.name for p in run.iterdir()} >= {"best.safetensors", "best.json", "model.safetensors",
+                                               "class_weights.json", "checkpoints"}
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    assert modes == {name: oct(0o755 if (tmp_path / name).is_dir() else 0o644) for name in modes}
+
+
+def test_a_run_dir_too_long_for_the_file_system_is_one_line_exit_2(tmp_path, capsys):
+    run = tmp_path / ("r" * 300)
+    assert _train(run) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visattn train: error: ") and "File name too long" in err and "r" * 300 in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

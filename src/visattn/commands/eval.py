@@ -20,6 +20,7 @@ from visattn.commands.common import (add_amp_argument, add_output_file_argument,
                                      add_segment_arguments, int_at_least, resolve_inference_device,
                                      segment_kwargs)
 from visattn.commands.predict import add_format_argument
+from visattn.filenames import path_component
 
 
 MAX_PRINTED_CONFUSION = 20  # more classes than this: the confusion matrix is in the JSON and the PNG only
@@ -45,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from visattn.data import build_dataset, classes_and_palette
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
-    from visattn.filenames import path_component
     from visattn.trained import load_trained
 
     device, amp = resolve_inference_device(args)
