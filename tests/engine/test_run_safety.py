@@ -205,3 +205,42 @@ def test_a_run_dir_too_long_for_the_file_system_is_one_line_exit_2(tmp_path, cap
     assert err.startswith("visattn train: error: ") and "File name too long" in err and "r" * 300 in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"encoder_kwargs": {"checkpoint_path": "/etc/passwd"}},
+                                    {"checkpoint_path": "/etc/passwd"},
+                                    {"encoder_kwargs": {"pretrained_cfg_overlay": {"file": "/etc/passwd"}}}])
+def test_a_config_never_names_a_file_for_timm_to_read(tmp_path, capsys, monkeypatch, kwargs):
+    """A run's config.yaml whose encoder arguments point timm at a file: refused naming the key,
+    before anything is read (``--set`` is refused the same way: pretrained_file is the way)."""
+    import builtins
+
+    read = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: read.append(str(file)) or real_open(file, *a, **k))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "fcn", "kwargs": {"encoder": "resnet18",
+                                                                                         **kwargs}}}))
+    assert main(["eval", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    key = "encoder_kwargs." * ("encoder_kwargs" in kwargs) + next(iter(kwargs.get("encoder_kwargs", kwargs)))
+    assert f"config key 'model.kwargs.{key}' would make timm read" in err and len(err.strip().splitlines()) == 1
+    assert "/etc/passwd" not in read
+    flat = "{" + ", ".join(f"{k}: {v}" for k, v in kwargs.items()) + "}"
+    assert main(["train", "--print-config", "--set", "model.name=fcn", "--set", f"model.kwargs={flat}"]) == 2
+    assert "would make timm read" in capsys.readouterr().err
+
+
+def test_resolving_a_config_never_touches_the_network(capsys, monkeypatch):
+    import socket as socket_module
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("resolving a config opened a connection")
+
+    monkeypatch.setattr(socket_module.socket, "connect", no_network)
+    monkeypatch.setattr(socket_module, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket_module, "create_connection", no_network)
+    argv = ["train", "--print-config", "--set", "model.name=fcn", "--set", "model.kwargs.encoder=hf-hub:timm/resnet18.a1_in1k"]
+    assert main(argv) == 0
+    assert "hf-hub:timm/resnet18.a1_in1k" in capsys.readouterr().out
