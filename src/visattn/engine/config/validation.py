@@ -116,8 +116,8 @@ RULES: dict[str, Rule] = {
                        and any(w > 0 for w in v.values()),
                        f"a mapping of {', '.join(LOSSES)} to numbers >= 0, not all 0"),
     "train.class_weights": Rule(lambda v: v in CLASS_WEIGHTINGS if isinstance(v, str) else
-                                bool(v) and all(w >= 0 for w in v),
-                                f"{', '.join(CLASS_WEIGHTINGS)} or a list of numbers >= 0, one per class"),
+                                bool(v) and all(w >= 0 for w in v) and any(w > 0 for w in v),
+                                f"{', '.join(CLASS_WEIGHTINGS)} or a list of numbers >= 0, one per class, not all 0"),
     "train.focal_gamma": _at_least(0),
     "train.ohem_thresh": _within(0, 1),
     "train.ohem_min_kept": _COUNT,
