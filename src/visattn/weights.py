@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,7 +94,12 @@ def read_state_dict(source: Mapping[str, Tensor] | str | os.PathLike) -> dict[st
                 state = load_file(str(path))
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt, truncated, or pickles code
+        except pickle.UnpicklingError as err:  # torch's message advises weights_only=False: never pass that on
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            what = f" ({found[1]})" if found else ""
+            raise WeightsError(f"{origin} holds objects other than tensors and plain data{what}; not loaded, since "
+                               "unpickling them could run code: save the weights as safetensors") from None
+        except Exception as err:  # corrupt, truncated
             raise WeightsError(f"cannot read {origin}: {_one_line(err)}") from err
     if not isinstance(state, Mapping):
         raise WeightsError(f"{origin} holds a {type(state).__name__}, not a mapping of parameter names to tensors")
