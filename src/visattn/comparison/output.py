@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..engine.config import Config, ConfigError
+from ..engine.config.merge import load_yaml
 from ..engine.run_dir import RunDir
 from ..filenames import path_component
 from ..weights import atomic_write
@@ -74,7 +75,7 @@ class CompareDir:
 def _read_spec(path: Path) -> dict:
     """compare.yaml's mapping; ``ConfigError`` naming the file when it is not one (broken or tampered)."""
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = load_yaml(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read {path}: {' '.join(str(err).split())}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("recipe", {}), dict):

@@ -19,7 +19,32 @@ import yaml
 
 from .schema import Config, ConfigError, annotation_members
 
-__all__ = ["merge_config", "apply_overrides", "yaml_problem"]
+__all__ = ["merge_config", "apply_overrides", "yaml_problem", "load_yaml"]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice (it would keep the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` merges on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first_line[key] + 1})", key_node.start_mark)
+                first_line[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of ``text``, except that a key repeated in one mapping is a ``yaml.YAMLError``
+    naming the key and both lines (:func:`yaml_problem` words it)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
 
 
 def _unknown(path: str, options: Iterable[str], where: str) -> ConfigError:
@@ -96,8 +121,10 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.02)")
         key, raw = item.split("=", 1)
+        if "\n" in raw or "\r" in raw:  # YAML would fold it into a space: a value that is not the one typed
+            raise ConfigError(f"override {item!r}: the value holds a line break; --set takes one line")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({yaml_problem(err)})") from None
         parts = key.strip().split(".")

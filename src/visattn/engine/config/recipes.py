@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from ...data import dataset_defaults
-from .merge import apply_overrides, merge_config, yaml_problem
+from .merge import apply_overrides, load_yaml, merge_config, yaml_problem
 from .schema import Config, ConfigError
 from .validation import validate_config
 
@@ -50,7 +50,7 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
 def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     """:func:`read_recipe` of ``path``, named as a base by the files of ``chain`` (outermost first)."""
     try:
-        recipe = yaml.safe_load(path.read_text())
+        recipe = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from None
     recipe = {} if recipe is None else recipe
@@ -67,7 +67,8 @@ def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     for name in names:
         base = path.parent / name
         if not base.is_file():
-            raise ConfigError(f"config file {path} names the base {name!r}, which does not exist ({base})")
+            state = "is not a file" if base.exists() else "does not exist"
+            raise ConfigError(f"config file {path} names the base {name!r}, which {state} ({base})")
         if any(base.resolve() == seen.resolve() for seen in chain):
             cycle = " -> ".join(os.path.normpath(p) for p in (*chain, base))
             raise ConfigError(f"config files name each other as bases in a cycle: {cycle}")
