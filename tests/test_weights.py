@@ -74,8 +74,9 @@ def test_pickled_code_is_refused(tmp_path, capsys):
         pickle.dump({"w": _Evil()}, f)
     torch.save({"w": _Evil()}, tmp_path / "evil_zip.pth")
     for file in (path, tmp_path / "evil_zip.pth"):
-        with pytest.raises(WeightsError, match=f"checkpoint {file} holds objects other than tensors and plain data"
-                                               r"( \(.*print\))?; not loaded, since unpickling them could run code") as err:
+        refusal = f"checkpoint {file} holds objects other than tensors and plain data" + (
+            r"( \(.*print\))?; not loaded, since unpickling them could run code")
+        with pytest.raises(WeightsError, match=refusal) as err:
             read_state_dict(file)
         assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
     assert "code ran" not in capsys.readouterr().out

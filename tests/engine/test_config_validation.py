@@ -11,7 +11,8 @@ from visattn.cli import main
 from visattn.engine.config import RULES, Config, ConfigError, load_config, validate_config
 
 LOSS_RANGE = "null or a mapping of ce, ohem, dice, focal, lovasz to numbers >= 0, not all 0"
-CLASS_WEIGHTS_RANGE = "null or median_frequency, inverse_sqrt_frequency or a list of numbers >= 0, one per class, not all 0"
+CLASS_WEIGHTS_RANGE = ("null or median_frequency, inverse_sqrt_frequency or a list of numbers >= 0, one per class, "
+                       "not all 0")
 
 # (override, key, allowed range, value as the message shows it)
 INVALID = [

@@ -241,6 +241,7 @@ def test_resolving_a_config_never_touches_the_network(capsys, monkeypatch):
     monkeypatch.setattr(socket_module.socket, "connect", no_network)
     monkeypatch.setattr(socket_module, "getaddrinfo", no_network)
     monkeypatch.setattr(socket_module, "create_connection", no_network)
-    argv = ["train", "--print-config", "--set", "model.name=fcn", "--set", "model.kwargs.encoder=hf-hub:timm/resnet18.a1_in1k"]
+    argv = ["train", "--print-config", "--set", "model.name=fcn", "--set",
+            "model.kwargs.encoder=hf-hub:timm/resnet18.a1_in1k"]
     assert main(argv) == 0
     assert "hf-hub:timm/resnet18.a1_in1k" in capsys.readouterr().out

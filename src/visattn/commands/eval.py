@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
     from visattn.trained import load_trained
+    from visattn.weights import atomic_write
 
     device, amp = resolve_inference_device(args)
     cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
@@ -79,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
             record[key] = dict(zip(classes, result[key]))
     if "confusion_matrix" in result:
         record["classes"] = list(classes)  # names the rows (ground truth) and columns (prediction)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
+    # atomically: a link at ``out`` is replaced, never followed
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
     print(f"wrote {out}" + (f" and the predictions under {args.save_predictions}" if args.save_predictions else ""))
     if "confusion_matrix" in result:
         _save_confusion_picture(result["confusion_matrix"], classes, out.parent / f"confusion_{split}.png", split)

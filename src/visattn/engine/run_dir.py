@@ -18,12 +18,12 @@ Layout::
     class_weights.json     computed train.class_weights: the method, the weights, the pixel counts
     lock                   "PID HOST" of the process training in it, while it trains
 
-:meth:`RunDir.clear` removes these files and nothing else. Every file is written atomically (:func:`visattn.weights.atomic_write`): a reader, or a run killed
-while writing, never leaves a half-written file behind. One process at a time trains in a run
-directory (:meth:`RunDir.lock`), and a new run only starts in an empty one
-(:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
-safetensors and ``weights_only`` pickles, and a config naming code to import
-(``model.name: "module:builder"``) builds only with ``trust_code=True``.
+:meth:`RunDir.clear` removes these files and nothing else. Every file is written atomically
+(:func:`visattn.weights.atomic_write`): a reader, or a run killed while writing, never leaves a
+half-written file behind. One process at a time trains in a run directory (:meth:`RunDir.lock`), and
+a new run only starts in an empty one (:meth:`RunDir.ensure_empty`). Nothing read from a run
+directory runs code: checkpoints are safetensors and ``weights_only`` pickles, and a config naming
+code to import (``model.name: "module:builder"``) builds only with ``trust_code=True``.
 
 With ``train.ema`` the evaluated weights, and so best.safetensors and model.safetensors, are the
 weight average (:mod:`visattn.engine.ema`); the checkpoints' .safetensors keep the trained weights.
