@@ -10,7 +10,6 @@ A file that cannot be read, holds no state dict, or does not fit the model raise
 """
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import re
@@ -50,7 +49,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         try:
             write(tmp)
         except RuntimeError as err:  # torch.save on a full disk: "PytorchStreamWriter failed writing file ..."
-            raise OSError(errno.EIO, f"cannot write {path}: {_one_line(err)}") from err
+            raise OSError(f"cannot write {path}: {_one_line(err)}") from err
         # after the write: mkstemp makes 0600, and writers that replace the file (safetensors) make it anew
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)

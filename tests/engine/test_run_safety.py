@@ -245,3 +245,23 @@ def test_resolving_a_config_never_touches_the_network(capsys, monkeypatch):
             "model.kwargs.encoder=hf-hub:timm/resnet18.a1_in1k"]
     assert main(argv) == 0
     assert "hf-hub:timm/resnet18.a1_in1k" in capsys.readouterr().out
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """torch.save failing as it does on a full disk, at the first checkpoint: the stop message, then
+    one line naming the file, exit status 2, no traceback."""
+    import visattn.engine.run_dir as run_dir
+
+    def full_disk(obj, path, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(run_dir.torch, "save", full_disk)
+    run = tmp_path / "run"
+    assert _train(run) == 2
+    err = capsys.readouterr().err
+    state = run / "checkpoints" / "step_0000002.state.pt"
+    assert err.strip().splitlines()[-1] == (f"visattn train: error: cannot write {state}: [enforce fail at "
+                                            "inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: "
+                                            "file write failed")
+    assert "Traceback" not in err and not list(run.rglob("*.tmp"))
