@@ -53,8 +53,9 @@ __all__ = ["RunDir"]
 
 _STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "best", "rng")
 _BEST_RECORD_KEY = "visattn.best"  # best.safetensors' header entry holding the record (JSON)
-# the files inside the run's folders (tb/: TensorBoard's events; checkpoints/: the pairs and their pointer)
-_FOLDER_FILES = {"tb": ("events.out.tfevents.*",), "checkpoints": ("step_*.safetensors", "step_*.state.pt", "latest")}
+# the files inside the run's folders, by RunDir attribute: TensorBoard's events; the checkpoint pairs and their pointer
+_FOLDER_FILES = {"tensorboard": ("events.out.tfevents.*",),
+                 "checkpoints": ("step_*.safetensors", "step_*.state.pt", "latest")}
 # Run directories this process holds the lock of: a lock file naming this PID is stale unless listed
 # (a restarted container reuses PIDs).
 _HELD: set[Path] = set()
@@ -188,28 +189,29 @@ class RunDir:
     def clear(self, also: Iterable[str] = ()) -> None:
         """Delete the files of the run layout (and the top-level names ``also``), holding the lock,
         once :meth:`check_clearable` found nothing else there (else nothing is deleted)."""
-        if not self.check_clearable(also) and not self.path.is_dir():
+        self.check_clearable(also)  # before the lock, which creates a missing directory
+        if not self.path.is_dir():
             return
         with self.lock():
             for path in self.check_clearable(also):
                 path.unlink()
             for folder in _FOLDER_FILES:
                 with contextlib.suppress(FileNotFoundError):
-                    (self.path / folder).rmdir()
+                    getattr(self, folder).rmdir()
 
     def _layout_files(self, also: set[str]) -> tuple[list[Path], list[str]]:
         """The files of the run layout in the directory (and its temporary files, which a killed write
         leaves: ``.<name>.<random>.tmp``), and the names of anything else, relative to it."""
         top = {p.name for p in (self.config, self.metrics, self.best_weights, self.best_metrics, self.final_weights,
                                 self.class_weights)} | also
+        folders = {getattr(self, attribute).name: patterns for attribute, patterns in _FOLDER_FILES.items()}
         ours, foreign = [], []
         for item in sorted(self.path.iterdir()):
             if item == self.lock_file:
                 continue
-            if item.name in _FOLDER_FILES and item.is_dir() and not item.is_symlink():
+            if item.name in folders and item.is_dir() and not item.is_symlink():
                 for inner in sorted(item.iterdir()):
-                    patterns = _FOLDER_FILES[item.name]
-                    if _is_file_named(inner, patterns):
+                    if _is_file_named(inner, folders[item.name]):
                         ours.append(inner)
                     else:
                         foreign.append(f"{item.name}/{inner.name}")
