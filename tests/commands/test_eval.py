@@ -1,5 +1,6 @@
 """``visattn eval --amp`` and ``--device``: bf16 autocast on CPU stays close to fp32 and reaches the
-model; fp16 off CUDA and devices that do not exist are refused before anything is written."""
+model; fp16 off CUDA and devices that do not exist are refused before anything is written. A split
+that would name a file outside the run is refused; images of mixed sizes evaluate in batches."""
 import json
 
 import numpy as np

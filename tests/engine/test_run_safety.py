@@ -1,6 +1,8 @@
 """What a shared or damaged run directory cannot do: run code on eval/predict/explain, be trained in
 by two processes, have a new run written over it, change a resumed run's schedule, or fail a
-resume while an older complete checkpoint is on disk; bad checkpoints are errors naming the file."""
+resume while an older complete checkpoint is on disk; bad checkpoints are errors naming the file.
+What an untrusted config cannot do: point timm at a file, reach the network while it is resolved.
+Every file a run writes keeps the umask's mode; the file system's refusals are one line."""
 import os
 import pickle
 import socket
