@@ -93,6 +93,20 @@ def test_a_split_from_the_config_never_names_a_file_outside_the_run(tmp_path, ca
     assert _files(tmp_path) == before
 
 
+def test_links_planted_at_the_outputs_are_replaced_not_followed(tmp_path, run):
+    pytest.importorskip("matplotlib")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("mine")
+    planted = [tmp_path / "out" / "eval_val.json", tmp_path / "out" / "confusion_val.png"]
+    for link in planted:
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(outside)
+    assert main(["eval", "--run", run, "--trust-code", "--device", "cpu", "--output", str(planted[0])]) == 0
+    assert outside.read_text() == "mine"
+    assert not any(p.is_symlink() for p in planted) and json.loads(planted[0].read_text())["split"] == "val"
+    assert planted[1].read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_folder_of_mixed_image_sizes_evaluates_at_the_default_batch_size(tmp_path, capsys):
     """Images of two sizes interleaved: batched by size, the metrics equal those of one image at a time."""
     root = tmp_path / "data"

@@ -113,6 +113,8 @@ def _save_confusion_picture(matrix, classes, path: Path, split: str) -> None:
     from visattn._extras import MissingExtraError
     from visattn.viz import save_confusion_matrix
 
+    if path.is_symlink():  # replaced, never followed (the picture writer would write through it)
+        path.unlink()
     try:
         save_confusion_matrix(matrix, classes, path, title=f"{split} confusion matrix")
     except MissingExtraError as err:
