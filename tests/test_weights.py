@@ -72,8 +72,13 @@ def test_pickled_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"w": _Evil()}, f)
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
-        read_state_dict(path)
+    torch.save({"w": _Evil()}, tmp_path / "evil_zip.pth")
+    for file in (path, tmp_path / "evil_zip.pth"):
+        refusal = f"checkpoint {file} holds objects other than tensors and plain data" + (
+            r"( \(.*print\))?; not loaded, since unpickling them could run code")
+        with pytest.raises(WeightsError, match=refusal) as err:
+            read_state_dict(file)
+        assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
     assert "code ran" not in capsys.readouterr().out
 
 
@@ -128,3 +133,32 @@ def test_atomic_write_honours_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == mode
+
+
+def test_a_failed_write_is_an_os_error_naming_the_file_and_leaves_nothing(tmp_path):
+    import os
+
+    from visattn.weights import atomic_write
+
+    def full_disk(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a.pt'}: .*file write failed") as err:
+        atomic_write(tmp_path / "a.pt", full_disk)
+    assert "\n" not in str(err.value) and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_saved_weights_honour_the_umask(tmp_path, suffix):
+    import os
+
+    from visattn.weights import save_state_dict
+
+    old = os.umask(0o022)
+    try:
+        path = save_state_dict({"w": torch.zeros(2)}, tmp_path / f"w{suffix}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

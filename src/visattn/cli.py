@@ -14,19 +14,25 @@ Exit status, decided here for every command:
   :class:`~visattn.weights.WeightsError` among them), a ``FileNotFoundError`` or ``FileExistsError``,
   or a :class:`~visattn._extras.MissingExtraError` (the message names the ``pip install`` that brings
   the module); the message is one line on stderr;
-- 130: interrupted (``KeyboardInterrupt``; its message, if any, says how to continue).
+- 2 also when the file system refuses (an ``OSError``: a name too long, a full disk, no permission);
+- 130: interrupted (``KeyboardInterrupt``; its message, if any, says how to continue);
+- 1: any other exception, as one line naming its type.
 
-Any other exception keeps its traceback.
+A non-zero exit prints one line, never a traceback; ``visattn --debug COMMAND`` (or ``COMMAND
+--debug``) prints the traceback too.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
 
 from visattn._extras import MissingExtraError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_FAILED = 1  # an error visattn did not foresee
+DEBUG_HELP = "on an error, print the Python traceback too"
 # the errors whose message is all the user needs: exit 2
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MissingExtraError)
 
@@ -48,9 +54,11 @@ COMMANDS: dict[str, str] = {
 
 def _parser(selected: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visattn", description="Attention mechanisms for CNNs.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         if name == selected:
             importlib.import_module(f"visattn.commands.{name}").add_arguments(p)
     return parser
@@ -66,11 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(f"visattn.commands.{args.command}").run(args) or EXIT_OK
     except KeyboardInterrupt as err:
-        print(f"visattn {args.command}: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
+        _report(args, "interrupted" + (f"; {err}" if str(err) else ""))
         return EXIT_INTERRUPTED
-    except USER_ERRORS as err:
-        print(f"visattn {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    except (*USER_ERRORS, OSError) as err:
+        _report(args, f"error: {_one_line(err)}")
         return EXIT_BAD_INPUT
+    except Exception as err:
+        _report(args, f"error: {type(err).__name__}: {_one_line(err)} (visattn --debug {args.command} ... shows "
+                      "where)")
+        return EXIT_FAILED
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return text or type(err).__name__
+
+
+def _report(args: argparse.Namespace, message: str) -> None:
+    """The one line of a failed command on stderr; under ``--debug`` the traceback before it."""
+    if args.debug:
+        traceback.print_exc()
+    print(f"visattn {args.command}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ naming what was fetched, from where, the local file it would be read from, and `
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import socket
 import tempfile
 import urllib.parse
@@ -110,14 +112,19 @@ def _umask() -> int:
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
-    The file gets the mode ``open()`` would give it (``0o666`` less the umask)."""
+    The file gets the mode ``open()`` would give it (``0o666`` less the umask). A writer failing with
+    ``RuntimeError`` (torch's for a full disk) raises ``OSError`` naming ``path``; nothing is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except RuntimeError as err:  # torch.save on a full disk: "PytorchStreamWriter failed writing file ..."
+            raise OSError(f"cannot write {path}: {_one_line(err)}") from err
+        # after the write: mkstemp makes 0600, and writers that replace the file (safetensors) make it anew
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -126,11 +133,15 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike) -> Path:
-    """Write tensors atomically: safetensors for ``.safetensors``, else ``torch.save``."""
+def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike,
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Write tensors atomically: safetensors for ``.safetensors`` (with ``metadata`` in its header),
+    else ``torch.save``."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if str(path).endswith(".safetensors"):
-        return atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {}) or None))
+    if metadata:
+        raise ValueError(f"metadata is kept in .safetensors files only, not in {path}")
     return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
 
@@ -155,7 +166,12 @@ def read_state_dict(source: Mapping[str, Tensor] | str | os.PathLike) -> dict[st
                 state = load_file(str(path))
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt, truncated, or pickles code
+        except pickle.UnpicklingError as err:  # torch's message advises weights_only=False: never pass that on
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            what = f" ({found[1]})" if found else ""
+            raise WeightsError(f"{origin} holds objects other than tensors and plain data{what}; not loaded, since "
+                               "unpickling them could run code: save the weights as safetensors") from None
+        except Exception as err:  # corrupt, truncated
             raise WeightsError(f"cannot read {origin}: {_one_line(err)}") from err
     if not isinstance(state, Mapping):
         raise WeightsError(f"{origin} holds a {type(state).__name__}, not a mapping of parameter names to tensors")

@@ -137,18 +137,35 @@ def test_main_decides_exit_codes(monkeypatch, capsys, raised, code, message):
     assert capsys.readouterr().err == message
 
 
-def test_main_passes_results_and_keeps_tracebacks_of_bugs(monkeypatch):
+def test_main_passes_results_and_shows_tracebacks_of_bugs_only_under_debug(monkeypatch, capsys):
     monkeypatch.setattr(visattn.commands.demo, "run", lambda args: 1)
     assert main(["demo"]) == 1
     monkeypatch.setattr(visattn.commands.demo, "run", lambda args: None)
     assert main(["demo"]) == 0
 
     def run(args):
-        raise RuntimeError("a bug")
+        raise RuntimeError("a bug\non two lines")
 
     monkeypatch.setattr(visattn.commands.demo, "run", run)
-    with pytest.raises(RuntimeError, match="a bug"):
-        main(["demo"])
+    line = "visattn demo: error: RuntimeError: a bug on two lines (visattn --debug demo ... shows where)\n"
+    assert main(["demo"]) == 1
+    assert capsys.readouterr().err == line
+    for argv in (["--debug", "demo"], ["demo", "--debug"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback (most recent call last):") and 'raise RuntimeError("a bug' in err
+        assert err.endswith(line)
+
+
+def test_errors_of_the_file_system_are_one_line_exit_2(monkeypatch, capsys):
+    """A run-dir component too long for the file system, a full disk: the OSError's message, no traceback."""
+    def run(args):
+        raise OSError(28, "No space left on device", "/runs/x/model.safetensors")
+
+    monkeypatch.setattr(visattn.commands.demo, "run", run)
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err == (
+        "visattn demo: error: [Errno 28] No space left on device: '/runs/x/model.safetensors'\n")
 
 
 @pytest.mark.parametrize(("raised", "code", "message"), [

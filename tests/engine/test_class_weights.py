@@ -138,3 +138,20 @@ def test_a_run_keeps_its_weights_and_a_resumed_run_reads_them(tmp_path, monkeypa
                                                    run.class_weights, quiet=True)
     assert new_record["method"] == "inverse_sqrt_frequency"
     assert counted == pytest.approx(cw.inverse_sqrt_frequency_weights(cw.LabelCounts(pixels, image_pixels, 8)))
+
+
+def test_a_cache_whose_weights_its_counts_do_not_give_is_an_error_naming_it(tmp_path, capsys):
+    """A resumed run whose class_weights.json was edited to 1e308: refused naming the file, not a
+    non-finite loss."""
+    from visattn.cli import main
+
+    run = RunDir(tmp_path / "run")
+    argv = ["train", "--quiet", "--trust-code", *[a for s in TINY for a in ("--set", s)], "--set", f"run.dir={run}"]
+    assert main(argv) == 0
+    record = json.loads(run.class_weights.read_text())
+    record["weights"][1] = 1e308
+    run.class_weights.write_text(json.dumps(record))
+    assert main(["train", "--resume", str(run.path), "--trust-code", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run.class_weights} holds class weights its pixel counts do not give (class '0': 1e+308" in err
+    assert len(err.strip().splitlines()) == 1

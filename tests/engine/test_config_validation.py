@@ -11,7 +11,8 @@ from visattn.cli import main
 from visattn.engine.config import RULES, Config, ConfigError, load_config, validate_config
 
 LOSS_RANGE = "null or a mapping of ce, ohem, dice, focal, lovasz to numbers >= 0, not all 0"
-CLASS_WEIGHTS_RANGE = "null or median_frequency, inverse_sqrt_frequency or a list of numbers >= 0, one per class"
+CLASS_WEIGHTS_RANGE = ("null or median_frequency, inverse_sqrt_frequency or a list of numbers >= 0, one per class, "
+                       "not all 0")
 
 # (override, key, allowed range, value as the message shows it)
 INVALID = [
@@ -56,6 +57,7 @@ INVALID = [
     ("train.class_weights=bogus", "train.class_weights", CLASS_WEIGHTS_RANGE, "'bogus'"),
     ("train.class_weights=[]", "train.class_weights", CLASS_WEIGHTS_RANGE, "[]"),
     ("train.class_weights=[1, -0.5]", "train.class_weights", CLASS_WEIGHTS_RANGE, "[1, -0.5]"),
+    ("train.class_weights=[0, 0.0]", "train.class_weights", CLASS_WEIGHTS_RANGE, "[0, 0.0]"),
     ("train.focal_gamma=-1", "train.focal_gamma", "a number >= 0", "-1"),
     ("task=detection", "task", "one of segmentation, classification", "'detection'"),
     ("data.dataset=cifar", "data.dataset", "one of digits, cityscapes", "'cifar'"),

@@ -1,6 +1,7 @@
 """RunDir: checkpoint pairs and the ``latest`` pointer, pruning, falling back to the newest readable
 pair, the weights offered for inference, rebuilding a trained model from a run directory, the lock
 and the refusal of non-empty directories."""
+import json
 import os
 import re
 import socket
@@ -156,3 +157,73 @@ def test_ensure_empty(tmp_path):
     run.save_checkpoint(2, nn.Linear(3, 2), _state(2), keep=1)
     with pytest.raises(FileExistsError, match="already holds checkpoints.*--resume"):
         run.ensure_empty()
+
+
+def test_clear_deletes_the_run_layout_and_nothing_else(tmp_path):
+    """What a run killed before its first checkpoint may leave: its files, half-written temporary
+    files, a checkpoint without ``latest``; with a foreign file beside them nothing is deleted."""
+    run = RunDir(tmp_path / "run")
+    run.write_config(load_config(None, ["model.name=tinyseg:build", "model.kwargs={}"]))
+    run.metrics.write_text("{}\n")
+    run.save_best(nn.Linear(3, 2), {"step": 1, "mIoU": 0.1})
+    run.save_checkpoint(2, nn.Linear(3, 2), _state(2), keep=1)
+    (run.checkpoints / "latest").unlink()
+    (run.checkpoints / ".step_0000004.safetensors.k2_x9.tmp").write_bytes(b"half")
+    (run.path / ".model.safetensors.ab3d.tmp").write_bytes(b"half")
+    run.tensorboard.mkdir()
+    (run.tensorboard / "events.out.tfevents.1.host.2.0").write_bytes(b"e")
+    (run.path / "final.json").write_text("{}")
+    (run.path / "notes.txt").write_text("mine")
+    (run.checkpoints / "README").write_text("mine")
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"holds files that are not a run's \(checkpoints/README, final\.json, "
+                                              r"notes\.txt\)"):
+        run.clear()
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
+    (run.path / "notes.txt").unlink()
+    (run.checkpoints / "README").unlink()
+    run.clear(also=("final.json",))
+    assert list(run.path.iterdir()) == []
+    RunDir(tmp_path / "missing").clear()
+
+
+def test_clear_refuses_a_symlinked_run_and_a_symlinked_file(tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "config.yaml").write_text("mine")
+    run = RunDir(tmp_path / "run")
+    run.path.symlink_to(target, target_is_directory=True)
+    with pytest.raises(FileExistsError, match=f"run directory {run.path} is a symbolic link"):
+        run.clear()
+    run.path.unlink()
+    run.path.mkdir()
+    (run.path / "config.yaml").symlink_to(target / "config.yaml")
+    with pytest.raises(FileExistsError, match=r"not a run's \(config\.yaml\)"):
+        run.clear()
+    assert (target / "config.yaml").read_text() == "mine"
+
+
+def test_best_weights_carry_their_record_and_best_json_names_them(tmp_path, monkeypatch):
+    """A kill between the two writes of save_best leaves best.json naming the previous weights, and
+    the weights with their own record."""
+    import hashlib
+
+    import visattn.engine.run_dir as run_dir
+
+    run = RunDir(tmp_path / "run")
+    run.save_best(nn.Linear(3, 2), {"step": 2, "mIoU": 0.25})
+    copy = json.loads(run.best_metrics.read_text())
+    assert copy == {"step": 2, "mIoU": 0.25, "weights": "best.safetensors",
+                    "weights_sha256": hashlib.sha256(run.best_weights.read_bytes()).hexdigest()}
+    assert run.best_record() == {"step": 2, "mIoU": 0.25}
+
+    def killed(path, write):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_dir, "atomic_write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.save_best(nn.Linear(3, 2), {"step": 4, "mIoU": 0.5})
+    assert run.best_record() == {"step": 4, "mIoU": 0.5}
+    assert json.loads(run.best_metrics.read_text())["weights_sha256"] != hashlib.sha256(
+        run.best_weights.read_bytes()).hexdigest()
+    assert RunDir(tmp_path / "none").best_record() is None

@@ -1,6 +1,8 @@
 """What a shared or damaged run directory cannot do: run code on eval/predict/explain, be trained in
 by two processes, have a new run written over it, change a resumed run's schedule, loss or data, or
-fail a resume while an older complete checkpoint is on disk; bad checkpoints are errors naming the file."""
+fail a resume while an older complete checkpoint is on disk; bad checkpoints are errors naming the file.
+What an untrusted config cannot do: point timm at a file, reach the network while it is resolved.
+Every file a run writes keeps the umask's mode; the file system's refusals are one line."""
 import json
 import os
 import pickle
@@ -214,3 +216,96 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys):
 def test_resume_of_a_missing_directory_says_so(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert f"not a run directory: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_every_file_of_a_run_and_of_save_pretrained_honours_the_umask(tmp_path):
+    """Under umask 022 every file a run writes (config, metrics, events, checkpoints, best and final
+    weights, class weights) and save_pretrained's are 0644, every folder 0755."""
+    from visattn.hub import save_pretrained
+    from visattn.models import create_model
+
+    kwargs = {"encoder": "resnet18", "encoder_kwargs": {"channels": [16, 32, 64, 128]}}
+    run = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        assert _train(run, "--set", "train.eval_every=2", "--set", "train.class_weights=median_frequency") == 0
+        save_pretrained(create_model("fcn", num_classes=3, **kwargs), tmp_path / "pretrained", model_name="fcn",
+                        model_kwargs=kwargs, num_classes=3)
+    finally:
+        os.umask(old)
+    written = sorted(run.rglob("*")) + sorted((tmp_path / "pretrained").rglob("*"))
+    kinds = {p.name.split(".")[-1] if "." in p.name else p.name for p in written if p.is_file()}
+    assert {"yaml", "jsonl", "json", "safetensors", "pt", "latest"} <= kinds
+    assert {p.name for p in run.iterdir()} >= {"best.safetensors", "best.json", "model.safetensors",
+                                               "class_weights.json", "checkpoints"}
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    assert modes == {name: oct(0o755 if (tmp_path / name).is_dir() else 0o644) for name in modes}
+
+
+def test_a_run_dir_too_long_for_the_file_system_is_one_line_exit_2(tmp_path, capsys):
+    run = tmp_path / ("r" * 300)
+    assert _train(run) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visattn train: error: ") and "File name too long" in err and "r" * 300 in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"encoder_kwargs": {"checkpoint_path": "/etc/passwd"}},
+                                    {"checkpoint_path": "/etc/passwd"},
+                                    {"encoder_kwargs": {"pretrained_cfg_overlay": {"file": "/etc/passwd"}}}])
+def test_a_config_never_names_a_file_for_timm_to_read(tmp_path, capsys, monkeypatch, kwargs):
+    """A run's config.yaml whose encoder arguments point timm at a file: refused naming the key,
+    before anything is read (``--set`` is refused the same way: pretrained_file is the way)."""
+    import builtins
+
+    read = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: read.append(str(file)) or real_open(file, *a, **k))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "fcn", "kwargs": {"encoder": "resnet18",
+                                                                                         **kwargs}}}))
+    assert main(["eval", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    key = "encoder_kwargs." * ("encoder_kwargs" in kwargs) + next(iter(kwargs.get("encoder_kwargs", kwargs)))
+    assert f"config key 'model.kwargs.{key}' would make timm read" in err and len(err.strip().splitlines()) == 1
+    assert "/etc/passwd" not in read
+    flat = "{" + ", ".join(f"{k}: {v}" for k, v in kwargs.items()) + "}"
+    assert main(["train", "--print-config", "--set", "model.name=fcn", "--set", f"model.kwargs={flat}"]) == 2
+    assert "would make timm read" in capsys.readouterr().err
+
+
+def test_resolving_a_config_never_touches_the_network(capsys, monkeypatch):
+    import socket as socket_module
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("resolving a config opened a connection")
+
+    monkeypatch.setattr(socket_module.socket, "connect", no_network)
+    monkeypatch.setattr(socket_module, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket_module, "create_connection", no_network)
+    argv = ["train", "--print-config", "--set", "model.name=fcn", "--set",
+            "model.kwargs.encoder=hf-hub:timm/resnet18.a1_in1k"]
+    assert main(argv) == 0
+    assert "hf-hub:timm/resnet18.a1_in1k" in capsys.readouterr().out
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """torch.save failing as it does on a full disk, at the first checkpoint: the stop message, then
+    one line naming the file, exit status 2, no traceback."""
+    import visattn.engine.run_dir as run_dir
+
+    def full_disk(obj, path, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(run_dir.torch, "save", full_disk)
+    run = tmp_path / "run"
+    assert _train(run) == 2
+    err = capsys.readouterr().err
+    state = run / "checkpoints" / "step_0000002.state.pt"
+    assert err.strip().splitlines()[-1] == (f"visattn train: error: cannot write {state}: [enforce fail at "
+                                            "inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: "
+                                            "file write failed")
+    assert "Traceback" not in err and not list(run.rglob("*.tmp"))

@@ -24,6 +24,7 @@ from visattn.commands.common import (add_amp_argument, add_output_file_argument,
                                      add_segment_arguments, int_at_least, resolve_inference_device,
                                      segment_kwargs)
 from visattn.commands.predict import add_format_argument
+from visattn.filenames import path_component
 
 
 MAX_PRINTED_CONFUSION = 20  # more classes than this: the confusion matrix is in the JSON and the PNG only
@@ -49,23 +50,27 @@ def run(args: argparse.Namespace) -> int:
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
     from visattn.trained import load_trained
+    from visattn.weights import atomic_write
 
     device, amp = resolve_inference_device(args)
     cfg, model = load_trained(args.run, args.config, args.weights, args.overrides, device, args.trust_code)
-    split = args.split or cfg.data.val_split
+    # the split names the output files: a run's config.yaml must not point them elsewhere
+    split = path_component(args.split, "--split") if args.split else path_component(
+        cfg.data.val_split, f"data.val_split of {_config_source(args)}")
     dataset = build_dataset(cfg.data, split, train=False)
     classes, _ = classes_and_palette(cfg.data)
-    loader = DataLoader(dataset, batch_size=args.batch_size or cfg.eval.batch_size, num_workers=cfg.data.workers)
+    loader = DataLoader(dataset, batch_size=args.batch_size or cfg.eval.batch_size, num_workers=cfg.data.workers,
+                        collate_fn=same_size_runs)
+    batches = (run for runs in tqdm(loader, desc=f"eval {split}") for run in runs)  # one forward per image size
     kwargs = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
     if args.save_predictions is None:
-        result = evaluate(model, tqdm(loader, desc=f"eval {split}"), len(classes), cfg.task, device, amp, **kwargs)
+        result = evaluate(model, batches, len(classes), cfg.task, device, amp, **kwargs)
     elif cfg.task != "segmentation":
         raise ValueError(f"--save-predictions applies to segmentation models; {cfg.model.name!r} is a classifier")
     else:
         writer = PredictionWriter(cfg.data, args.format)
-        result = evaluate_and_save(model, tqdm(loader, desc=f"eval {split}"), len(classes), dataset_names(dataset),
-                                   writer, args.save_predictions, device, cfg.data.mean, cfg.data.std, amp,
-                                   **kwargs)
+        result = evaluate_and_save(model, batches, len(classes), dataset_names(dataset), writer,
+                                   args.save_predictions, device, cfg.data.mean, cfg.data.std, amp, **kwargs)
     print(format_table(result, classes))
     if "confusion_matrix" in result and len(classes) <= MAX_PRINTED_CONFUSION:
         print(format_confusion_matrix(result["confusion_matrix"], classes))
@@ -78,17 +83,40 @@ def run(args: argparse.Namespace) -> int:
             record[key] = dict(zip(classes, result[key]))
     if "confusion_matrix" in result:
         record["classes"] = list(classes)  # names the rows (ground truth) and columns (prediction)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
+    # atomically: a link at ``out`` is replaced, never followed
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
     print(f"wrote {out}" + (f" and the predictions under {args.save_predictions}" if args.save_predictions else ""))
     if "confusion_matrix" in result:
         _save_confusion_picture(result["confusion_matrix"], classes, out.parent / f"confusion_{split}.png", split)
     return 0
 
 
+def same_size_runs(items: list) -> list:
+    """A loader's batch as runs of consecutive ``(image, target)`` items of one image size, each
+    collated: a dataset of mixed image sizes evaluates at the batch size it can."""
+    from torch.utils.data import default_collate
+
+    runs: list[list] = []
+    for item in items:
+        if runs and item[0].shape == runs[-1][0][0].shape:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return [default_collate(run) for run in runs]
+
+
+def _config_source(args: argparse.Namespace) -> str:
+    """Where the config came from, for messages: the file, or the run's."""
+    if args.config:
+        return str(args.config)
+    return str(Path(args.run) / "config.yaml") if args.run else "the config"
+
+
 def _save_confusion_picture(matrix, classes, path: Path, split: str) -> None:
     from visattn.viz import save_confusion_matrix
 
+    if path.is_symlink():  # replaced, never followed (the picture writer would write through it)
+        path.unlink()
     try:
         save_confusion_matrix(matrix, classes, path, title=f"{split} confusion matrix")
     except MissingExtraError as err:

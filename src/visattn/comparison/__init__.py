@@ -19,7 +19,10 @@ Output directory (:class:`~visattn.comparison.output.CompareDir`)::
     miou_vs_cost.png, per_class_iou_delta.png, attention_maps.png
 
 Re-running the same comparison skips the complete runs (those with ``final.json``), resumes the
-interrupted ones from their latest checkpoint, and restarts those killed before their first one.
+interrupted ones from their latest checkpoint, and restarts those killed before their first one
+(deleting only the files of the run layout, :meth:`~visattn.engine.run_dir.RunDir.clear`). A run
+folder that is a symbolic link or holds anything else, and a damaged compare.yaml or final.json, are
+refused naming the path before anything is trained.
 
 Cost is measured after training, every entry in the same conditions (:mod:`~visattn.comparison.cost`):
 parameters; GFLOPs of one forward at the evaluation size; milliseconds per training step (the

@@ -12,6 +12,7 @@ import yaml
 from ..bounded import read_json, read_yaml
 from ..engine.config import Config, ConfigError
 from ..engine.run_dir import RunDir
+from ..filenames import path_component
 from ..weights import atomic_write
 from .entries import Entry, recipe
 
@@ -37,20 +38,28 @@ class CompareDir:
     attention_maps = property(lambda self: self.path / "attention_maps.png")
 
     def run(self, entry: Entry, seed: int) -> RunDir:
-        return RunDir(self.path / "runs" / entry.name / f"seed{seed}")
+        """The run directory of ``entry`` and ``seed``; ``FileExistsError`` when a folder on the way
+        from ``runs/`` is a symbolic link (visattn writes and cleans only under this directory)."""
+        return RunDir(self._inside("runs", path_component(entry.name, "comparison entry"), f"seed{seed}"))
 
     def log(self, entry: Entry, seed: int) -> Path:
-        return self.path / "logs" / f"{entry.name}-seed{seed}.log"
+        return self._inside("logs", f"{path_component(entry.name, 'comparison entry')}-seed{seed}.log")
+
+    def _inside(self, *parts: str) -> Path:
+        path = self.path
+        for part in parts:
+            path = path / part
+            if path.is_symlink():
+                raise FileExistsError(f"{path} is a symbolic link (to {os.readlink(path)}); a comparison writes "
+                                      f"only inside {self.path}: remove the link or choose another output directory")
+        return path
 
     def claim(self, base: Config, entries: Sequence[dict], seeds: int) -> None:
         """Write compare.yaml, unless the directory holds another comparison (``ConfigError``
         naming the keys that differ) or something else (``FileExistsError``)."""
         wanted = recipe(base)
         if self.spec.is_file():
-            saved = read_yaml(self.spec)
-            if saved is not None and not isinstance(saved, dict):
-                raise ConfigError(f"{self.spec} is not a comparison's record (a mapping of recipe, entries, seeds)")
-            saved = (saved or {}).get("recipe")
+            saved = _read_spec(self.spec).get("recipe")
             if saved != wanted:
                 changed = _differences(wanted, saved or {})
                 listed = "; ".join(changed[:5]) + ("; ..." if len(changed) > 5 else "")
@@ -61,6 +70,17 @@ class CompareDir:
                                   "new or empty directory, or continues in its own")
         text = yaml.safe_dump({"recipe": wanted, "entries": list(entries), "seeds": seeds}, sort_keys=False)
         atomic_write(self.spec, lambda tmp: Path(tmp).write_text(text))
+
+
+def _read_spec(path: Path) -> dict:
+    """compare.yaml's mapping; ``ConfigError`` naming the file when it is not one (broken or tampered)."""
+    try:
+        spec = read_yaml(path) or {}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("recipe", {}), dict):
+        raise ConfigError(f"{path} is not a comparison's spec (a mapping with a 'recipe' mapping)")
+    return spec
 
 
 def _differences(new: dict, old: dict, prefix: str = "") -> list[str]:
@@ -84,15 +104,43 @@ def default_output(base: Config, config: str | os.PathLike | None) -> Path:
 
 
 def read_final(run: RunDir) -> dict | None:
-    """The record :func:`write_final` wrote when the run completed, ``None`` if it has not; a file
-    that is not such a record is a ``ValueError`` naming it."""
+    """The record :func:`write_final` wrote when the run completed, ``None`` if it has not;
+    ``ValueError`` naming the file when it does not hold such a record (damaged or tampered)."""
     path = run.path / FINAL_METRICS
     if not path.is_file():
         return None
-    record = read_json(path)
-    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-        raise ValueError(f"{path} is not a run's final record (a JSON object with its metrics)")
+    try:
+        record = read_json(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; delete it to train the run again") from None
+    problem = _final_problem(record)
+    if problem:
+        raise ValueError(f"{path} is not a complete run's record ({problem}); delete it to train the run again")
     return record
+
+
+def _final_problem(record: object) -> str | None:
+    """What makes ``record`` other than :func:`write_final`'s, ``None`` if nothing."""
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a mapping"
+    for key, kind in (("step", int), ("total", int), ("seconds", (int, float)), ("threads", int), ("classes", list),
+                      ("metrics", dict)):
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            return f"{key!r} is missing or not a {getattr(kind, '__name__', 'number')}"
+    classes, metrics = record["classes"], record["metrics"]
+    if not classes or not all(isinstance(c, str) for c in classes):
+        return "'classes' is not a list of names"
+    for key in ("mIoU", "mAcc"):
+        if not number(metrics.get(key)):
+            return f"'metrics.{key}' is missing or not a number"
+    per_class = metrics.get("per_class_iou")
+    if not isinstance(per_class, list) or len(per_class) != len(classes) or not all(
+            v is None or number(v) for v in per_class):
+        return f"'metrics.per_class_iou' is not {len(classes)} numbers, one per class"
+    return None
 
 
 def write_final(run: RunDir, record: dict) -> None:

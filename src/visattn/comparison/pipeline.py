@@ -13,7 +13,7 @@ from ..engine.config import Config, ConfigError, apply_overrides, load_config, v
 from ..engine.distributed import resolve_device
 from .cost import measure_cost
 from .entries import Entry, entry_config, make_entries, recipe
-from .output import CompareDir, default_output, read_final
+from .output import FINAL_METRICS, CompareDir, default_output, read_final
 from .report import draw_pictures, save_report
 from .runner import Job, Progress, print_progress, train_in_parallel, train_sequentially
 from .stats import CONFIDENCE, summarise
@@ -104,6 +104,8 @@ def _train_runs(base: Config, entries: Sequence[Entry], seeds: Sequence[int], cd
                       cdir.log(entry, seed))
             record = read_final(job.run)
             if record is None:
+                if job.run.latest_checkpoint() is None:
+                    job.run.check_clearable(also=(FINAL_METRICS,))  # before any run trains: nothing foreign there
                 pending.append(job)
             else:
                 records[entry.name, seed] = record

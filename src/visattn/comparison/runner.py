@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from ..engine.config import Config, dump_config
 from ..engine.run_dir import RunDir
 from ..engine.trainer import train
 from .entries import Entry, config_from_text
-from .output import read_final, write_final
+from .output import FINAL_METRICS, read_final, write_final
 
 __all__ = ["RunFailedError", "train_run", "Job", "Progress", "train_sequentially", "train_in_parallel", "worker_main",
            "print_progress"]
@@ -41,8 +40,8 @@ def train_run(cfg: Config, path: str | os.PathLike) -> dict | None:
     seconds, threads); ``None`` if the run was interrupted (it can be resumed)."""
     run = RunDir(path)
     resume = run.latest_checkpoint() is not None
-    if not resume and run.path.is_dir():
-        _clear(run)
+    if not resume:
+        run.clear(also=(FINAL_METRICS,))  # what a run killed before its first checkpoint left
     start = time.perf_counter()
     result = train(cfg, resume=run.path if resume else None, quiet=True)
     if result["interrupted"]:
@@ -52,14 +51,6 @@ def train_run(cfg: Config, path: str | os.PathLike) -> dict | None:
               "metrics": result["metrics"]}
     write_final(run, record)
     return record
-
-
-def _clear(run: RunDir) -> None:
-    """Empty a run directory without a checkpoint, holding its lock (a live run keeps it)."""
-    with run.lock():
-        for item in run.path.iterdir():
-            if item != run.lock_file:
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
 @dataclass

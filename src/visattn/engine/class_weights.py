@@ -138,16 +138,27 @@ WEIGHTINGS: dict[str, Callable[[LabelCounts], list[float]]] = {
 def read_class_weights(path: Path, method: str, classes: Sequence[str]) -> list[float] | None:
     """The weights ``path`` keeps for ``method`` and ``classes``; ``None`` when it is missing,
     unreadable (:func:`~visattn.bounded.read_json`: at most 16 MiB) or holds another method's or class
-    list's, or anything else."""
+    list's. Weights that its own counts do not give (a damaged or edited file) are a ``ConfigError``
+    naming the file."""
     try:
         record = read_json(path)
         weights = record["weights"]
-        matches = record["method"] == method and record["classes"] == list(classes) and len(weights) == len(classes)
-        if matches and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights):
-            return [float(w) for w in weights]
+        if record["method"] != method or record["classes"] != list(classes) or len(weights) != len(classes):
+            return None
+        counts = LabelCounts(*(record[key] for key in ("pixels", "image_pixels", "images")))
+        if not all(isinstance(n, int) and 0 <= n < 2**63 for n in [*counts.pixels, *counts.image_pixels]):
+            raise ValueError("counts")
+        expected = WEIGHTINGS[method](counts)
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
+        return None
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights)
+    if not numbers or not np.allclose(weights, expected, rtol=1e-6, atol=0):
+        wrong = next((i for i, (w, e) in enumerate(zip(weights, expected))
+                      if not isinstance(w, (int, float)) or not math.isclose(w, e, rel_tol=1e-6)), 0)
+        raise ConfigError(f"{path} holds class weights its pixel counts do not give (class {classes[wrong]!r}: "
+                          f"{weights[wrong]!r}, the counts give {expected[wrong]:.6g}); delete it to count the "
+                          "training labels again")
+    return [float(w) for w in weights]
 
 
 def save_class_weights(path: str | os.PathLike, record: dict) -> None:

@@ -9,8 +9,11 @@ Layout::
     checkpoints/           step_XXXXXXX.safetensors (weights) + step_XXXXXXX.state.pt (optimizer,
                            scheduler, step, RNG states, with train.ema the weight average; torch.save,
                            loadable with weights_only=True) and ``latest`` naming the newest complete pair
-    best.safetensors       weights with the best validation mIoU (top-1 for classification)
-    best.json              that evaluation's metrics and step
+    best.safetensors       weights with the best validation mIoU (top-1 for classification); its header
+                           holds that evaluation's record (:meth:`RunDir.best_record`)
+    best.json              a copy of the record, written after the weights, with their SHA-256: a kill
+                           between the two writes leaves a best.json naming other weights, never
+                           weights without their record
     model.safetensors      the final weights
     class_weights.json     computed train.class_weights: the method, the weights, the pixel counts
     lock                   "PID HOST" of the process training in it, while it trains
@@ -20,8 +23,9 @@ while writing, never leaves a half-written file behind. metrics.jsonl, which gro
 by whole lines, each flushed to the disk before the run goes on: what a crash (a full disk) can
 leave is a torn last line, which :func:`read_metrics_file` drops with a warning, while any other
 line that is not a JSON object with an integer ``step`` is an error naming the file and the line.
-One process at a time trains in a run directory (:meth:`RunDir.lock`), and a new run only starts
-in an empty one (:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
+:meth:`RunDir.clear` removes these files and nothing else. One process at a time trains in a run
+directory (:meth:`RunDir.lock`), and a new run only starts in an empty one
+(:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
 safetensors and ``weights_only`` pickles, and a config naming code to import
 (``model.name: "module:builder"``) builds only with ``trust_code=True``.
 
@@ -31,6 +35,8 @@ weight average (:mod:`visattn.engine.ema`); the checkpoints' .safetensors keep t
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import hashlib
 import json
 import os
 import pickle
@@ -41,6 +47,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..bounded import MAX_LOG_BYTES, read_text, shorten
@@ -50,6 +57,10 @@ from .config import Config, dump_config, load_config
 __all__ = ["RunDir", "read_metrics_file"]
 
 _STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "best", "rng")
+_BEST_RECORD_KEY = "visattn.best"  # best.safetensors' header entry holding the record (JSON)
+# the files inside the run's folders, by RunDir attribute: TensorBoard's events; the checkpoint pairs and their pointer
+_FOLDER_FILES = {"tensorboard": ("events.out.tfevents.*",),
+                 "checkpoints": ("step_*.safetensors", "step_*.state.pt", "latest")}
 # Run directories this process holds the lock of: a lock file naming this PID is stale unless listed
 # (a restarted container reuses PIDs).
 _HELD: set[Path] = set()
@@ -165,6 +176,56 @@ class RunDir:
             raise FileExistsError(f"run directory {self.path} is not empty ({listed}); a new run starts in a new "
                                   "or empty directory: choose another run.dir")
 
+    def check_clearable(self, also: Iterable[str] = ()) -> list[Path]:
+        """The files :meth:`clear` would delete; ``FileExistsError`` naming the directory when it is a
+        symbolic link or holds anything but files of the run layout (and the top-level names ``also``)."""
+        if self.path.is_symlink():
+            raise FileExistsError(f"run directory {self.path} is a symbolic link (to {os.readlink(self.path)}); "
+                                  "visattn removes only what it wrote: remove the link or choose another directory")
+        if not self.path.is_dir():
+            return []
+        ours, foreign = self._layout_files(set(also))
+        if foreign:
+            listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise FileExistsError(f"run directory {self.path} holds files that are not a run's ({listed}); "
+                                  "visattn removes only what it wrote: move them or choose another directory")
+        return ours
+
+    def clear(self, also: Iterable[str] = ()) -> None:
+        """Delete the files of the run layout (and the top-level names ``also``), holding the lock,
+        once :meth:`check_clearable` found nothing else there (else nothing is deleted)."""
+        self.check_clearable(also)  # before the lock, which creates a missing directory
+        if not self.path.is_dir():
+            return
+        with self.lock():
+            for path in self.check_clearable(also):
+                path.unlink()
+            for folder in _FOLDER_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    getattr(self, folder).rmdir()
+
+    def _layout_files(self, also: set[str]) -> tuple[list[Path], list[str]]:
+        """The files of the run layout in the directory (and its temporary files, which a killed write
+        leaves: ``.<name>.<random>.tmp``), and the names of anything else, relative to it."""
+        top = {p.name for p in (self.config, self.metrics, self.best_weights, self.best_metrics, self.final_weights,
+                                self.class_weights)} | also
+        folders = {getattr(self, attribute).name: patterns for attribute, patterns in _FOLDER_FILES.items()}
+        ours, foreign = [], []
+        for item in sorted(self.path.iterdir()):
+            if item == self.lock_file:
+                continue
+            if item.name in folders and item.is_dir() and not item.is_symlink():
+                for inner in sorted(item.iterdir()):
+                    if _is_file_named(inner, folders[item.name]):
+                        ours.append(inner)
+                    else:
+                        foreign.append(f"{item.name}/{inner.name}")
+            elif _is_file_named(item, top):
+                ours.append(item)
+            else:
+                foreign.append(item.name)
+        return ours, foreign
+
     # -- configuration, metrics and weights
 
     def write_config(self, cfg: Config) -> None:
@@ -194,9 +255,21 @@ class RunDir:
             os.fsync(f.fileno())
 
     def save_best(self, model: nn.Module, record: dict) -> None:
-        """``model``'s weights and the evaluation ``record`` (metrics and step) that made them the best."""
-        save_state_dict(model.state_dict(), self.best_weights)
-        atomic_write(self.best_metrics, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+        """``model``'s weights and the evaluation ``record`` (metrics and step) that made them the best:
+        the record in the weights file's header (one write), then its copy in best.json."""
+        text = json.dumps(record, indent=1)
+        save_state_dict(model.state_dict(), self.best_weights, metadata={_BEST_RECORD_KEY: text})
+        digest = hashlib.sha256(self.best_weights.read_bytes()).hexdigest()
+        copy = {**record, "weights": self.best_weights.name, "weights_sha256": digest}
+        atomic_write(self.best_metrics, lambda tmp: Path(tmp).write_text(json.dumps(copy, indent=1)))
+
+    def best_record(self) -> dict | None:
+        """The evaluation record of best.safetensors, read from its header; ``None`` without one."""
+        if not self.best_weights.is_file():
+            return None
+        with safe_open(self.best_weights, "pt") as f:
+            text = (f.metadata() or {}).get(_BEST_RECORD_KEY)
+        return None if text is None else json.loads(text)
 
     def save_final(self, model: nn.Module) -> None:
         save_state_dict(model.state_dict(), self.final_weights)
@@ -286,6 +359,17 @@ def read_metrics_file(path: str | os.PathLike) -> list[dict]:
                              f"got {shorten(line)}")
         records.append(record)
     return records
+
+
+def _is_file_named(path: Path, patterns: Iterable[str]) -> bool:
+    """``path`` is a regular file (not a link) named by one of the ``patterns``, or the temporary file
+    :func:`~visattn.weights.atomic_write` makes for one."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    name = path.name
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].rsplit(".", 2)[0]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _read_training_state(path: Path) -> dict:

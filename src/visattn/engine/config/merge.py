@@ -114,6 +114,8 @@ def _parse_override(item: str) -> dict[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.02)")
     key, raw = item.split("=", 1)
+    if "\n" in raw or "\r" in raw:  # YAML would fold it into a space: a value that is not the one typed
+        raise ConfigError(f"override {shorten(item)!r}: the value holds a line break; --set takes one line")
     try:
         value = load_yaml(raw, "the value") if raw.strip() else None
     except UnreadableFileError as err:

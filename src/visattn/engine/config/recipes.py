@@ -73,7 +73,8 @@ def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     for name in names:
         base = path.parent / name
         if not base.is_file():
-            raise ConfigError(f"config file {path} names the base {name!r}, which does not exist ({base})")
+            state = "is not a file" if base.exists() else "does not exist"
+            raise ConfigError(f"config file {path} names the base {name!r}, which {state} ({base})")
         if any(base.resolve() == seen.resolve() for seen in chain):
             cycle = " -> ".join(os.path.normpath(p) for p in (*chain, base))
             raise ConfigError(f"config files name each other as bases in a cycle: {cycle}")

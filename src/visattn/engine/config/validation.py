@@ -125,8 +125,8 @@ RULES: dict[str, Rule] = {
                        and any(w > 0 for w in v.values()),
                        f"a mapping of {', '.join(LOSSES)} to numbers >= 0, not all 0"),
     "train.class_weights": Rule(lambda v: v in CLASS_WEIGHTINGS if isinstance(v, str) else
-                                0 < len(v) <= MAX_CLASSES and all(w >= 0 for w in v),
-                                f"{', '.join(CLASS_WEIGHTINGS)} or a list of numbers >= 0, one per class"),
+                                0 < len(v) <= MAX_CLASSES and all(w >= 0 for w in v) and any(w > 0 for w in v),
+                                f"{', '.join(CLASS_WEIGHTINGS)} or a list of numbers >= 0, one per class, not all 0"),
     "train.focal_gamma": _at_least(0),
     "train.ohem_thresh": _within(0, 1),
     "train.ohem_min_kept": _COUNT,
@@ -255,6 +255,7 @@ def _check_model(model: ModelConfig, task: str) -> None:
         # imports it only when the user trusts it (``--trust-code``).
         return
     _check_registered(model.name)
+    _refuse_file_arguments(model.kwargs)
     kwargs = _without_weight_files(model.kwargs)
     if _names_a_hub_repository(kwargs):
         # timm reads a Hub id's architecture from its repository even for a model without weights:
@@ -315,6 +316,22 @@ def _without_weight_files(kwargs: dict[str, Any]) -> dict[str, Any]:
     if encoder_weights not in (None, "imagenet") and not Path(str(encoder_weights)).is_file():
         raise _invalid("model.kwargs.encoder_weights", "null, imagenet or an existing file", encoder_weights)
     return kwargs
+
+
+# timm's arguments that make it read a file or fetch a source of its choosing (checkpoint_path: torch.load
+# of any path; pretrained_cfg and its overlay: a file or URL); a config starts an encoder from a local file
+# only through pretrained_file / encoder_weights, which visattn reads itself (safetensors, weights_only)
+FILE_ARGUMENTS = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay")
+
+
+def _refuse_file_arguments(kwargs: dict[str, Any], prefix: str = "model.kwargs") -> None:
+    """``ConfigError`` naming a :data:`FILE_ARGUMENTS` key at any depth of ``kwargs``."""
+    for key, value in kwargs.items():
+        if key in FILE_ARGUMENTS:
+            raise ConfigError(f"config key '{prefix}.{key}' would make timm read {value!r}: a config names an "
+                              "encoder's starting weights with model.kwargs.pretrained_file or encoder_weights")
+        if isinstance(value, dict):
+            _refuse_file_arguments(value, f"{prefix}.{key}")
 
 
 def _names_a_hub_repository(kwargs: dict[str, Any]) -> bool:
