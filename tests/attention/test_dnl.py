@@ -8,7 +8,6 @@ from torch import nn
 import visattn
 from helpers import LargestAllocation, assert_gradients_close, gradients, randomize_, rel_err
 from visattn._official.mmseg import COUNTERPARTS, DisentangledNonLocal2d as OfficialDNL
-from visattn.attention import dnl
 from visattn.attention.dnl import DisentangledNonLocal2d
 
 C = 16
@@ -76,7 +75,7 @@ def test_matches_mmseg(training, device):
 
 
 def test_never_allocates_the_n_by_n_map(monkeypatch):
-    monkeypatch.setattr(dnl, "_CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(DisentangledNonLocal2d, "chunk_bytes", 2**20)
     m = randomize_(DisentangledNonLocal2d(C, norm_layer=nn.BatchNorm2d))
     x = torch.randn(1, C, 48, 48, requires_grad=True)  # the N x N map: 20 MiB
     with LargestAllocation() as mode:
