@@ -99,7 +99,8 @@ def official_dnl_head() -> nn.Module:
 # name -> (visattn's head, mmseg's transcribed head with random weights, rtol of the comparison), small
 HEADS = {
     "gcnet": (lambda: GCHead(32, 5, channels=16, dropout=0.0), official_gc_head, 1e-10),
-    "emanet": (lambda: EMAHead(32, 5, channels=16, ema_channels=24, num_bases=6, dropout=0.0), official_ema_head, 1e-10),
+    "emanet": (lambda: EMAHead(32, 5, channels=16, ema_channels=24, num_bases=6, dropout=0.0), official_ema_head,
+               1e-10),
     "isanet": (lambda: ISAHead(32, 5, channels=16, isa_channels=8, down_factor=(4, 3), dropout=0.0),
                official_isa_head, 1e-10),
     # mmseg divides the scores by float32 tensors (sqrt(C') and the temperature: 1e-8 off in float64)

@@ -1,4 +1,4 @@
-"""GCNet: GCHead's keys, and with both fusions against mmseg's (the recipe and the default head: test_mmseg_networks)."""
+"""GCNet: GCHead's keys, and with both fusions against mmseg's (the recipe, the default head: test_mmseg_networks)."""
 from __future__ import annotations
 
 from mmseg_heads import assert_head_equals_official, official_gc_head
@@ -13,4 +13,5 @@ def test_keys_are_mmseg_names():
 
 def test_head_with_both_fusions_equals_mmseg_head(device):
     kwargs = dict(pooling_type="avg", fusion_types=("channel_add", "channel_mul"))
-    assert_head_equals_official(GCHead(32, 5, channels=16, dropout=0.0, **kwargs), official_gc_head(**kwargs), True, device)
+    head = GCHead(32, 5, channels=16, dropout=0.0, **kwargs)
+    assert_head_equals_official(head, official_gc_head(**kwargs), True, device)

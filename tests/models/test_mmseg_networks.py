@@ -116,7 +116,8 @@ def test_variant_is_the_recipe_on_resnet_v1c_with_mmseg_weights(name, depth):
     assert f"configs/{config} " in released_weights(variant).source and released_weights(name) is None
     assert_converts(model, CHECKPOINT_KEYS[name](BLOCKS[depth]), spots)
     if depth == 50:  # the short name's default encoder is the same ResNet-50-C
-        assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        assert {k: v.shape for k, v in default.state_dict().items()} == shapes
 
 
 @pytest.mark.parametrize("training", [False, True])

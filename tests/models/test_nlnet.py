@@ -1,4 +1,4 @@
-"""mmseg's NLHead (Non-local network) against a functional composition, and its keys (the recipe: test_mmseg_networks)."""
+"""mmseg's NLHead (Non-local network): its keys, against a functional composition (the recipe: test_mmseg_networks)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""PSPNet: the recipe's pyramid, which exports at any size (the recipe and its checkpoint names: test_mmseg_networks)."""
+"""PSPNet: the recipe's pyramid, which exports at any size (the recipe, its checkpoint names: test_mmseg_networks)."""
 from __future__ import annotations
 
 import pytest

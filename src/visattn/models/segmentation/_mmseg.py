@@ -8,7 +8,21 @@ The networks on mmseg's recipes keep mmseg's module names in their heads, so a c
 converts by renaming prefixes only.
 
 A network on an mmseg recipe is its head (a :class:`DecodeHead`) and one call of
-:func:`register_mmseg_builders`, which registers the recipe's builders.
+:func:`register_mmseg_builders`, which registers the recipe's builders. What they share:
+
+- The encoder of the released checkpoints is mmseg's ``ResNetV1c`` (deep stem 3->32->32->64,
+  stride on the 3x3 conv, stages 3 and 4 dilated 2 and 4 with the first block at half the rate):
+  timm's ``resnet50c`` / ``resnet101c`` at output stride 8 have that layout.
+- The recipe adds mmseg's auxiliary ``FCNHead`` on stage 3 (1024 -> 256, one ConvModule, no
+  concat, loss weight 0.4) and upsamples the logits with ``align_corners=False``.
+- Module names are mmseg's (``convs.0.conv``, ``convs.0.bn``, ``conv_cat``, ``conv_seg``, ...),
+  so a checkpoint's ``decode_head.*`` loads into the head as it is (a head whose names differ
+  lists them in ``head_keys``); the head's ``convert_official_state_dict`` renames a whole
+  ``<network>_r*-d8`` checkpoint (what ``visattn.load_official`` calls).
+
+Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d`` (convert the model with
+``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training); the ImageNet weights of
+``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
 """
 from __future__ import annotations
 
@@ -113,6 +127,10 @@ class DecodeHead(nn.Module):
     ``head_keys`` where its names differ from mmseg's). A head calls ``super().__init__(in_index)``,
     builds its own modules, then :meth:`add_conv_seg`: the classifier comes last in the state
     dict and in the initialisation order.
+
+    The heads' arguments in common: ``in_channels`` (channels of the input feature map, 2048 for
+    ResNet-50/101), ``num_classes`` (output channels), ``dropout`` (Dropout2d probability before
+    ``conv_seg``, 0.1) and ``in_index`` (which feature map of the encoder's list to use, the last).
 
     Differences from the official code: mmseg's base also owns the loss and the resizing of the
     logits; here :class:`~.base.Segmentor` and the training loop do.
@@ -237,10 +255,12 @@ def register_mmseg_builders(
     module = head_class.__module__
     summary = summary or f"``{head_class.__name__}``"
     aux_doc = ", and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4)" if aux else ""
-    head_arguments = ", ".join(
-        f"``{p.name}``" for p in inspect.signature(head_class).parameters.values()
+    head_arguments = ", ".join(dict.fromkeys(  # the head's and those it passes on to its bases
+        f"``{p.name}``"
+        for cls in head_class.__mro__ if "__init__" in vars(cls) and cls.__module__.startswith("visattn")
+        for p in inspect.signature(cls.__init__).parameters.values()
         if p.default is not p.empty and p.name != "in_index"
-    )
+    ))
     build = _named(build, name, module, (
         f"{title}: {summary}{aux_doc}.\n\nLogits are upsampled with ``align_corners=False`` as mmseg. "
         f"Head arguments: {head_arguments} (:class:`{head_class.__name__}`); the others are "

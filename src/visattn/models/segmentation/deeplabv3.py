@@ -7,14 +7,9 @@ Segmentation", 2017, https://arxiv.org/abs/1706.05587 ; the network is mmsegment
 ``ASPPHead``: ``image_pool`` (global average pooling -> 1x1 ConvModule to 512, upsampled back with
 ``align_corners=False``) and ``aspp_modules`` (a 1x1 ConvModule for dilation 1, 3x3 ConvModules
 dilated 12, 24, 36), concatenated -> ``bottleneck`` (3x3 ConvModule to 512) -> Dropout2d(0.1) ->
-``conv_seg``. The recipe adds mmseg's auxiliary FCN head on stage 3 (256 wide, loss weight 0.4)
-and upsamples the logits with ``align_corners=False``.
+``conv_seg``.
 
-Module names are mmseg's, so a checkpoint's ``decode_head.*`` loads into the head as it is;
-:meth:`ASPPHead.convert_official_state_dict` renames a whole ``deeplabv3_r*-d8`` checkpoint.
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 """
 from __future__ import annotations
 
@@ -35,12 +30,9 @@ class ASPPHead(DecodeHead):
     """mmseg's ASPP head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
         channels: width of each branch and of the bottleneck (512).
         dilations: one branch per rate: 1 is a 1x1 conv, others dilated 3x3 convs ((1, 12, 24, 36)).
-        dropout: Dropout2d probability before ``conv_seg`` (0.1).
-        in_index: which feature map of the encoder's list to use (the last).
+        in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
 
     def __init__(

@@ -10,14 +10,9 @@ ConvModule (``depthwise_conv``: dilated 3x3 depthwise conv + BN + ReLU, ``pointw
 conv + BN + ReLU), then the decoder: the ASPP output upsampled (``align_corners=False``) to the
 stage-1 map (stride 4), concatenated with ``c1_bottleneck`` (1x1 ConvModule, 256 -> 48) of it ->
 ``sep_bottleneck`` (two separable 3x3 ConvModules to 512) -> Dropout2d(0.1) -> ``conv_seg``. The
-encoder returns four maps (``stages=4``: stage 1 first). The recipe adds mmseg's auxiliary FCN head
-on stage 3 (256 wide, loss weight 0.4) and upsamples the logits with ``align_corners=False``.
+encoder returns four maps (``stages=4``: stage 1 first).
 
-Module names are mmseg's, so a checkpoint's ``decode_head.*`` loads into the head as it is
-(``convert_official_state_dict`` renames a whole ``deeplabv3plus_r*-d8`` checkpoint).
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 """
 from __future__ import annotations
 

@@ -5,23 +5,15 @@ https://arxiv.org/abs/2006.06668 ; the segmentation network is mmsegmentation's
 (https://github.com/open-mmlab/mmsegmentation, ``mmseg/models/decode_heads/dnl_head.py``,
 ``configs/_base_/models/dnl_r50-d8.py``).
 
-``DNLHead`` (an mmseg ``FCNHead`` with two convs and ``concat_input``): ``convs.0`` (3x3 conv + BN
-+ ReLU, C_in -> 512) -> ``dnl_block`` (:class:`~visattn.attention.dnl.DisentangledNonLocal2d` on
-512 channels, reduction 2, scaled, temperature 0.05, BN after ``conv_out``) -> ``convs.1`` (3x3 conv + BN + ReLU)
--> ``conv_cat`` (concat(input, ``convs.1`` output) -> 3x3 conv + BN + ReLU to 512) ->
-Dropout2d(0.1) -> ``conv_seg``. The recipe adds an auxiliary ``FCNHead`` on stage 3 (1024 -> 256,
-loss weight 0.4) and upsamples with ``align_corners=False``; the encoder is mmseg's ResNetV1c
-(timm's ``resnet50c`` / ``resnet101c``) at output stride 8.
+``DNLHead``: mmseg's concat-input head (:class:`~._mmseg.ConcatInputBlockHead`, 512 wide) around
+``dnl_block`` (:class:`~visattn.attention.dnl.DisentangledNonLocal2d` on 512 channels, reduction 2,
+scaled, temperature 0.05, BN after ``conv_out``).
 
-Module names are mmseg's, so a checkpoint's ``decode_head.*`` loads into the head as it is;
-:meth:`DNLHead.convert_official_state_dict` renames a whole ``dnl_r*-d8`` checkpoint (what
-``visattn.load_official`` calls).
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 """
 from __future__ import annotations
 
+from functools import partial
 from torch import nn
 
 from ...attention.dnl import DisentangledNonLocal2d
@@ -34,32 +26,20 @@ class DNLHead(ConcatInputBlockHead):
     """mmseg's DNLNet head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
-        channels: width of the convs and of the DNL block (512).
         reduction: the DNL block's embedding reduction (2).
         use_scale: scale the pairwise scores by ``1 / sqrt(channels // reduction)`` (True).
         temperature: divides the pairwise scores (0.05).
-        dropout: Dropout2d probability before ``conv_seg`` (0.1).
-        in_index: which feature map of the encoder's list to use (the last).
+        in_channels, num_classes, channels (512), dropout, in_index: as
+            :class:`~._mmseg.ConcatInputBlockHead`'s.
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        channels: int = 512,
-        reduction: int = 2,
-        use_scale: bool = True,
-        temperature: float = 0.05,
-        dropout: float = 0.1,
-        in_index: int = -1,
+        self, in_channels: int, num_classes: int, reduction: int = 2, use_scale: bool = True,
+        temperature: float = 0.05, **kwargs,
     ) -> None:
-        super().__init__(
-            in_channels, num_classes, "dnl_block",
-            lambda width: DisentangledNonLocal2d(width, reduction, use_scale, temperature, norm_layer=nn.BatchNorm2d),
-            channels, dropout, in_index,
-        )
+        block = partial(DisentangledNonLocal2d, reduction=reduction, use_scale=use_scale, temperature=temperature,
+                        norm_layer=nn.BatchNorm2d)
+        super().__init__(in_channels, num_classes, "dnl_block", block, **kwargs)
 
 
 # mmseg publishes the checkpoints of its dnl_r*-d8 recipes (Cityscapes, ADE20K)

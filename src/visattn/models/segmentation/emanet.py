@@ -9,17 +9,13 @@ mmsegmentation's (https://github.com/open-mmlab/mmsegmentation, ``mmseg/models/d
 (:class:`~visattn.attention.ema.EMAUnit` on 512 channels: 64 bases, 3 EM iterations, bases
 updated as a moving average with momentum 0.1 in training) -> ``bottleneck`` (3x3 conv + BN + ReLU,
 512 -> 256) -> ``conv_cat`` (concat(input, ``bottleneck`` output) -> 3x3 conv + BN + ReLU to 256)
--> Dropout2d(0.1) -> ``conv_seg``. The recipe adds an auxiliary ``FCNHead`` on stage 3 (1024 ->
-256, loss weight 0.4) and upsamples with ``align_corners=False``; the encoder is mmseg's ResNetV1c
-(timm's ``resnet50c`` / ``resnet101c``) at output stride 8.
+-> Dropout2d(0.1) -> ``conv_seg``.
+
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 
 Module names are mmseg's except the unit's: mmseg's ``ema_mid_conv``, ``ema_module.bases`` and
-``ema_out_conv`` are ``ema.ema_mid_conv``, ``ema.bases`` and ``ema.ema_out_conv`` here;
-:meth:`EMAHead.convert_official_state_dict` renames a whole ``emanet_r*-d8`` checkpoint (what
-``visattn.load_official`` calls).
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+``ema_out_conv`` are ``ema.ema_mid_conv``, ``ema.bases`` and ``ema.ema_out_conv`` here
+(``EMAHead.head_keys``).
 """
 from __future__ import annotations
 
@@ -40,15 +36,12 @@ class EMAHead(DecodeHead):
     """mmseg's EMANet head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
         channels: width of ``bottleneck`` and ``conv_cat`` (256).
         ema_channels: width of the EM attention unit (512).
         num_bases: the unit's bases (64).
         num_stages: the unit's EM iterations (3).
         momentum: the moving average of the bases in training (0.1).
-        dropout: Dropout2d probability before ``conv_seg`` (0.1).
-        in_index: which feature map of the encoder's list to use (the last).
+        in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
 
     # mmseg's EMAHead names of the unit -> ours

@@ -8,17 +8,13 @@ mmsegmentation's (https://github.com/open-mmlab/mmsegmentation, ``mmseg/models/d
 ``ISAHead``: ``in_conv`` (3x3 conv + BN + ReLU, C_in -> 512) -> ``isa``
 (:class:`~visattn.attention.isa.InterlacedSparseAttention` on 512 channels: query/key width 256,
 local groups 8 x 8, long-range then short-range self-attention, ``out_conv`` on the concatenation
-with its input) -> Dropout2d(0.1) -> ``conv_seg``. The recipe adds an auxiliary ``FCNHead`` on
-stage 3 (1024 -> 256, loss weight 0.4) and upsamples with ``align_corners=False``; the encoder is
-mmseg's ResNetV1c (timm's ``resnet50c`` / ``resnet101c``) at output stride 8.
+with its input) -> Dropout2d(0.1) -> ``conv_seg``.
+
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 
 Module names are mmseg's except the attention's: mmseg's ``global_relation``, ``local_relation``
-and ``out_conv`` are ``isa.global_relation``, ``isa.local_relation`` and ``isa.out_conv`` here;
-:meth:`ISAHead.convert_official_state_dict` renames a whole ``isanet_r*-d8`` checkpoint (what
-``visattn.load_official`` calls).
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+and ``out_conv`` are ``isa.global_relation``, ``isa.local_relation`` and ``isa.out_conv`` here
+(``ISAHead.head_keys``).
 """
 from __future__ import annotations
 
@@ -38,13 +34,10 @@ class ISAHead(DecodeHead):
     """mmseg's ISANet head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
         channels: width of ``in_conv`` and of the attention (512).
         isa_channels: query/key width of the attention (256).
         down_factor: the local group size ``(rows, columns)`` ((8, 8)).
-        dropout: Dropout2d probability before ``conv_seg`` (0.1).
-        in_index: which feature map of the encoder's list to use (the last).
+        in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
 
     # mmseg's ISAHead names of the attention -> ours

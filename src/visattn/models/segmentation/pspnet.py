@@ -7,14 +7,9 @@ https://arxiv.org/abs/1612.01105 ; the network is mmsegmentation's
 ``PSPHead``: the pyramid pooling module ``psp_modules`` (for each scale s in (1, 2, 3, 6):
 adaptive average pooling to s x s -> 1x1 ConvModule to 512 -> bilinear upsampling back,
 ``align_corners=False``), concatenated with the input -> ``bottleneck`` (3x3 ConvModule to 512) ->
-Dropout2d(0.1) -> ``conv_seg``. The recipe adds mmseg's auxiliary FCN head on stage 3 (256 wide,
-loss weight 0.4) and upsamples the logits with ``align_corners=False``.
+Dropout2d(0.1) -> ``conv_seg``.
 
-Module names are mmseg's, so a checkpoint's ``decode_head.*`` loads into the head as it is;
-:meth:`PSPHead.convert_official_state_dict` renames a whole ``pspnet_r*-d8`` checkpoint.
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 """
 from __future__ import annotations
 
@@ -57,12 +52,9 @@ class PSPHead(DecodeHead):
     """mmseg's PSP head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
         channels: width of the pooled branches and of the bottleneck (512).
         pool_scales: output sizes of the pyramid's poolings ((1, 2, 3, 6)).
-        dropout: Dropout2d probability before ``conv_seg`` (0.1).
-        in_index: which feature map of the encoder's list to use (the last).
+        in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
 
     def __init__(
