@@ -167,13 +167,10 @@ class ConcatInputBlockHead(DecodeHead):
     are this head with another block, under another name (``nl_block``, ``gc_block``, ``dnl_block``).
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
         block_name: the block's attribute (mmseg's name, and so its checkpoint keys).
         block: builds the block from ``channels``.
-        channels: width of the convs and of the block.
-        dropout: Dropout2d probability before ``conv_seg``.
-        in_index: which feature map of the encoder's list to use.
+        channels: width of the convs and of the block (512).
+        in_channels, num_classes, dropout, in_index: as :class:`DecodeHead`'s.
     """
 
     def __init__(
