@@ -139,22 +139,25 @@ def conv_module(
     groups: int = 1,
     norm: bool | Callable[[int], nn.Module] = False,
     act: bool = False,
+    init: bool = True,
 ) -> nn.Sequential:
     """mmcv's ``ConvModule``: ``conv`` (bias unless normed), then ``bn`` and ``activate`` (ReLU) if asked.
 
     ``norm``: ``True`` for ``nn.BatchNorm2d``, or a norm class called with ``out_channels``; mmcv
     names any norm ``bn`` in its checkpoints. The padding keeps the size (``dilation * (kernel_size
     // 2)``), as every mmseg head sets it. Initialised as mmcv: Kaiming-normal conv weights
-    (fan-out, ReLU gain), zero bias, the norm's own init. The keys (``conv.weight``, ``bn.*``) are
-    those of mmcv/mmseg checkpoints.
+    (fan-out, ReLU gain), zero bias, the norm's own init; ``init=False`` leaves PyTorch's default
+    init, for a caller that initialises the conv itself (no draws spent on values it replaces).
+    The keys (``conv.weight``, ``bn.*``) are those of mmcv/mmseg checkpoints.
     """
     conv = nn.Conv2d(
         in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
         groups=groups, bias=norm is False,
     )
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
+    if init:
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
     layers = OrderedDict(conv=conv)
     if norm is not False:
         layers["bn"] = (nn.BatchNorm2d if norm is True else norm)(out_channels)

@@ -103,10 +103,11 @@ class NonLocal2d(nn.Module):
         self.sub_sample = sub_sample
         self.norm_layer = norm_layer
         self.chunk_size = chunk_size
-        self.g = conv_module(channels, hidden)
-        self.theta = conv_module(channels, hidden)
-        self.phi = conv_module(channels, hidden)
-        self.conv_out = conv_module(hidden, channels, norm=norm_layer or False)
+        # initialised below, as mmcv's NonLocal2d re-initialises its ConvModules
+        self.g = conv_module(channels, hidden, init=False)
+        self.theta = conv_module(channels, hidden, init=False)
+        self.phi = conv_module(channels, hidden, init=False)
+        self.conv_out = conv_module(hidden, channels, norm=norm_layer or False, init=False)
         self._init_weights()
         if sub_sample:
             self.g = nn.Sequential(self.g, nn.MaxPool2d(2))
