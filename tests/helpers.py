@@ -58,11 +58,38 @@ def gradients(
     return {"input": xi.grad, **{name: p.grad for name, p in params.named_parameters()}}
 
 
+def match_reference(
+    m: nn.Module, reference: Callable[[Tensor], Tensor], shape: tuple[int, ...], rtol: float
+) -> tuple[dict[str, Tensor | None], dict[str, Tensor | None]]:
+    """``m`` against an independent ``reference`` formulation on a random float64 input of ``shape``:
+    asserts the outputs agree up to ``rtol`` (:func:`rel_err`) and returns both sides' :func:`gradients`
+    under one random upstream gradient, for the caller to compare."""
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(m(x), reference(x)) < rtol
+    upstream = torch.randn(*shape, dtype=torch.float64)
+    return gradients(m, m, x, upstream), gradients(reference, m, x, upstream)
+
+
 def assert_gradients_close(got: dict[str, Tensor | None], want: dict[str, Tensor | None], **tolerances) -> None:
     """Two :func:`gradients` results agree entry by entry (``torch.testing.assert_close`` tolerances)."""
     assert got.keys() == want.keys()
     for name, g in got.items():
         torch.testing.assert_close(g, want[name], msg=name, **tolerances)
+
+
+def assert_strongest_channel_maps(
+    m: nn.Module, x: Tensor, weights: Tensor, points, key: str, title: Callable[[int, tuple], str]
+) -> list:
+    """``m.attention_maps(x, points)`` are keyed ``{key}_q0``, ``{key}_q1``, ... and show, for each point, the
+    channel of ``weights`` ``(1, K, H, W)`` largest there, titled ``title(channel, point)``; returns the maps."""
+    maps = m.attention_maps(x, points)
+    assert [a.key for a in maps] == [f"{key}_q{i}" for i in range(len(points))]
+    for amap, (r, c) in zip(maps, points):
+        k = int(weights[0, :, r, c].argmax())
+        assert amap.title == title(k, (r, c))
+        torch.testing.assert_close(torch.from_numpy(amap.values).double(), weights[0, k], rtol=1e-6, atol=1e-12)
+    return maps
 
 
 def check_png(path, size: tuple[int, int], min_std: float = 0.0, min_colours: int = 10) -> None:

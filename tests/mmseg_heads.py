@@ -1,11 +1,17 @@
 """An mmseg decode head (transcribed in ``visattn._official.mmseg``) against visattn's: one checkpoint
-loaded into both through the head's mmseg key conversion, values and gradients compared."""
+loaded into both through the head's mmseg key conversion, values and gradients compared; ``HEADS``
+pairs the heads compared so (``tests/models/test_mmseg_networks.py``)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 from helpers import randomize_, rel_err
+from visattn._official import mmseg
+from visattn.models.segmentation.dnlnet import DNLHead
+from visattn.models.segmentation.emanet import EMAHead
+from visattn.models.segmentation.gcnet import GCHead
+from visattn.models.segmentation.isanet import ISAHead
 
 
 def features(batch: int = 2, size=(9, 11), widths=(16, 24, 32), seed: int = 0) -> list[Tensor]:
@@ -67,3 +73,36 @@ def assert_state_dict_round_trip(head: nn.Module, official: nn.Module) -> None:
     head, official = (m.double().eval() for m in (head, official))
     with torch.no_grad():
         assert rel_err(head(features()), official(features())) < 1e-7
+
+
+def official_gc_head(**kwargs) -> nn.Module:
+    return randomize_(mmseg.GCHead(in_channels=32, channels=16, num_classes=5, dropout_ratio=0, **kwargs), seed=2)
+
+
+def official_ema_head() -> nn.Module:
+    head = mmseg.EMAHead(in_channels=32, channels=16, ema_channels=24, num_bases=6, num_stages=3, num_classes=5,
+                         dropout_ratio=0)
+    return randomize_(head, seed=2)
+
+
+def official_isa_head() -> nn.Module:
+    # 9 x 11 features in 4 x 3 groups: padded to 12 x 12 (rows 1 + 2, columns 0 + 1)
+    head = mmseg.ISAHead(in_channels=32, channels=16, isa_channels=8, down_factor=(4, 3), num_classes=5,
+                         dropout_ratio=0)
+    return randomize_(head, seed=2)
+
+
+def official_dnl_head() -> nn.Module:
+    return randomize_(mmseg.DNLHead(in_channels=32, channels=16, num_classes=5, dropout_ratio=0), seed=2)
+
+
+# name -> (visattn's head, mmseg's transcribed head with random weights, rtol of the comparison), small
+HEADS = {
+    "gcnet": (lambda: GCHead(32, 5, channels=16, dropout=0.0), official_gc_head, 1e-10),
+    "emanet": (lambda: EMAHead(32, 5, channels=16, ema_channels=24, num_bases=6, dropout=0.0), official_ema_head,
+               1e-10),
+    "isanet": (lambda: ISAHead(32, 5, channels=16, isa_channels=8, down_factor=(4, 3), dropout=0.0),
+               official_isa_head, 1e-10),
+    # mmseg divides the scores by float32 tensors (sqrt(C') and the temperature: 1e-8 off in float64)
+    "dnlnet": (lambda: DNLHead(32, 5, channels=16, dropout=0.0), official_dnl_head, 1e-7),
+}

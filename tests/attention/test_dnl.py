@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 import visattn
-from helpers import LargestAllocation, assert_gradients_close, gradients, randomize_, rel_err
+from helpers import LargestAllocation, assert_gradients_close, gradients, match_reference, randomize_
 from visattn._official.mmseg import COUNTERPARTS, DisentangledNonLocal2d as OfficialDNL
-from visattn.attention import dnl
 from visattn.attention.dnl import DisentangledNonLocal2d
 
 C = 16
@@ -55,11 +54,7 @@ def floor(want) -> float:
 @pytest.mark.parametrize("chunk_size", [4, None])
 def test_forward_and_gradients_match_reference(kwargs, chunk_size):
     m = build(chunk_size=chunk_size, **kwargs)
-    x = torch.randn(2, C, H, W, dtype=torch.float64)
-    with torch.no_grad():
-        assert rel_err(m(x), reference(m, x)) < 1e-10
-    weight = torch.randn(2, C, H, W, dtype=torch.float64)
-    got, want = gradients(m, m, x, weight), gradients(lambda x: reference(m, x), m, x, weight)
+    got, want = match_reference(m, lambda x: reference(m, x), (2, C, H, W), rtol=1e-10)
     assert_gradients_close(got, want, rtol=1e-9, atol=floor(want))
 
 
@@ -76,7 +71,7 @@ def test_matches_mmseg(training, device):
 
 
 def test_never_allocates_the_n_by_n_map(monkeypatch):
-    monkeypatch.setattr(dnl, "_CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(DisentangledNonLocal2d, "chunk_bytes", 2**20)
     m = randomize_(DisentangledNonLocal2d(C, norm_layer=nn.BatchNorm2d))
     x = torch.randn(1, C, 48, 48, requires_grad=True)  # the N x N map: 20 MiB
     with LargestAllocation() as mode:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import visattn
-from helpers import gradients, randomize_, rel_err
+from helpers import assert_strongest_channel_maps, gradients, match_reference, randomize_, rel_err
 from visattn._official.mmseg import COUNTERPARTS, EMAUnit as OfficialEMAUnit
 from visattn.attention.ema import EMAUnit
 
@@ -47,11 +47,7 @@ def build(seed=0, **kwargs) -> EMAUnit:
 
 def test_forward_and_gradients_match_reference():
     m = build()
-    x = torch.randn(2, C, H, W, dtype=torch.float64)
-    with torch.no_grad():
-        assert rel_err(m(x), reference(m, x)) < 1e-10
-    weight = torch.randn(2, C, H, W, dtype=torch.float64)
-    got, want = gradients(m, m, x, weight), gradients(lambda x: reference(m, x), m, x, weight)
+    got, want = match_reference(m, lambda x: reference(m, x), (2, C, H, W), rtol=1e-10)
     assert got["ema_mid_conv.conv.weight"] is None and got["ema_mid_conv.conv.bias"] is None  # frozen
     for name, g in got.items():
         if g is not None:
@@ -99,13 +95,9 @@ def test_responsibilities_and_maps():
     bases = m.bases.clone()
     m.train().attention_weights(x)
     assert torch.equal(m.bases, bases)  # pictures do not train
-    points = [(0, 0), (4, 6)]
-    maps = m.attention_maps(x, points)
-    assert [a.key for a in maps] == ["ema_q0", "ema_q1"]
-    for amap, (r, c) in zip(maps, points):
-        k = int(resp[0, :, r, c].argmax())
-        assert amap.title == f"EMA: base {k}, the most responsible for {(r, c)}"
-        torch.testing.assert_close(torch.from_numpy(amap.values).double(), resp[0, k], rtol=1e-6, atol=1e-12)
+    assert_strongest_channel_maps(
+        m, x, resp, [(0, 0), (4, 6)], "ema", lambda k, p: f"EMA: base {k}, the most responsible for {p}"
+    )
 
 
 def test_initialisation_keys_and_arguments():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import visattn
-from helpers import assert_gradients_close, gradients, randomize_, rel_err
+from helpers import assert_strongest_channel_maps, assert_gradients_close, gradients, match_reference, randomize_
 from visattn._official.eanet import COUNTERPARTS, External_attention
 from visattn.attention.external import ExternalAttention
 
@@ -32,11 +32,7 @@ def build(seed=0, **kwargs) -> ExternalAttention:
 
 def test_forward_and_gradients_match_reference():
     m = build(units=6)
-    x = torch.randn(2, C, 5, 7, dtype=torch.float64)
-    with torch.no_grad():
-        assert rel_err(m(x), reference(m, x)) < 1e-12
-    weight = torch.randn(2, C, 5, 7, dtype=torch.float64)
-    got, want = gradients(m, m, x, weight), gradients(lambda x: reference(m, x), m, x, weight)
+    got, want = match_reference(m, lambda x: reference(m, x), (2, C, 5, 7), rtol=1e-12)
     # conv1.bias shifts every softmax logit alike: its gradient is 0 up to rounding, hence a floor
     assert_gradients_close(got, want, rtol=1e-9, atol=1e-12 * max(g.abs().max() for g in want.values()))
 
@@ -63,12 +59,10 @@ def test_memory_weights_and_maps():
     assert memory.shape == (1, 64, 5, 7)
     torch.testing.assert_close(memory.sum(1), torch.ones(1, 5, 7, dtype=torch.float64))
     points = [(0, 0), (3, 6)]
-    maps = m.attention_maps(x, points)
-    assert [a.key for a in maps] == ["external_q0", "external_q1"] and [a.point for a in maps] == points
-    for amap, (r, c) in zip(maps, points):
-        k = int(memory[0, :, r, c].argmax())
-        assert amap.title == f"External: memory unit {k}, the strongest at {(r, c)}"
-        torch.testing.assert_close(torch.from_numpy(amap.values).double(), memory[0, k], rtol=1e-6, atol=1e-12)
+    maps = assert_strongest_channel_maps(
+        m, x, memory, points, "external", lambda k, p: f"External: memory unit {k}, the strongest at {p}"
+    )
+    assert [a.point for a in maps] == points
 
 
 def test_authors_initialisation_and_keys():

@@ -9,7 +9,6 @@ from torch import nn
 import visattn
 from helpers import LargestAllocation, SoftmaxDtypes, assert_gradients_close, gradients, randomize_, rel_err
 from visattn._official.mmcv import COUNTERPARTS
-from visattn.attention import non_local
 from visattn.attention.non_local import NonLocal2d
 
 C = 16
@@ -105,7 +104,7 @@ def test_matches_mmcv(kwargs, training, device):
 
 @pytest.mark.parametrize("sub_sample", [False, True])
 def test_never_allocates_the_n_by_n_map(monkeypatch, sub_sample):
-    monkeypatch.setattr(non_local, "_CHUNK_BYTES", 2**20)  # the automatic chunk size must respect it
+    monkeypatch.setattr(NonLocal2d, "chunk_bytes", 2**20)  # the automatic chunk size must respect it
     m = randomize_(NonLocal2d(C, sub_sample=sub_sample, norm_layer=nn.BatchNorm2d))
     x = torch.randn(1, C, 64, 64, requires_grad=True)
     n = 64 * 64  # the N x N map would take 64 MiB, the N x N/4 map of sub_sample 16 MiB

@@ -1,33 +1,18 @@
-"""ANN: mmseg's checkpoint names convert to the network (APNB's shared projection once); outputs and loss weights."""
+"""ANN: APNB's shared projection held once, the attention over pooled keys (the recipe: test_mmseg_networks)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from helpers import randomize_, rel_err
-from mmseg_keys import assert_converts, network_keys, official_keys
+from mmseg_keys import ann_head_keys
 
-from visattn._official import mmseg as mm
-from visattn.models.segmentation.ann import ANNHead, AsymmetricNonLocal, ann, ann_r101_d8, ann_r50_d8
-
-
-def ann_head_keys() -> list[str]:
-    return official_keys(lambda: mm.ANNHead(in_channels=[1024, 2048], in_index=[2, 3], channels=512,
-                                            project_channels=256, num_classes=19))
+from visattn.models.segmentation.ann import ANNHead, AsymmetricNonLocal, ann_r50_d8
 
 
-def test_mmseg_checkpoint_keys_convert_to_the_network():
+def test_mmseg_checkpoint_holds_the_shared_projection_twice_and_loads_it_once():
     with torch.device("meta"):
-        r50, r101 = ann_r50_d8(), ann_r101_d8()
-    keys = ann_head_keys()
-    assert "context.stages.0.query_project.conv.weight" in keys  # mmseg saves the shared projection twice
-    spots = {
-        "decode_head.fusion.stages.0.query_project.bn.weight": "head.fusion.stages.0.query_project.bn.weight",
-        "decode_head.context.stages.0.key_project.conv.weight": "head.context.stages.0.key_project.conv.weight",
-        "decode_head.fusion.bottleneck.conv.weight": "head.fusion.bottleneck.conv.weight",
-        "auxiliary_head.convs.0.conv.weight": "aux.0.weight",
-    }
-    assert_converts(r50, network_keys(keys), spots)
-    assert_converts(r101, network_keys(keys, blocks=(3, 4, 23, 3)), spots)
+        r50 = ann_r50_d8()
+    assert "context.stages.0.query_project.conv.weight" in ann_head_keys()
     assert r50.convert_official_state_dict({"decode_head.context.stages.0.query_project.conv.weight": None}) == {}
 
 
@@ -50,13 +35,3 @@ def test_shared_projection_is_held_once_and_queries_must_be_full_size():
     assert not any("context.stages.0.query_project" in k for k in head.state_dict())
     with pytest.raises(ValueError, match="query_scales"):
         ANNHead((32, 48), 5, query_scales=(1, 2))
-
-
-def test_network_training_and_eval_outputs():
-    model = ann(num_classes=3, encoder="resnet18", channels=16, project_channels=8)
-    assert model.loss_weights == {"out": 1.0, "aux": 0.4} and model.align_corners is False
-    x = torch.randn(2, 3, 33, 41)
-    outs = model.train()(x)
-    assert set(outs) == {"out", "aux"} and all(o.shape == (2, 3, 33, 41) for o in outs.values())
-    with torch.no_grad():
-        assert model.eval()(x).shape == (2, 3, 33, 41)

@@ -1,43 +1,17 @@
-"""PSPNet: mmseg's checkpoint names convert to the network; outputs and loss weights; the pyramid exports at any size."""
+"""PSPNet: the recipe's pyramid, which exports at any size (the recipe, its checkpoint names: test_mmseg_networks)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import rel_err
-from mmseg_keys import assert_converts, network_keys, official_keys
 
-from visattn._official import mmseg as mm
 from visattn.models.segmentation._mmseg import ExportableAdaptiveAvgPool2d
-from visattn.models.segmentation.pspnet import PPM, pspnet, pspnet_r101_d8, pspnet_r50_d8
+from visattn.models.segmentation.pspnet import PPM, PSPHead
 
 
-def psp_head_keys() -> list[str]:
-    return official_keys(lambda: mm.PSPHead(in_channels=2048, channels=512, in_index=3, num_classes=19))
-
-
-def test_mmseg_checkpoint_keys_convert_to_the_network():
-    with torch.device("meta"):
-        r50, r101 = pspnet_r50_d8(), pspnet_r101_d8()
-    spots = {
-        "backbone.stem.7.weight": "encoder.bn1.weight",
-        "decode_head.psp_modules.3.1.bn.running_var": "head.psp_modules.3.1.bn.running_var",
-        "decode_head.bottleneck.conv.weight": "head.bottleneck.conv.weight",
-        "auxiliary_head.convs.0.conv.weight": "aux.0.weight",
-    }
-    assert_converts(r50, network_keys(psp_head_keys()), spots)
-    assert_converts(r101, network_keys(psp_head_keys(), blocks=(3, 4, 23, 3)), spots)
-
-
-def test_network_training_and_eval_outputs():
-    model = pspnet(num_classes=3, encoder="resnet18", channels=16)
-    assert model.loss_weights == {"out": 1.0, "aux": 0.4} and model.align_corners is False
-    assert model.head.psp_modules.pool_scales == (1, 2, 3, 6)
-    x = torch.randn(2, 3, 33, 41)
-    outs = model.train()(x)
-    assert set(outs) == {"out", "aux"} and all(o.shape == (2, 3, 33, 41) for o in outs.values())
-    with torch.no_grad():
-        assert model.eval()(x).shape == (2, 3, 33, 41)
+def test_recipe_pools_at_1_2_3_6():
+    assert PSPHead(32, 5, channels=16).psp_modules.pool_scales == (1, 2, 3, 6)
 
 
 def test_pyramid_pooling_exports_to_onnx_for_any_size(tmp_path):

@@ -1,4 +1,4 @@
-"""open-mmlab/mmcv ``NonLocal2d`` (``mmcv/cnn/bricks/non_local.py``), transcribed.
+"""open-mmlab/mmcv ``NonLocal2d`` and ``ConvModule`` (``mmcv/cnn/bricks/{non_local,conv_module}.py``), transcribed.
 
 https://github.com/open-mmlab/mmcv ; the Non-local block of mmseg's ``NLHead`` (Wang et al.,
 "Non-local Neural Networks", CVPR 2018, https://arxiv.org/abs/1711.07971).
@@ -6,9 +6,10 @@ https://github.com/open-mmlab/mmcv ; the Non-local block of mmseg's ``NLHead`` (
 Step by step as mmcv: the ``B x N x N`` ``pairwise_weight``, divided in place by
 ``theta_x.shape[-1] ** 0.5``, its softmax, the permutes and ``.contiguous()`` copies,
 ``sub_sample`` wrapping ``g`` and ``phi`` in ``nn.Sequential`` with a 2x2 max-pool. Kept to what
-the embedded Gaussian block needs: ``ConvModule`` is a local class with ``conv`` and an optional
-norm named ``bn`` (BN / SyncBN configs, built as ``nn.BatchNorm2d``), no activation; the other
-pairwise modes (``gaussian``, ``dot_product``, ``concatenation``) are left out.
+the embedded Gaussian block and mmseg's heads (:mod:`visattn._official.mmseg`) need: ``ConvModule``
+(``mmcv/cnn/bricks/conv_module.py``) is conv -> optional norm named ``bn`` (BN / SyncBN configs,
+built as ``nn.BatchNorm2d``) -> optional ReLU (``activate``); the other pairwise modes
+(``gaussian``, ``dot_product``, ``concatenation``) are left out.
 """
 from __future__ import annotations
 
@@ -46,22 +47,27 @@ def kaiming_init(module, a=0, mode="fan_out", nonlinearity="relu", bias=0, distr
 
 
 class ConvModule(nn.Module):
-    """mmcv's ``ConvModule`` reduced to conv -> optional norm (``bn``), without activation."""
+    """mmcv's ``ConvModule``, order ('conv', 'norm', 'act'), BN/SyncBN norm named ``bn``, ReLU ``activate``."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias="auto", conv_cfg=None,
-                 norm_cfg=None, act_cfg=None):
-        super(ConvModule, self).__init__()
-        assert act_cfg is None, "this transcription has no activation"
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias="auto", conv_cfg=None, norm_cfg=None, act_cfg=dict(type="ReLU"), inplace=True):
+        super().__init__()
         self.conv_cfg = conv_cfg
         self.norm_cfg = norm_cfg
+        self.act_cfg = act_cfg
         self.with_norm = norm_cfg is not None
+        self.with_activation = act_cfg is not None
         if bias == "auto":
             bias = not self.with_norm
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                              dilation=dilation, groups=groups, bias=bias)
         if self.with_norm:
             assert norm_cfg["type"] in ("BN", "SyncBN"), norm_cfg
             self.norm_name = "bn"
             self.add_module(self.norm_name, nn.BatchNorm2d(out_channels))
+        if self.with_activation:
+            assert act_cfg["type"] == "ReLU", act_cfg
+            self.activate = nn.ReLU(inplace=inplace)
         self.init_weights()
 
     @property
@@ -77,6 +83,8 @@ class ConvModule(nn.Module):
         x = self.conv(x)
         if self.with_norm:
             x = self.norm(x)
+        if self.with_activation:
+            x = self.activate(x)
         return x
 
 

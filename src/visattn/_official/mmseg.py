@@ -4,16 +4,15 @@ auxiliary and cascade heads.
 
 https://github.com/open-mmlab/mmsegmentation (``mmseg/models/decode_heads/{psp,aspp,sep_aspp,ann,
 ocr,fcn,gc,ema,isa,dnl}_head.py``, ``mmseg/models/utils/self_attention_block.py``,
-``decode_head.py``), with mmcv 2.1's ``ConvModule``, ``DepthwiseSeparableConvModule`` and
-``ContextBlock`` (``mmcv/cnn/bricks``) and mmcv's ``NonLocal2d`` (DNL's base, in
-:mod:`visattn._official.mmcv`).
+``decode_head.py``), with mmcv 2.1's ``DepthwiseSeparableConvModule`` and ``ContextBlock``
+(``mmcv/cnn/bricks``), and mmcv's ``ConvModule`` and ``NonLocal2d`` (DNL's base) from
+:mod:`visattn._official.mmcv`.
 
 Step by step as mmseg: the ``_transform_inputs`` index selection, every permute and
 ``.contiguous()`` copy, ``repeat``, in-place divisions and subtractions, the full ``sim_map`` of
 ``SelfAttentionBlock`` scaled after the matmul, the ``torch.tensor`` scale of DNL, ``no_grad`` EM
 iterations, ISA's padding and group permutations, the ``resize`` wrapper (its alignment warning
-left out). Kept to what these heads need: ``ConvModule`` is conv -> optional BN (``bn``, for the BN
-/ SyncBN configs, built as ``nn.BatchNorm2d``) -> optional ReLU (``activate``); ``BaseDecodeHead``
+left out). Kept to what these heads need: ``BaseDecodeHead``
 keeps ``conv_seg``, ``dropout``, ``cls_seg``, the input selection and the ``conv_seg`` init, not
 the losses or samplers. The mmseg classes ``ann_head.SelfAttentionBlock`` and
 ``isa_head.SelfAttentionBlock`` are named ``ANNSelfAttentionBlock`` and ``ISASelfAttentionBlock``
@@ -34,10 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import Counterpart, load_from
-from .mmcv import NonLocal2d, constant_init, kaiming_init, normal_init
+from .mmcv import ConvModule, NonLocal2d, constant_init, kaiming_init, normal_init
 
 __all__ = [
-    "ConvModule", "DepthwiseSeparableConvModule", "resize", "BaseDecodeHead", "FCNHead", "PPM", "PSPHead",
+    "DepthwiseSeparableConvModule", "resize", "BaseDecodeHead", "FCNHead", "PPM", "PSPHead",
     "ASPPModule", "ASPPHead", "DepthwiseSeparableASPPModule", "DepthwiseSeparableASPPHead", "SelfAttentionBlock",
     "PPMConcat", "ANNSelfAttentionBlock", "AFNB", "APNB", "ANNHead", "SpatialGatherModule", "ObjectAttentionBlock",
     "OCRHead", "ContextBlock", "GCHead", "EMAModule", "EMAUnit", "EMAHead", "ISASelfAttentionBlock", "ISABlock",
@@ -46,48 +45,6 @@ __all__ = [
 
 NORM_CFG = dict(type="SyncBN", requires_grad=True)
 ACT_CFG = dict(type="ReLU")
-
-
-class ConvModule(nn.Module):
-    """mmcv's ``ConvModule``, order ('conv', 'norm', 'act'), BN/SyncBN norm named ``bn``, ReLU ``activate``."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias="auto", conv_cfg=None, norm_cfg=None, act_cfg=dict(type="ReLU"), inplace=True):
-        super().__init__()
-        self.conv_cfg = conv_cfg
-        self.norm_cfg = norm_cfg
-        self.act_cfg = act_cfg
-        self.with_norm = norm_cfg is not None
-        self.with_activation = act_cfg is not None
-        if bias == "auto":
-            bias = not self.with_norm
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                              dilation=dilation, groups=groups, bias=bias)
-        if self.with_norm:
-            assert norm_cfg["type"] in ("BN", "SyncBN"), norm_cfg
-            self.norm_name = "bn"
-            self.add_module(self.norm_name, nn.BatchNorm2d(out_channels))
-        if self.with_activation:
-            assert act_cfg["type"] == "ReLU", act_cfg
-            self.activate = nn.ReLU(inplace=inplace)
-        self.init_weights()
-
-    @property
-    def norm(self):
-        return getattr(self, self.norm_name)
-
-    def init_weights(self):
-        kaiming_init(self.conv, a=0, nonlinearity="relu")
-        if self.with_norm:
-            constant_init(self.norm, 1, bias=0)
-
-    def forward(self, x):
-        x = self.conv(x)
-        if self.with_norm:
-            x = self.norm(x)
-        if self.with_activation:
-            x = self.activate(x)
-        return x
 
 
 class DepthwiseSeparableConvModule(nn.Module):

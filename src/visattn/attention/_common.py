@@ -6,7 +6,7 @@ surfaces at the call site rather than as a shape error deep inside a matmul.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -131,20 +131,36 @@ def query_key_value_convs(channels: int, hidden: int) -> tuple[nn.Conv2d, nn.Con
 
 
 def conv_module(
-    in_channels: int, out_channels: int, kernel_size: int = 1, norm: bool = False, act: bool = False
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 1,
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    norm: bool | Callable[[int], nn.Module] = False,
+    act: bool = False,
+    init: bool = True,
 ) -> nn.Sequential:
     """mmcv's ``ConvModule``: ``conv`` (bias unless normed), then ``bn`` and ``activate`` (ReLU) if asked.
 
-    Initialised as mmcv: Kaiming-normal conv weights (fan-out, ReLU gain), zero bias, BN 1 and 0.
+    ``norm``: ``True`` for ``nn.BatchNorm2d``, or a norm class called with ``out_channels``; mmcv
+    names any norm ``bn`` in its checkpoints. The padding keeps the size (``dilation * (kernel_size
+    // 2)``), as every mmseg head sets it. Initialised as mmcv: Kaiming-normal conv weights
+    (fan-out, ReLU gain), zero bias, the norm's own init; ``init=False`` leaves PyTorch's default
+    init, for a caller that initialises the conv itself (no draws spent on values it replaces).
     The keys (``conv.weight``, ``bn.*``) are those of mmcv/mmseg checkpoints.
     """
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not norm)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
+    conv = nn.Conv2d(
+        in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+        groups=groups, bias=norm is False,
+    )
+    if init:
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
     layers = OrderedDict(conv=conv)
-    if norm:
-        layers["bn"] = nn.BatchNorm2d(out_channels)
+    if norm is not False:
+        layers["bn"] = (nn.BatchNorm2d if norm is True else norm)(out_channels)
     if act:
         layers["activate"] = nn.ReLU(inplace=True)
     return nn.Sequential(layers)

@@ -43,31 +43,16 @@ Differences from the official code (values are the same):
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import AttentionMap, check_input, check_positive, no_autocast, query_cells, to_numpy
+from ._common import AttentionMap, check_input, check_positive, conv_module, no_autocast, query_cells, to_numpy
 from ._functional import softmax_attention
 
 __all__ = ["NonLocal2d"]
-
-# Smaller chunks than PAM's: the residual comes after conv_out, so it cannot be fused into the
-# attention as PAM's is, and the training step keeps more tensors alive beside the chunk buffers.
-# 5 MiB chunks hold its training peak at 1/8 of the N x N formulation (C=512, 64x128) at no
-# measurable cost in time (8 MiB: 1/7.7).
-_CHUNK_BYTES = 5 * 2**20
-
-
-def _conv_module(in_channels: int, out_channels: int, norm_layer: Callable[[int], nn.Module] | None = None) -> nn.Sequential:
-    """mmcv's ``ConvModule`` layout for a 1x1 conv: ``conv`` (with a bias unless normed), then ``bn``."""
-    layers = OrderedDict(conv=nn.Conv2d(in_channels, out_channels, 1, bias=norm_layer is None))
-    if norm_layer is not None:
-        layers["bn"] = norm_layer(out_channels)
-    return nn.Sequential(layers)
 
 
 class NonLocal2d(nn.Module):
@@ -88,6 +73,11 @@ class NonLocal2d(nn.Module):
 
     identity_at_init = True
     query_maps_drawn = ("nonlocal_q",)
+    # Smaller chunks than PAM's: the residual comes after conv_out, so it cannot be fused into the
+    # attention as PAM's is, and the training step keeps more tensors alive beside the chunk buffers.
+    # 5 MiB chunks hold its training peak at 1/8 of the N x N formulation (C=512, 64x128) at no
+    # measurable cost in time (8 MiB: 1/7.7).
+    chunk_bytes = 5 * 2**20
     has_softmax = True
     float32_weights = ("position",)
 
@@ -113,10 +103,11 @@ class NonLocal2d(nn.Module):
         self.sub_sample = sub_sample
         self.norm_layer = norm_layer
         self.chunk_size = chunk_size
-        self.g = _conv_module(channels, hidden)
-        self.theta = _conv_module(channels, hidden)
-        self.phi = _conv_module(channels, hidden)
-        self.conv_out = _conv_module(hidden, channels, norm_layer)
+        # initialised below, as mmcv's NonLocal2d re-initialises its ConvModules
+        self.g = conv_module(channels, hidden, init=False)
+        self.theta = conv_module(channels, hidden, init=False)
+        self.phi = conv_module(channels, hidden, init=False)
+        self.conv_out = conv_module(hidden, channels, norm=norm_layer or False, init=False)
         self._init_weights()
         if sub_sample:
             self.g = nn.Sequential(self.g, nn.MaxPool2d(2))
@@ -150,7 +141,7 @@ class NonLocal2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         theta, phi = self._embed(x)
         b, _, h, w = x.shape
-        y = softmax_attention(theta, phi, self.g(x).flatten(2), self.chunk_size, chunk_bytes=_CHUNK_BYTES,
+        y = softmax_attention(theta, phi, self.g(x).flatten(2), self.chunk_size, chunk_bytes=self.chunk_bytes,
                               scale=self._scale)
         return x + self.conv_out(y.reshape(b, self.hidden_channels, h, w))
 

@@ -16,12 +16,17 @@ layouts:
 ``deeplabv3plus.py``  ``deeplabv3plus``  ``deeplabv3plus_r50_d8``, ``_r101_d8``: separable ASPP + decoder
 ``ann.py``            ``ann``            ``ann_r50_d8``, ``ann_r101_d8``: mmseg's ANNHead (AFNB, APNB)
 ``ocrnet.py``         ``ocrnet``         ``ocrnet_r50_d8``, ``ocrnet_r101_d8``: mmseg's FCN + OCR cascade
+``gcnet.py``          ``gcnet``          ``gcnet_r50_d8``, ``gcnet_r101_d8``: mmseg's GCHead
+``emanet.py``         ``emanet``         ``emanet_r50_d8``, ``emanet_r101_d8``: mmseg's EMAHead
+``isanet.py``         ``isanet``         ``isanet_r50_d8``, ``isanet_r101_d8``: mmseg's ISAHead
+``dnlnet.py``         ``dnlnet``         ``dnlnet_r50_d8``, ``dnlnet_r101_d8``: mmseg's DNLHead
 ====================  =================  ==================================================================
 
 ``base.py`` holds :class:`Segmentor`, :func:`build_segmentor` (the arguments every builder
-takes) and the blocks several heads use; ``_mmseg.py`` what the mmseg-recipe networks share;
-``encoders.py`` the dilated encoders. A network file registers its builders with
-``@register_model`` and is listed once in ``models/registry.py``.
+takes) and the blocks several heads use; ``_mmseg.py`` what the mmseg-recipe networks share (the
+decode-head base, the recipe's builders, the checkpoint renaming); ``encoders.py`` the dilated
+encoders. A network file registers its builders with ``@register_model`` (an mmseg-recipe
+network with one call of ``register_mmseg_builders``) and is listed once in ``models/registry.py``.
 
 ``encoder_weights="imagenet"`` loads ImageNet weights into the encoder through timm
 (``encoder_weights=path`` or ``pretrained_file=path``: a local file); ``create_model(...,

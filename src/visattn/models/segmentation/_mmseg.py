@@ -1,21 +1,46 @@
-"""What every mmsegmentation-style network shares: mmcv's ``ConvModule`` and the renaming of mmseg checkpoints.
+"""What every mmsegmentation-style network shares: the decode-head base, the builders, the checkpoint renaming.
 
-mmsegmentation (https://github.com/open-mmlab/mmsegmentation) builds its heads from mmcv's
-``ConvModule`` (conv without bias, ``bn``, ``activate``) and saves checkpoints as ``backbone.*``
-(ResNetV1c), ``decode_head.*`` and ``auxiliary_head.*``. The networks on mmseg's recipes keep
-mmseg's module names in their heads, so a checkpoint converts by renaming prefixes only.
+mmsegmentation (https://github.com/open-mmlab/mmsegmentation) builds its heads on
+``BaseDecodeHead`` (``mmseg/models/decode_heads/decode_head.py``: the input index, ``dropout``,
+the ``conv_seg`` classifier) from mmcv's ``ConvModule`` (:func:`~visattn.attention._common.conv_module`),
+and saves checkpoints as ``backbone.*`` (ResNetV1c), ``decode_head.*`` and ``auxiliary_head.*``.
+The networks on mmseg's recipes keep mmseg's module names in their heads, so a checkpoint
+converts by renaming prefixes only.
+
+A network on an mmseg recipe is its head (a :class:`DecodeHead`) and one call of
+:func:`register_mmseg_builders`, which registers the recipe's builders. What they share:
+
+- The encoder of the released checkpoints is mmseg's ``ResNetV1c`` (deep stem 3->32->32->64,
+  stride on the 3x3 conv, stages 3 and 4 dilated 2 and 4 with the first block at half the rate):
+  timm's ``resnet50c`` / ``resnet101c`` at output stride 8 have that layout.
+- The recipe adds mmseg's auxiliary ``FCNHead`` on stage 3 (1024 -> 256, one ConvModule, no
+  concat, loss weight 0.4) and upsamples the logits with ``align_corners=False``.
+- Module names are mmseg's (``convs.0.conv``, ``convs.0.bn``, ``conv_cat``, ``conv_seg``, ...),
+  so a checkpoint's ``decode_head.*`` loads into the head as it is (a head whose names differ
+  lists them in ``head_keys``); the head's ``convert_official_state_dict`` renames a whole
+  ``<network>_r*-d8`` checkpoint (what ``visattn.load_official`` calls).
+
+Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d`` (convert the model with
+``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training); the ImageNet weights of
+``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ...attention._common import conv_module
+from ..registry import Weights, register_model
+from .base import FCNHead, Segmentor, build_segmentor, build_variant, head_width
+
 __all__ = [
-    "conv_module", "rename", "AUX_KEYS", "STEM_KEYS", "init_conv_seg", "convert_mmseg_state_dict",
-    "ExportableAdaptiveAvgPool2d",
+    "rename", "AUX_KEYS", "STEM_KEYS", "init_conv_seg", "convert_mmseg_state_dict", "ExportableAdaptiveAvgPool2d",
+    "DecodeHead", "ConcatInputBlockHead", "register_mmseg_builders",
 ]
 
 # mmseg's auxiliary FCNHead (one ConvModule, no concat) -> heads.FCNHead's Sequential indices
@@ -23,24 +48,6 @@ AUX_KEYS = {"convs.0.conv.": "0.", "convs.0.bn.": "1.", "conv_seg.": "3."}
 # mmseg's ResNetV1c deep stem -> timm's resnet*c (``stem.2/.5/.8`` are ReLUs)
 STEM_KEYS = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
              "stem.6.": "conv1.6.", "stem.7.": "bn1."}
-
-
-def conv_module(
-    in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1, groups: int = 1, act: bool = True
-) -> nn.Sequential:
-    """mmcv's ``ConvModule`` with BN (and ReLU unless ``act=False``): ``conv`` (no bias), ``bn``, ``activate``.
-
-    The padding keeps the size (``dilation * (kernel_size // 2)``), as every mmseg head sets it.
-    """
-    conv = nn.Conv2d(
-        in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
-        groups=groups, bias=False,
-    )
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # ConvModule's init
-    layers = OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels))
-    if act:
-        layers["activate"] = nn.ReLU(inplace=True)
-    return nn.Sequential(layers)
 
 
 def _pooling_matrix(size_in, size_out: int, like: Tensor) -> Tensor:
@@ -109,3 +116,176 @@ def convert_mmseg_state_dict(
             key = f"encoder.{rename(rest, STEM_KEYS)}"
         out[key] = value
     return out
+
+
+class DecodeHead(nn.Module):
+    """mmseg's ``BaseDecodeHead``: what every head on an mmseg recipe has beside its own modules.
+
+    ``in_index`` (which map of the encoder's feature list the head reads), ``dropout``
+    (Dropout2d), ``conv_seg`` (the 1x1 classifier, mmseg's init) with :meth:`cls_seg`, and
+    :meth:`convert_official_state_dict` (``decode_head.*`` -> ``head.*``, renamed by the class's
+    ``head_keys`` where its names differ from mmseg's). A head calls ``super().__init__(in_index)``,
+    builds its own modules, then :meth:`add_conv_seg`: the classifier comes last in the state
+    dict and in the initialisation order.
+
+    The heads' arguments in common: ``in_channels`` (channels of the input feature map, 2048 for
+    ResNet-50/101), ``num_classes`` (output channels), ``dropout`` (Dropout2d probability before
+    ``conv_seg``, 0.1) and ``in_index`` (which feature map of the encoder's list to use, the last).
+
+    Differences from the official code: mmseg's base also owns the loss and the resizing of the
+    logits; here :class:`~.base.Segmentor` and the training loop do.
+    """
+
+    # mmseg's names of the head's modules -> ours, where they differ
+    head_keys: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, in_index: int = -1) -> None:
+        super().__init__()
+        self.in_index = in_index
+
+    def add_conv_seg(self, channels: int, num_classes: int, dropout: float) -> None:
+        """Add ``dropout`` (Dropout2d of probability ``dropout``) and ``conv_seg`` (``channels`` -> ``num_classes``)."""
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
+
+    def cls_seg(self, x: Tensor) -> Tensor:
+        """The logits of the head's last feature map: ``conv_seg(dropout(x))``."""
+        return self.conv_seg(self.dropout(x))
+
+    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor], segmentor: nn.Module) -> dict[str, Tensor]:
+        """Rename a whole mmseg checkpoint of this head's network to the :class:`~.base.Segmentor`'s keys
+        (see :func:`convert_mmseg_state_dict`)."""
+        return convert_mmseg_state_dict(state_dict, self.head_keys)
+
+
+class ConcatInputBlockHead(DecodeHead):
+    """mmseg's ``FCNHead`` with two convs and ``concat_input`` around a context block.
+
+    ``convs.0`` (3x3 ConvModule, C_in -> ``channels``) -> the block -> ``convs.1`` (3x3
+    ConvModule) -> ``conv_cat`` (concat(input, ``convs.1`` output) -> 3x3 ConvModule to
+    ``channels``) -> :meth:`~DecodeHead.cls_seg`. mmseg's ``NLHead``, ``GCHead`` and ``DNLHead``
+    are this head with another block, under another name (``nl_block``, ``gc_block``, ``dnl_block``).
+
+    Args:
+        block_name: the block's attribute (mmseg's name, and so its checkpoint keys).
+        block: builds the block from ``channels``.
+        channels: width of the convs and of the block (512).
+        in_channels, num_classes, dropout, in_index: as :class:`DecodeHead`'s.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        block_name: str,
+        block: Callable[[int], nn.Module],
+        channels: int = 512,
+        dropout: float = 0.1,
+        in_index: int = -1,
+    ) -> None:
+        super().__init__(in_index)
+        channels = head_width(channels, 512, type(self).__name__)
+        self.block_name = block_name
+        self.convs = nn.Sequential(
+            conv_module(in_channels, channels, 3, norm=True, act=True),
+            conv_module(channels, channels, 3, norm=True, act=True),
+        )
+        self.add_module(block_name, block(channels))
+        self.conv_cat = conv_module(in_channels + channels, channels, 3, norm=True, act=True)
+        self.add_conv_seg(channels, num_classes, dropout)
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        x = features[self.in_index]
+        out = self.convs[1](getattr(self, self.block_name)(self.convs[0](x)))
+        return self.cls_seg(self.conv_cat(torch.cat([x, out], 1)))
+
+
+def register_mmseg_builders(
+    name: str,
+    head_class: type[nn.Module],
+    *,
+    title: str,
+    config: str,
+    summary: str | None = None,
+    build_head: Callable[..., nn.Module] | None = None,
+    aux: bool = True,
+    encoder_kwargs: Mapping | None = None,
+) -> tuple[Callable[..., Segmentor], Callable[..., Segmentor], Callable[..., Segmentor]]:
+    """Register the builders of a network on an mmseg recipe: ``name``, ``name_r50_d8``, ``name_r101_d8``.
+
+    ``name(num_classes=19, **kwargs)`` builds the head on :func:`~.base.build_segmentor` with
+    mmseg's defaults: ``encoder="resnet50c"`` (mmseg's ResNetV1c layout) at output stride 8,
+    upsampling with ``align_corners=False`` and, with ``aux``, mmseg's auxiliary FCN head (256
+    wide, weight 0.4) on stage 3 (``in_index=-2``), on by default. The ``_r50_d8`` / ``_r101_d8``
+    variants are it on ``resnet50c`` / ``resnet101c``, with the released weights of mmseg's
+    ``configs/<config>``. The builders are the head's module's (their ``__module__``) and their
+    docstrings name the head's keyword arguments.
+
+    Args:
+        name: the short name; the variants add ``_r50_d8`` and ``_r101_d8``.
+        head_class: the head; built as ``head_class(widths[-1], num_classes, **head_kwargs)``
+            (``widths``: the channels of the encoder's feature maps) unless ``build_head`` is given.
+        title: the network's name in the docstrings ("PSPNet").
+        config: mmseg's ``configs/`` folder of the recipe.
+        summary: the head and its inputs in the builder's docstring (default: the head's name).
+        build_head: builds the head as ``build_head(widths, num_classes, **head_kwargs)``, for a
+            head on other inputs than the last map.
+        aux: the recipe has the auxiliary FCN head.
+        encoder_kwargs: encoder arguments the head needs, added to the caller's (DeepLabV3+'s ``stages``).
+    """
+    weights = Weights(f"https://github.com/open-mmlab/mmsegmentation/tree/main/configs/{config} (links in its README)")
+    head = build_head or (lambda widths, k, **head_kwargs: head_class(widths[-1], k, **head_kwargs))
+
+    def build(num_classes: int = 19, **kwargs) -> Segmentor:
+        kwargs.setdefault("encoder", "resnet50c")
+        if aux:
+            kwargs.setdefault("aux", True)
+        if encoder_kwargs:
+            kwargs["encoder_kwargs"] = {**(kwargs.get("encoder_kwargs") or {}), **encoder_kwargs}
+        model = build_segmentor(
+            head, num_classes=num_classes, aux_head=partial(FCNHead, channels=256, in_index=-2) if aux else None,
+            **kwargs,
+        )
+        model.align_corners = False
+        return model
+
+    module = head_class.__module__
+    summary = summary or f"``{head_class.__name__}``"
+    aux_doc = ", and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4)" if aux else ""
+    head_arguments = ", ".join(dict.fromkeys(  # the head's and those it passes on to its bases
+        f"``{p.name}``"
+        for cls in head_class.__mro__ if "__init__" in vars(cls) and cls.__module__.startswith("visattn")
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.default is not p.empty and p.name != "in_index"
+    ))
+    build = _named(build, name, module, (
+        f"{title}: {summary}{aux_doc}.\n\nLogits are upsampled with ``align_corners=False`` as mmseg. "
+        f"Head arguments: {head_arguments} (:class:`{head_class.__name__}`); the others are "
+        f":func:`build_segmentor`'s (``encoder=\"resnet50c\"``, ``output_stride=8``, ``aux={aux}``, ...)."
+    ))
+    register_model(build)
+    variants = tuple(
+        register_model(_named(
+            _on_encoder(build, f"resnet{depth}c"), f"{name}_r{depth}_d8", module,
+            f"{title}, ResNet-{depth}-C (mmseg's ResNetV1c layout, timm ``resnet{depth}c``), output stride 8.",
+        ), weights=weights)
+        for depth in (50, 101)
+    )
+    return (build, *variants)
+
+
+def _on_encoder(build: Callable[..., Segmentor], encoder: str) -> Callable[..., Segmentor]:
+    """``build`` on ``encoder`` unless the caller names another."""
+
+    def build_on_encoder(num_classes: int = 19, **kwargs) -> Segmentor:
+        return build_variant(build, encoder, {}, num_classes=num_classes, **kwargs)
+
+    return build_on_encoder
+
+
+def _named(fn: Callable, name: str, module: str, doc: str) -> Callable:
+    """``fn`` under the name ``name`` of ``module``, documented by ``doc`` (what the registry and ``help`` show)."""
+    fn.__name__ = fn.__qualname__ = name
+    fn.__module__ = module
+    fn.__doc__ = doc
+    return fn

@@ -35,19 +35,15 @@ context to the full size and fails on them; mmseg's SyncBN is ``nn.BatchNorm2d``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 
 import torch
 from torch import Tensor, nn
 
+from ...attention._common import conv_module
 from ...attention._functional import softmax_attention
-from ..registry import Weights, register_model
-from ._mmseg import ExportableAdaptiveAvgPool2d, conv_module, convert_mmseg_state_dict, init_conv_seg
-from .base import FCNHead, Segmentor, build_segmentor, build_variant
+from ._mmseg import DecodeHead, ExportableAdaptiveAvgPool2d, register_mmseg_builders
 
 __all__ = ["PPMConcat", "AsymmetricNonLocal", "AFNB", "APNB", "ANNHead", "ann", "ann_r50_d8", "ann_r101_d8"]
-
-_MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/ann (links in its README)")
 
 
 class PPMConcat(nn.ModuleList):
@@ -87,9 +83,11 @@ class AsymmetricNonLocal(nn.Module):
             raise ValueError(f"AsymmetricNonLocal: a shared key/query projection needs equal inputs, "
                              f"got {key_in_channels} and {query_in_channels}")
         self.channels = channels
-        self.key_project = conv_module(key_in_channels, channels, 1)
+        self.key_project = conv_module(key_in_channels, channels, 1, norm=True, act=True)
         # shared: one module under one name, so the state dict holds each tensor once (safetensors)
-        self.query_project = None if share_key_query else conv_module(query_in_channels, channels, 1)
+        self.query_project = (
+            None if share_key_query else conv_module(query_in_channels, channels, 1, norm=True, act=True)
+        )
         self.value_project = nn.Conv2d(key_in_channels, channels, 1)
         self.out_project = nn.Conv2d(channels, out_channels, 1)
         nn.init.zeros_(self.out_project.weight)  # mmseg's SelfAttentionBlock.init_weights
@@ -124,7 +122,7 @@ class AFNB(nn.Module):
         super().__init__()
         self.stages = _stages(query_scales, lambda: AsymmetricNonLocal(
             low_in_channels, high_in_channels, channels, out_channels, False, key_pool_scales))
-        self.bottleneck = conv_module(out_channels + high_in_channels, out_channels, 1, act=False)
+        self.bottleneck = conv_module(out_channels + high_in_channels, out_channels, 1, norm=True, act=False)
 
     def forward(self, low_feats: Tensor, high_feats: Tensor) -> Tensor:
         context = torch.stack([stage(high_feats, low_feats) for stage in self.stages]).sum(0)
@@ -142,14 +140,14 @@ class APNB(nn.Module):
         super().__init__()
         self.stages = _stages(query_scales, lambda: AsymmetricNonLocal(
             in_channels, in_channels, channels, out_channels, True, key_pool_scales))
-        self.bottleneck = conv_module(2 * in_channels, out_channels, 1)
+        self.bottleneck = conv_module(2 * in_channels, out_channels, 1, norm=True, act=True)
 
     def forward(self, x: Tensor) -> Tensor:
         context = torch.stack([stage(x, x) for stage in self.stages]).sum(0)
         return self.bottleneck(torch.cat([context, x], 1))
 
 
-class ANNHead(nn.Module):
+class ANNHead(DecodeHead):
     """mmseg's ANN head on ``features[-2]`` (the fusion's keys) and ``features[-1]``: logits
     ``(B, num_classes, h, w)``.
 
@@ -180,14 +178,13 @@ class ANNHead(nn.Module):
             )
         low, high = in_channels
         self.fusion = AFNB(low, high, project_channels, high, query_scales, key_pool_scales)
-        self.bottleneck = conv_module(high, channels)
+        self.bottleneck = conv_module(high, channels, 3, norm=True, act=True)
         self.context = APNB(channels, project_channels, channels, query_scales, key_pool_scales)
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
+        self.add_conv_seg(channels, num_classes, dropout)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        out = self.bottleneck(self.dropout(self.fusion(features[-2], features[-1])))
-        return self.conv_seg(self.dropout(self.context(out)))
+        out = self.bottleneck(self.dropout(self.fusion(features[-2], features[self.in_index])))
+        return self.cls_seg(self.context(out))
 
     def convert_official_state_dict(self, state_dict: Mapping[str, Tensor], segmentor: nn.Module) -> dict[str, Tensor]:
         """Rename an mmseg ``ann_r*-d8`` checkpoint to the keys of :func:`ann_r50_d8` / ``_r101_d8``
@@ -195,34 +192,12 @@ class ANNHead(nn.Module):
         ``decode_head.context.stages.*.query_project.*``, the second name of ``key_project``'s tensors."""
         shared = [n for n, m in self.named_modules() if isinstance(m, AsymmetricNonLocal) and m.query_project is None]
         copies = tuple(f"decode_head.{n}.query_project." for n in shared)
-        return convert_mmseg_state_dict({k: v for k, v in state_dict.items() if not k.startswith(copies)})
+        return super().convert_official_state_dict(
+            {k: v for k, v in state_dict.items() if not k.startswith(copies)}, segmentor
+        )
 
 
-@register_model
-def ann(num_classes: int = 19, **kwargs) -> Segmentor:
-    """ANN: ``ANNHead`` on stages 3 and 4, and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4).
-
-    Logits are upsampled with ``align_corners=False`` as mmseg. Head arguments: ``channels``,
-    ``project_channels``, ``query_scales``, ``key_pool_scales``, ``dropout`` (:class:`ANNHead`); the
-    others are :func:`build_segmentor`'s (``encoder="resnet50c"``, ``output_stride=8``, ``aux=True``, ...).
-    """
-    kwargs.setdefault("encoder", "resnet50c")
-    kwargs.setdefault("aux", True)
-    model = build_segmentor(
-        lambda widths, k, **head_kwargs: ANNHead(widths[-2:], k, **head_kwargs),
-        num_classes=num_classes, aux_head=partial(FCNHead, channels=256, in_index=-2), **kwargs,
-    )
-    model.align_corners = False
-    return model
-
-
-@register_model(weights=_MMSEG)
-def ann_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """ANN, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
-    return build_variant(ann, "resnet50c", {}, num_classes=num_classes, **kwargs)
-
-
-@register_model(weights=_MMSEG)
-def ann_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """ANN, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
-    return build_variant(ann, "resnet101c", {}, num_classes=num_classes, **kwargs)
+ann, ann_r50_d8, ann_r101_d8 = register_mmseg_builders(
+    "ann", ANNHead, title="ANN", config="ann", summary="``ANNHead`` on stages 3 and 4",
+    build_head=lambda widths, k, **head_kwargs: ANNHead(widths[-2:], k, **head_kwargs),
+)

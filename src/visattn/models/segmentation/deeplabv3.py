@@ -7,43 +7,32 @@ Segmentation", 2017, https://arxiv.org/abs/1706.05587 ; the network is mmsegment
 ``ASPPHead``: ``image_pool`` (global average pooling -> 1x1 ConvModule to 512, upsampled back with
 ``align_corners=False``) and ``aspp_modules`` (a 1x1 ConvModule for dilation 1, 3x3 ConvModules
 dilated 12, 24, 36), concatenated -> ``bottleneck`` (3x3 ConvModule to 512) -> Dropout2d(0.1) ->
-``conv_seg``. The recipe adds mmseg's auxiliary FCN head on stage 3 (256 wide, loss weight 0.4)
-and upsamples the logits with ``align_corners=False``.
+``conv_seg``.
 
-Module names are mmseg's, so a checkpoint's ``decode_head.*`` loads into the head as it is;
-:meth:`ASPPHead.convert_official_state_dict` renames a whole ``deeplabv3_r*-d8`` checkpoint.
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import Weights, register_model
-from ._mmseg import conv_module, convert_mmseg_state_dict, init_conv_seg
-from .base import FCNHead, Segmentor, build_segmentor, build_variant
+from ...attention._common import conv_module
+from ._mmseg import DecodeHead, register_mmseg_builders
+from .base import head_width
 
 __all__ = ["ASPPHead", "deeplabv3", "deeplabv3_r50_d8", "deeplabv3_r101_d8"]
 
-_MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3 (links in its README)")
 
-
-class ASPPHead(nn.Module):
+class ASPPHead(DecodeHead):
     """mmseg's ASPP head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
         channels: width of each branch and of the bottleneck (512).
         dilations: one branch per rate: 1 is a 1x1 conv, others dilated 3x3 convs ((1, 12, 24, 36)).
-        dropout: Dropout2d probability before ``conv_seg`` (0.1).
-        in_index: which feature map of the encoder's list to use (the last).
+        in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
 
     def __init__(
@@ -55,20 +44,19 @@ class ASPPHead(nn.Module):
         dropout: float = 0.1,
         in_index: int = -1,
     ) -> None:
-        super().__init__()
-        if channels < 1:
-            raise ValueError(f"{type(self).__name__}: head width must be positive, got {channels}")
+        super().__init__(in_index)
+        channels = head_width(channels, 512, type(self).__name__)
         if not dilations or any(d < 1 for d in dilations):
             raise ValueError(f"{type(self).__name__}: dilations must be positive rates, got {tuple(dilations)}")
-        self.in_index = in_index
         self.dilations = tuple(dilations)
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_module(in_channels, channels, 1))
-        self.aspp_modules = nn.ModuleList(
-            conv_module(in_channels, channels, 1 if d == 1 else 3, dilation=d) for d in dilations
+        self.image_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), conv_module(in_channels, channels, 1, norm=True, act=True)
         )
-        self.bottleneck = conv_module((len(dilations) + 1) * channels, channels)
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
+        self.aspp_modules = nn.ModuleList(
+            conv_module(in_channels, channels, 1 if d == 1 else 3, dilation=d, norm=True, act=True) for d in dilations
+        )
+        self.bottleneck = conv_module((len(dilations) + 1) * channels, channels, 3, norm=True, act=True)
+        self.add_conv_seg(channels, num_classes, dropout)
 
     def aspp(self, x: Tensor) -> Tensor:
         """The bottleneck's output on the concatenated image-pooling and atrous branches."""
@@ -76,39 +64,9 @@ class ASPPHead(nn.Module):
         return self.bottleneck(torch.cat([pooled, *(branch(x) for branch in self.aspp_modules)], 1))
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
-        return self.conv_seg(self.dropout(self.aspp(features[self.in_index])))
-
-    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor], segmentor: nn.Module) -> dict[str, Tensor]:
-        """Rename an mmseg ``deeplabv3*_r*-d8`` checkpoint to this network's keys
-        (``decode_head.*`` -> ``head.*``, same names; see :func:`convert_mmseg_state_dict`)."""
-        return convert_mmseg_state_dict(state_dict)
+        return self.cls_seg(self.aspp(features[self.in_index]))
 
 
-@register_model
-def deeplabv3(num_classes: int = 19, **kwargs) -> Segmentor:
-    """DeepLabV3: ``ASPPHead`` and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4).
-
-    Logits are upsampled with ``align_corners=False`` as mmseg. Head arguments: ``channels``,
-    ``dilations``, ``dropout`` (:class:`ASPPHead`); the others are :func:`build_segmentor`'s
-    (``encoder="resnet50c"``, ``output_stride=8``, ``aux=True``, ...).
-    """
-    kwargs.setdefault("encoder", "resnet50c")
-    kwargs.setdefault("aux", True)
-    model = build_segmentor(
-        lambda widths, k, **head_kwargs: ASPPHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, aux_head=partial(FCNHead, channels=256, in_index=-2), **kwargs,
-    )
-    model.align_corners = False
-    return model
-
-
-@register_model(weights=_MMSEG)
-def deeplabv3_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """DeepLabV3, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
-    return build_variant(deeplabv3, "resnet50c", {}, num_classes=num_classes, **kwargs)
-
-
-@register_model(weights=_MMSEG)
-def deeplabv3_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """DeepLabV3, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
-    return build_variant(deeplabv3, "resnet101c", {}, num_classes=num_classes, **kwargs)
+deeplabv3, deeplabv3_r50_d8, deeplabv3_r101_d8 = register_mmseg_builders(
+    "deeplabv3", ASPPHead, title="DeepLabV3", config="deeplabv3",
+)

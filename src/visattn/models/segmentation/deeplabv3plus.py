@@ -10,42 +10,35 @@ ConvModule (``depthwise_conv``: dilated 3x3 depthwise conv + BN + ReLU, ``pointw
 conv + BN + ReLU), then the decoder: the ASPP output upsampled (``align_corners=False``) to the
 stage-1 map (stride 4), concatenated with ``c1_bottleneck`` (1x1 ConvModule, 256 -> 48) of it ->
 ``sep_bottleneck`` (two separable 3x3 ConvModules to 512) -> Dropout2d(0.1) -> ``conv_seg``. The
-encoder returns four maps (``stages=4``: stage 1 first). The recipe adds mmseg's auxiliary FCN head
-on stage 3 (256 wide, loss weight 0.4) and upsamples the logits with ``align_corners=False``.
+encoder returns four maps (``stages=4``: stage 1 first).
 
-Module names are mmseg's, so a checkpoint's ``decode_head.*`` loads into the head as it is
-(``convert_official_state_dict`` renames a whole ``deeplabv3plus_r*-d8`` checkpoint).
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import Weights, register_model
-from ._mmseg import conv_module
-from .base import FCNHead, Segmentor, build_segmentor, build_variant
+from ...attention._common import conv_module
+from ._mmseg import register_mmseg_builders
 from .deeplabv3 import ASPPHead
 
 __all__ = ["depthwise_separable_conv_module", "DepthwiseSeparableASPPHead", "deeplabv3plus",
            "deeplabv3plus_r50_d8", "deeplabv3plus_r101_d8"]
-
-_MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/deeplabv3plus (links in its README)")
 
 
 def depthwise_separable_conv_module(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
     """mmcv's ``DepthwiseSeparableConvModule`` (3x3, BN and ReLU after both convs):
     ``depthwise_conv`` then ``pointwise_conv``, each a ConvModule."""
     return nn.Sequential(OrderedDict(
-        depthwise_conv=conv_module(in_channels, in_channels, 3, dilation=dilation, groups=in_channels),
-        pointwise_conv=conv_module(in_channels, out_channels, 1),
+        depthwise_conv=conv_module(
+            in_channels, in_channels, 3, dilation=dilation, groups=in_channels, norm=True, act=True
+        ),
+        pointwise_conv=conv_module(in_channels, out_channels, 1, norm=True, act=True),
     ))
 
 
@@ -77,7 +70,7 @@ class DepthwiseSeparableASPPHead(ASPPHead):
         for i, d in enumerate(self.dilations):
             if d > 1:
                 self.aspp_modules[i] = depthwise_separable_conv_module(in_channels, channels, dilation=d)
-        self.c1_bottleneck = conv_module(c1_in_channels, c1_channels, 1)
+        self.c1_bottleneck = conv_module(c1_in_channels, c1_channels, 1, norm=True, act=True)
         self.sep_bottleneck = nn.Sequential(
             depthwise_separable_conv_module(channels + c1_channels, channels),
             depthwise_separable_conv_module(channels, channels),
@@ -88,37 +81,12 @@ class DepthwiseSeparableASPPHead(ASPPHead):
         out = self.aspp(features[self.in_index])
         out = F.interpolate(out, size=c1.shape[-2:], mode="bilinear", align_corners=False)
         out = self.sep_bottleneck(torch.cat([out, c1], 1))
-        return self.conv_seg(self.dropout(out))
+        return self.cls_seg(out)
 
 
-@register_model
-def deeplabv3plus(num_classes: int = 19, **kwargs) -> Segmentor:
-    """DeepLabV3+: ``DepthwiseSeparableASPPHead`` on stages 1 and 4, and mmseg's auxiliary head on
-    stage 3 (256 wide, weight 0.4).
-
-    The encoder returns stage 1's map too (``encoder_kwargs={"stages": 4}``). Logits are upsampled
-    with ``align_corners=False`` as mmseg. Head arguments: ``channels``, ``dilations``,
-    ``c1_channels``, ``dropout`` (:class:`DepthwiseSeparableASPPHead`); the others are
-    :func:`build_segmentor`'s (``encoder="resnet50c"``, ``output_stride=8``, ``aux=True``, ...).
-    """
-    kwargs.setdefault("encoder", "resnet50c")
-    kwargs.setdefault("aux", True)
-    kwargs["encoder_kwargs"] = {**(kwargs.get("encoder_kwargs") or {}), "stages": 4}
-    model = build_segmentor(
-        lambda widths, k, **head_kwargs: DepthwiseSeparableASPPHead(widths[-1], k, widths[0], **head_kwargs),
-        num_classes=num_classes, aux_head=partial(FCNHead, channels=256, in_index=-2), **kwargs,
-    )
-    model.align_corners = False
-    return model
-
-
-@register_model(weights=_MMSEG)
-def deeplabv3plus_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """DeepLabV3+, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
-    return build_variant(deeplabv3plus, "resnet50c", {}, num_classes=num_classes, **kwargs)
-
-
-@register_model(weights=_MMSEG)
-def deeplabv3plus_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """DeepLabV3+, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
-    return build_variant(deeplabv3plus, "resnet101c", {}, num_classes=num_classes, **kwargs)
+deeplabv3plus, deeplabv3plus_r50_d8, deeplabv3plus_r101_d8 = register_mmseg_builders(
+    "deeplabv3plus", DepthwiseSeparableASPPHead, title="DeepLabV3+", config="deeplabv3plus",
+    summary="``DepthwiseSeparableASPPHead`` on stages 1 and 4 (the encoder returns stage 1's map too)",
+    build_head=lambda widths, k, **head_kwargs: DepthwiseSeparableASPPHead(widths[-1], k, widths[0], **head_kwargs),
+    encoder_kwargs={"stages": 4},
+)

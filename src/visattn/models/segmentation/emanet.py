@@ -9,53 +9,45 @@ mmsegmentation's (https://github.com/open-mmlab/mmsegmentation, ``mmseg/models/d
 (:class:`~visattn.attention.ema.EMAUnit` on 512 channels: 64 bases, 3 EM iterations, bases
 updated as a moving average with momentum 0.1 in training) -> ``bottleneck`` (3x3 conv + BN + ReLU,
 512 -> 256) -> ``conv_cat`` (concat(input, ``bottleneck`` output) -> 3x3 conv + BN + ReLU to 256)
--> Dropout2d(0.1) -> ``conv_seg``. The recipe adds an auxiliary ``FCNHead`` on stage 3 (1024 ->
-256, loss weight 0.4) and upsamples with ``align_corners=False``; the encoder is mmseg's ResNetV1c
-(timm's ``resnet50c`` / ``resnet101c``) at output stride 8.
+-> Dropout2d(0.1) -> ``conv_seg``.
+
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 
 Module names are mmseg's except the unit's: mmseg's ``ema_mid_conv``, ``ema_module.bases`` and
-``ema_out_conv`` are ``ema.ema_mid_conv``, ``ema.bases`` and ``ema.ema_out_conv`` here;
-:meth:`EMAHead.convert_official_state_dict` renames a whole ``emanet_r*-d8`` checkpoint (what
-``visattn.load_official`` calls).
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+``ema_out_conv`` are ``ema.ema_mid_conv``, ``ema.bases`` and ``ema.ema_out_conv`` here
+(``EMAHead.head_keys``).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ...attention._common import conv_module
 from ...attention.ema import EMAUnit
-from ..registry import Weights, register_model
-from ._mmseg import conv_module, convert_mmseg_state_dict, init_conv_seg
-from .base import FCNHead, Segmentor, build_segmentor, build_variant, head_width
+from ._mmseg import DecodeHead, register_mmseg_builders
+from .base import head_width
 
 __all__ = ["EMAHead", "emanet", "emanet_r50_d8", "emanet_r101_d8"]
 
-# mmseg publishes the checkpoints of its emanet_r*-d8 recipes (Cityscapes)
-_MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/emanet (links in its README)")
-# mmseg's EMAHead names of the unit -> ours
-_HEAD_KEYS = {"ema_module.bases": "ema.bases", "ema_mid_conv.": "ema.ema_mid_conv.", "ema_out_conv.": "ema.ema_out_conv."}
 
-
-class EMAHead(nn.Module):
+class EMAHead(DecodeHead):
     """mmseg's EMANet head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
         channels: width of ``bottleneck`` and ``conv_cat`` (256).
         ema_channels: width of the EM attention unit (512).
         num_bases: the unit's bases (64).
         num_stages: the unit's EM iterations (3).
         momentum: the moving average of the bases in training (0.1).
-        dropout: Dropout2d probability before ``conv_seg`` (0.1).
-        in_index: which feature map of the encoder's list to use (the last).
+        in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
+
+    # mmseg's EMAHead names of the unit -> ours
+    head_keys = {
+        "ema_module.bases": "ema.bases", "ema_mid_conv.": "ema.ema_mid_conv.", "ema_out_conv.": "ema.ema_out_conv.",
+    }
 
     def __init__(
         self,
@@ -69,56 +61,20 @@ class EMAHead(nn.Module):
         dropout: float = 0.1,
         in_index: int = -1,
     ) -> None:
-        super().__init__()
+        super().__init__(in_index)
         channels = head_width(channels, 256, "EMAHead")
         ema_channels = head_width(ema_channels, 512, "EMAHead")
-        self.in_index = in_index
-        self.ema_in_conv = conv_module(in_channels, ema_channels)
+        self.ema_in_conv = conv_module(in_channels, ema_channels, 3, norm=True, act=True)
         self.ema = EMAUnit(ema_channels, num_bases, num_stages, momentum)
-        self.bottleneck = conv_module(ema_channels, channels)
-        self.conv_cat = conv_module(in_channels + channels, channels)
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
+        self.bottleneck = conv_module(ema_channels, channels, 3, norm=True, act=True)
+        self.conv_cat = conv_module(in_channels + channels, channels, 3, norm=True, act=True)
+        self.add_conv_seg(channels, num_classes, dropout)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         x = features[self.in_index]
         out = self.bottleneck(self.ema(self.ema_in_conv(x)))
-        out = self.conv_cat(torch.cat([x, out], 1))
-        return self.conv_seg(self.dropout(out))
-
-    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor], segmentor: nn.Module) -> dict[str, Tensor]:
-        """Rename an mmseg ``emanet_r*-d8`` checkpoint to the keys of :func:`emanet_r50_d8` / ``_r101_d8``
-        (``decode_head.ema_module.bases`` -> ``head.ema.bases``, ``decode_head.ema_{mid,out}_conv.*`` ->
-        ``head.ema.ema_{mid,out}_conv.*``, the rest as :func:`convert_mmseg_state_dict`)."""
-        return convert_mmseg_state_dict(state_dict, _HEAD_KEYS)
+        return self.cls_seg(self.conv_cat(torch.cat([x, out], 1)))
 
 
-@register_model
-def emanet(num_classes: int = 19, **kwargs) -> Segmentor:
-    """EMANet: ``EMAHead`` and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4).
-
-    Logits are upsampled with ``align_corners=False`` as mmseg. Head arguments: ``channels``,
-    ``ema_channels``, ``num_bases``, ``num_stages``, ``momentum``, ``dropout`` (:class:`EMAHead`);
-    the others are :func:`build_segmentor`'s (``encoder="resnet50c"``, ``output_stride=8``,
-    ``aux=True``, ...).
-    """
-    kwargs.setdefault("encoder", "resnet50c")
-    kwargs.setdefault("aux", True)
-    model = build_segmentor(
-        lambda widths, k, **head_kwargs: EMAHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, aux_head=partial(FCNHead, channels=256, in_index=-2), **kwargs,
-    )
-    model.align_corners = False
-    return model
-
-
-@register_model(weights=_MMSEG)
-def emanet_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """EMANet, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
-    return build_variant(emanet, "resnet50c", {}, num_classes=num_classes, **kwargs)
-
-
-@register_model(weights=_MMSEG)
-def emanet_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """EMANet, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
-    return build_variant(emanet, "resnet101c", {}, num_classes=num_classes, **kwargs)
+# mmseg publishes the checkpoints of its emanet_r*-d8 recipes (Cityscapes)
+emanet, emanet_r50_d8, emanet_r101_d8 = register_mmseg_builders("emanet", EMAHead, title="EMANet", config="emanet")

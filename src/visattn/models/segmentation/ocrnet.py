@@ -31,22 +31,18 @@ default 1 (its ``scale > 1`` path resizes without a size and fails); the regions
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from ...attention._common import AttentionMap, query_cells, to_numpy
+from ...attention._common import AttentionMap, conv_module, query_cells, to_numpy
 from ...attention._functional import softmax_attention
-from ..registry import Weights, register_model
-from ._mmseg import AUX_KEYS, conv_module, convert_mmseg_state_dict, init_conv_seg
-from .base import FCNHead, Segmentor, build_segmentor, build_variant
+from ._mmseg import AUX_KEYS, DecodeHead, register_mmseg_builders
+from .base import FCNHead
 
 __all__ = ["ObjectRegions", "ObjectAttentionBlock", "OCRHead", "ocrnet", "ocrnet_r50_d8", "ocrnet_r101_d8"]
-
-_MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/ocrnet (links in its README)")
-# mmseg's cascade: decode_head.0 is the regions' FCNHead, decode_head.1 the OCRHead
-_HEAD_KEYS = {**{f"0.{old}": f"regions.{new}" for old, new in AUX_KEYS.items()}, "1.": ""}
 
 
 class ObjectRegions(nn.Module):
@@ -81,11 +77,12 @@ class ObjectAttentionBlock(nn.Module):
     def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
         self.channels = channels
-        self.query_project = nn.Sequential(conv_module(in_channels, channels, 1), conv_module(channels, channels, 1))
-        self.key_project = nn.Sequential(conv_module(in_channels, channels, 1), conv_module(channels, channels, 1))
-        self.value_project = conv_module(in_channels, channels, 1)
-        self.out_project = conv_module(channels, in_channels, 1)
-        self.bottleneck = conv_module(2 * in_channels, in_channels, 1)
+        conv = partial(conv_module, kernel_size=1, norm=True, act=True)  # mmseg's 1x1 ConvModules
+        self.query_project = nn.Sequential(conv(in_channels, channels), conv(channels, channels))
+        self.key_project = nn.Sequential(conv(in_channels, channels), conv(channels, channels))
+        self.value_project = conv(in_channels, channels)
+        self.out_project = conv(channels, in_channels)
+        self.bottleneck = conv(2 * in_channels, in_channels)
 
     def forward(self, query_feats: Tensor, key_feats: Tensor) -> Tensor:
         b, _, h, w = query_feats.shape
@@ -96,7 +93,7 @@ class ObjectAttentionBlock(nn.Module):
         return self.bottleneck(torch.cat([context, query_feats], 1))
 
 
-class OCRHead(nn.Module):
+class OCRHead(DecodeHead):
     """mmseg's OCRNet cascade on ``features[-2]`` (regions) and ``features[-1]``: logits ``(B, num_classes, h, w)``.
 
     Args:
@@ -109,6 +106,9 @@ class OCRHead(nn.Module):
         dropout: Dropout2d probability before both classifiers (0.1).
         region_weight: loss weight of the regions' logits (0.4).
     """
+
+    # mmseg's cascade: decode_head.0 is the regions' FCNHead, decode_head.1 the OCRHead
+    head_keys = {**{f"0.{old}": f"regions.{new}" for old, new in AUX_KEYS.items()}, "1.": ""}
 
     def __init__(
         self,
@@ -126,52 +126,22 @@ class OCRHead(nn.Module):
             raise ValueError(f"OCRHead: widths must be positive, got channels={channels}, ocr_channels={ocr_channels}")
         self.regions = FCNHead(region_in_channels, num_classes, region_channels, in_index=-2, dropout=dropout)
         self.object_regions = ObjectRegions()
-        self.bottleneck = conv_module(in_channels, channels)
+        self.bottleneck = conv_module(in_channels, channels, 3, norm=True, act=True)
         self.object_context_block = ObjectAttentionBlock(channels, ocr_channels)
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
+        self.add_conv_seg(channels, num_classes, dropout)
         self.loss_weights = {"out": 1.0, "regions": float(region_weight)}
 
     def forward(self, features: Sequence[Tensor]) -> Tensor | dict[str, Tensor]:
         regions = self.regions(features)
-        feats = self.bottleneck(features[-1])
+        feats = self.bottleneck(features[self.in_index])
         gathered = torch.bmm(self.object_regions(regions), feats.flatten(2).transpose(1, 2))  # (B, K, C)
         out = self.object_context_block(feats, gathered.transpose(1, 2).unsqueeze(3))
-        out = self.conv_seg(self.dropout(out))
+        out = self.cls_seg(out)
         return {"out": out, "regions": regions} if self.training else out
 
-    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor], segmentor: nn.Module) -> dict[str, Tensor]:
-        """Rename an mmseg ``ocrnet_r*-d8`` checkpoint to the keys of :func:`ocrnet_r50_d8` / ``_r101_d8``:
-        ``decode_head.0.convs.0.conv/.bn``, ``.conv_seg`` -> ``head.regions.0/.1/.3``,
-        ``decode_head.1.*`` -> ``head.*`` (see :func:`convert_mmseg_state_dict`)."""
-        return convert_mmseg_state_dict(state_dict, _HEAD_KEYS)
 
-
-@register_model
-def ocrnet(num_classes: int = 19, **kwargs) -> Segmentor:
-    """OCRNet: the regions' FCN head on stage 3 (weight 0.4), then ``OCRHead`` on stage 4.
-
-    Logits are upsampled with ``align_corners=False`` as mmseg. Head arguments: ``channels``,
-    ``ocr_channels``, ``region_channels``, ``dropout``, ``region_weight`` (:class:`OCRHead`); the
-    others are :func:`build_segmentor`'s (``encoder="resnet50c"``, ``output_stride=8``, ...; the
-    recipe has no other auxiliary head).
-    """
-    kwargs.setdefault("encoder", "resnet50c")
-    model = build_segmentor(
-        lambda widths, k, **head_kwargs: OCRHead(widths[-1], widths[-2], k, **head_kwargs),
-        num_classes=num_classes, **kwargs,
-    )
-    model.align_corners = False
-    return model
-
-
-@register_model(weights=_MMSEG)
-def ocrnet_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """OCRNet, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
-    return build_variant(ocrnet, "resnet50c", {}, num_classes=num_classes, **kwargs)
-
-
-@register_model(weights=_MMSEG)
-def ocrnet_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """OCRNet, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
-    return build_variant(ocrnet, "resnet101c", {}, num_classes=num_classes, **kwargs)
+ocrnet, ocrnet_r50_d8, ocrnet_r101_d8 = register_mmseg_builders(
+    "ocrnet", OCRHead, title="OCRNet", config="ocrnet", aux=False,
+    summary="the regions' FCN head on stage 3 (weight 0.4), then ``OCRHead`` on stage 4",
+    build_head=lambda widths, k, **head_kwargs: OCRHead(widths[-1], widths[-2], k, **head_kwargs),
+)

@@ -7,31 +7,23 @@ https://arxiv.org/abs/1612.01105 ; the network is mmsegmentation's
 ``PSPHead``: the pyramid pooling module ``psp_modules`` (for each scale s in (1, 2, 3, 6):
 adaptive average pooling to s x s -> 1x1 ConvModule to 512 -> bilinear upsampling back,
 ``align_corners=False``), concatenated with the input -> ``bottleneck`` (3x3 ConvModule to 512) ->
-Dropout2d(0.1) -> ``conv_seg``. The recipe adds mmseg's auxiliary FCN head on stage 3 (256 wide,
-loss weight 0.4) and upsamples the logits with ``align_corners=False``.
+Dropout2d(0.1) -> ``conv_seg``.
 
-Module names are mmseg's, so a checkpoint's ``decode_head.*`` loads into the head as it is;
-:meth:`PSPHead.convert_official_state_dict` renames a whole ``pspnet_r*-d8`` checkpoint.
-
-Differences from the official code: mmseg's SyncBN is ``nn.BatchNorm2d``; the ImageNet weights of
-``encoder_weights="imagenet"`` are timm's ``resnet*c`` ones, not mmseg's ``open-mmlab://resnet50_v1c``.
+The recipe, the module names and the differences from the official code: :mod:`._mmseg`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import Weights, register_model
-from ._mmseg import ExportableAdaptiveAvgPool2d, conv_module, convert_mmseg_state_dict, init_conv_seg
-from .base import FCNHead, Segmentor, build_segmentor, build_variant
+from ...attention._common import conv_module
+from ._mmseg import DecodeHead, ExportableAdaptiveAvgPool2d, register_mmseg_builders
+from .base import head_width
 
 __all__ = ["PPM", "PSPHead", "pspnet", "pspnet_r50_d8", "pspnet_r101_d8"]
-
-_MMSEG = Weights("https://github.com/open-mmlab/mmsegmentation/tree/main/configs/pspnet (links in its README)")
 
 
 class PPM(nn.ModuleList):
@@ -45,7 +37,8 @@ class PPM(nn.ModuleList):
         if not pool_scales or any(s < 1 for s in pool_scales):
             raise ValueError(f"PPM: pool_scales must be positive sizes, got {tuple(pool_scales)}")
         super().__init__(
-            nn.Sequential(ExportableAdaptiveAvgPool2d(s), conv_module(in_channels, channels, 1)) for s in pool_scales
+            nn.Sequential(ExportableAdaptiveAvgPool2d(s), conv_module(in_channels, channels, 1, norm=True, act=True))
+            for s in pool_scales
         )
         self.pool_scales = tuple(pool_scales)
         self.align_corners = align_corners
@@ -55,16 +48,13 @@ class PPM(nn.ModuleList):
         return [F.interpolate(ppm(x), size=size, mode="bilinear", align_corners=self.align_corners) for ppm in self]
 
 
-class PSPHead(nn.Module):
+class PSPHead(DecodeHead):
     """mmseg's PSP head on ``features[in_index]``: logits ``(B, num_classes, h, w)``.
 
     Args:
-        in_channels: channels of the input feature map (2048 for ResNet-50/101).
-        num_classes: output channels.
         channels: width of the pooled branches and of the bottleneck (512).
         pool_scales: output sizes of the pyramid's poolings ((1, 2, 3, 6)).
-        dropout: Dropout2d probability before ``conv_seg`` (0.1).
-        in_index: which feature map of the encoder's list to use (the last).
+        in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
 
     def __init__(
@@ -76,51 +66,15 @@ class PSPHead(nn.Module):
         dropout: float = 0.1,
         in_index: int = -1,
     ) -> None:
-        super().__init__()
-        if channels < 1:
-            raise ValueError(f"PSPHead: head width must be positive, got {channels}")
-        self.in_index = in_index
+        super().__init__(in_index)
+        channels = head_width(channels, 512, "PSPHead")
         self.psp_modules = PPM(pool_scales, in_channels, channels)
-        self.bottleneck = conv_module(in_channels + len(pool_scales) * channels, channels)
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
+        self.bottleneck = conv_module(in_channels + len(pool_scales) * channels, channels, 3, norm=True, act=True)
+        self.add_conv_seg(channels, num_classes, dropout)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         x = features[self.in_index]
-        out = self.bottleneck(torch.cat([x, *self.psp_modules(x)], 1))
-        return self.conv_seg(self.dropout(out))
-
-    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor], segmentor: nn.Module) -> dict[str, Tensor]:
-        """Rename an mmseg ``pspnet_r*-d8`` checkpoint to the keys of :func:`pspnet_r50_d8` / ``_r101_d8``
-        (``decode_head.*`` -> ``head.*``, same names; see :func:`convert_mmseg_state_dict`)."""
-        return convert_mmseg_state_dict(state_dict)
+        return self.cls_seg(self.bottleneck(torch.cat([x, *self.psp_modules(x)], 1)))
 
 
-@register_model
-def pspnet(num_classes: int = 19, **kwargs) -> Segmentor:
-    """PSPNet: ``PSPHead`` and mmseg's auxiliary head on stage 3 (256 wide, weight 0.4).
-
-    Logits are upsampled with ``align_corners=False`` as mmseg. Head arguments: ``channels``,
-    ``pool_scales``, ``dropout`` (:class:`PSPHead`); the others are :func:`build_segmentor`'s
-    (``encoder="resnet50c"``, ``output_stride=8``, ``aux=True``, ...).
-    """
-    kwargs.setdefault("encoder", "resnet50c")
-    kwargs.setdefault("aux", True)
-    model = build_segmentor(
-        lambda widths, k, **head_kwargs: PSPHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, aux_head=partial(FCNHead, channels=256, in_index=-2), **kwargs,
-    )
-    model.align_corners = False
-    return model
-
-
-@register_model(weights=_MMSEG)
-def pspnet_r50_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """PSPNet, ResNet-50-C (mmseg's ResNetV1c layout, timm ``resnet50c``), output stride 8."""
-    return build_variant(pspnet, "resnet50c", {}, num_classes=num_classes, **kwargs)
-
-
-@register_model(weights=_MMSEG)
-def pspnet_r101_d8(num_classes: int = 19, **kwargs) -> Segmentor:
-    """PSPNet, ResNet-101-C (mmseg's ResNetV1c layout, timm ``resnet101c``), output stride 8."""
-    return build_variant(pspnet, "resnet101c", {}, num_classes=num_classes, **kwargs)
+pspnet, pspnet_r50_d8, pspnet_r101_d8 = register_mmseg_builders("pspnet", PSPHead, title="PSPNet", config="pspnet")
