@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast", "AttentionMap",
-    "check_one_map", "query_cells", "to_numpy", "query_key_value_convs", "conv_module",
+    "check_one_map", "query_cells", "query_rows", "to_numpy", "query_key_value_convs", "conv_module",
 ]
 
 
@@ -117,6 +117,18 @@ def query_cells(module: str, x: Tensor, points: Sequence[tuple[int, int]] = ()) 
     if outside:
         raise ValueError(f"{module}: query cells {outside} outside the {h}x{w} feature map")
     return cells
+
+
+def query_rows(module: str, t: Tensor, queries: Sequence[tuple[int, int]] | None, h: int, w: int) -> Tensor:
+    """The rows of ``t`` ``(B, H*W, ...)`` (positions in row-major order) at the ``(row, column)``
+    ``queries`` of an ``h x w`` map; all of ``t`` for ``None``. A query outside the map is a
+    ``ValueError`` naming ``module``."""
+    if queries is None:
+        return t
+    bad = [p for p in queries if not (0 <= p[0] < h and 0 <= p[1] < w)]
+    if bad:
+        raise ValueError(f"{module}: query positions {bad} outside the {h}x{w} map")
+    return t[:, [r * w + col for r, col in queries]]
 
 
 def to_numpy(t: Tensor) -> np.ndarray:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._common import AttentionMap, check_input, no_autocast, query_cells, to_numpy
+from ._common import AttentionMap, check_input, no_autocast, query_cells, query_rows, to_numpy
 from ._functional import softmax_attention
 from .non_local import NonLocal2d
 
@@ -118,11 +118,7 @@ class DisentangledNonLocal2d(NonLocal2d):
         and the unary weights. Each row, and the unary map, sums to 1."""
         theta, phi = self._whitened(x)
         b, _, h, w = x.shape
-        if queries is not None:
-            bad = [p for p in queries if not (0 <= p[0] < h and 0 <= p[1] < w)]
-            if bad:
-                raise ValueError(f"DisentangledNonLocal2d: query positions {bad} outside the {h}x{w} map")
-            theta = theta[:, [r * w + col for r, col in queries]]
+        theta = query_rows("DisentangledNonLocal2d", theta, queries, h, w)
         with no_autocast(x.device.type):
             pairwise = torch.softmax(theta @ phi.transpose(1, 2), dim=-1)
         return {"pairwise": pairwise.reshape(b, -1, h, w), "unary": self._unary(x).reshape(b, h, w)}

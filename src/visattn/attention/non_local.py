@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import AttentionMap, check_input, check_positive, conv_module, no_autocast, query_cells, to_numpy
+from ._common import (AttentionMap, check_input, check_positive, conv_module, no_autocast, query_cells, query_rows,
+                      to_numpy)
 from ._functional import softmax_attention
 
 __all__ = ["NonLocal2d"]
@@ -155,11 +156,7 @@ class NonLocal2d(nn.Module):
         """
         theta, phi = self._embed(x)
         b, _, h, w = x.shape
-        if queries is not None:
-            bad = [p for p in queries if not (0 <= p[0] < h and 0 <= p[1] < w)]
-            if bad:
-                raise ValueError(f"NonLocal2d: query positions {bad} outside the {h}x{w} map")
-            theta = theta[:, [r * w + col for r, col in queries]]
+        theta = query_rows("NonLocal2d", theta, queries, h, w)
         key_grid = (h // 2, w // 2) if self.sub_sample else (h, w)
         theta = theta.to(torch.promote_types(theta.dtype, torch.float32))
         if self.use_scale:

@@ -47,6 +47,7 @@ from ._common import (
     no_autocast,
     query_cells,
     query_key_value_convs,
+    query_rows,
     reduced_channels,
     to_numpy,
 )
@@ -110,11 +111,7 @@ class PositionAttention(nn.Module):
         check_input("PositionAttention", x, self.channels, self)
         b, _, h, w = x.shape
         q, k = self._query_key(x)
-        if queries is not None:
-            bad = [p for p in queries if not (0 <= p[0] < h and 0 <= p[1] < w)]
-            if bad:
-                raise ValueError(f"PositionAttention: query positions {bad} outside the {h}x{w} map")
-            q = q[:, [r * w + col for r, col in queries]]
+        q = query_rows("PositionAttention", q, queries, h, w)
         dtype = torch.promote_types(q.dtype, torch.float32)
         with no_autocast(x.device.type):
             scores = q.to(dtype) @ k.to(dtype).transpose(1, 2)
