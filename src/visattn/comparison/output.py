@@ -14,9 +14,9 @@ from ..engine.run_dir import RunDir
 from ..weights import atomic_write
 from .entries import Entry, recipe
 
-__all__ = ["CompareDir", "default_output", "FINAL_METRICS", "read_final", "write_final"]
+__all__ = ["CompareDir", "default_output", "FINAL_METRICS", "read_final"]
 
-FINAL_METRICS = "final.json"  # in a run directory: the final evaluation of a complete run
+FINAL_METRICS = RunDir(".").final_metrics.name  # in a run directory: the trainer's record of a complete run
 
 
 class CompareDir:
@@ -80,11 +80,7 @@ def default_output(base: Config, config: str | os.PathLike | None) -> Path:
 
 
 def read_final(run: RunDir) -> dict | None:
-    """The record :func:`write_final` wrote when the run completed, ``None`` if it has not."""
+    """The record the trainer wrote when the run completed (:meth:`RunDir.save_final_metrics`, whether
+    compare or ``visattn train`` trained it), ``None`` if it has not."""
     path = run.path / FINAL_METRICS
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_final(run: RunDir, record: dict) -> None:
-    """Mark ``run`` complete with ``record``, its final evaluation (:data:`FINAL_METRICS`)."""
-    atomic_write(run.path / FINAL_METRICS, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
