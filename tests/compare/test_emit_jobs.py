@@ -85,3 +85,11 @@ def test_emitted_jobs_run_elsewhere_give_the_in_process_report(tmp_path, recipe_
         assert [r["metrics"]["per_class_iou"] for r in mine["runs"]] == \
                [r["metrics"]["per_class_iou"] for r in theirs["runs"]]
         assert mine["mIoU"] == theirs["mIoU"]
+
+
+def test_a_bad_comparison_emits_nothing(tmp_path, recipe_file, tiny, capsys):
+    jobs = tmp_path / "jobs.txt"
+    assert main(["compare", "--config", recipe_file, "--models", "fcnn", "--set", *tiny,
+                 "--output-dir", str(tmp_path / "cmp"), "--emit-jobs", str(jobs)]) == 2
+    assert "unknown model 'fcnn'" in capsys.readouterr().err
+    assert not jobs.exists() and not (tmp_path / "cmp").exists()
