@@ -5,10 +5,13 @@ measure their cost side by side, and report which attention helps on this data (
 
 Re-running the same command continues: complete runs are skipped, interrupted ones resumed. Exit
 status (:mod:`visattn.cli`): 1 when some runs failed (each named with its log), 130 when interrupted.
+With ``--emit-jobs FILE`` nothing is trained: FILE gets one ``visattn train`` command per missing run,
+for a batch system; the same command without it then collects the finished runs and reports.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from visattn.cli import EXIT_SOME_FAILED
@@ -35,11 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_dir_argument(parser, "the comparison directory (default: run.root/compare-<config>-<recipe hash>)")
     parser.add_argument("--jobs", type=int_at_least(1), default=1, metavar="N",
                         help="runs trained at once, in subprocesses (a GPU each, or cores / N threads each)")
+    parser.add_argument("--emit-jobs", metavar="FILE",
+                        help="train nothing: write one `visattn train` command per missing run to FILE (a line per "
+                             "batch job); the same command without --emit-jobs then collects the runs and reports")
 
 
 def run(args: argparse.Namespace) -> int:
-    from visattn.comparison import RunFailedError, compare, format_table
+    from visattn.comparison import RunFailedError, compare, emit_jobs, format_table
 
+    if args.emit_jobs is not None:
+        lines = emit_jobs(args.emit_jobs, args.config, args.models, args.attentions, args.seeds, args.overrides,
+                          args.output_dir)
+        print(_jobs_advice(len(lines), args.emit_jobs))
+        return 0
     try:
         report = compare(args.config, args.models, args.attentions, args.seeds, args.overrides, args.output_dir,
                          args.jobs)
@@ -50,3 +61,14 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_SOME_FAILED
     print(format_table(report))
     return 0
+
+
+def _jobs_advice(count: int, file: str) -> str:
+    """The line that says how many jobs ``file`` holds and how to run them."""
+    quoted = shlex.quote(file)
+    if count == 0:
+        return f"no run is missing ({quoted} is empty): run the same command without --emit-jobs for the report"
+    return (f"{count} training job(s) in {quoted}, one `visattn train` per line: run each, e.g. "
+            f"`sbatch --array=1-{count}` with a script running line $SLURM_ARRAY_TASK_ID "
+            f"(bash -c \"$(sed -n ${{SLURM_ARRAY_TASK_ID}}p {quoted})\"); then the same command without "
+            "--emit-jobs collects the runs and reports")

@@ -15,6 +15,7 @@ Output directory (:class:`~visattn.comparison.output.CompareDir`)::
     runs/<entry>/seed<k>/        a training run directory (:class:`~visattn.engine.run_dir.RunDir`)
                                  + final.json: the final evaluation, written when the run is complete
     logs/<entry>-seed<k>.log     output of a run trained in a subprocess (``jobs > 1``)
+    jobs/<entry>-seed<k>.yaml    the config of a run's batch job (:mod:`~visattn.comparison.jobs`)
     report.md, report.json       the table; everything, per seed too
     miou_vs_cost.png, per_class_iou_delta.png, attention_maps.png
 
@@ -36,17 +37,17 @@ the per-seed differences (paired: seed ``k`` of both saw the same data).
 
 One module per concern: :mod:`~visattn.comparison.entries`, :mod:`~visattn.comparison.output`,
 :mod:`~visattn.comparison.runner`, :mod:`~visattn.comparison.cost`, :mod:`~visattn.comparison.stats`,
-:mod:`~visattn.comparison.report`, and :mod:`~visattn.comparison.pipeline` (:func:`compare`), which
-puts them together.
+:mod:`~visattn.comparison.report`, :mod:`~visattn.comparison.jobs` (the runs as batch jobs), and
+:mod:`~visattn.comparison.pipeline` (:func:`compare`, :func:`emit_jobs`), which puts them together.
 """
 from .cost import TIMED_STEPS, WARMUP_STEPS, measure_cost
 from .entries import Entry, entry_config, make_entries, segmentor_arguments
 from .output import FINAL_METRICS, CompareDir
-from .pipeline import compare
+from .pipeline import compare, emit_jobs
 from .report import format_table, query_point
 from .runner import RunFailedError, train_run
 from .stats import paired_difference, t_quantile
 
-__all__ = ["compare", "Entry", "make_entries", "entry_config", "segmentor_arguments", "CompareDir", "train_run",
+__all__ = ["compare", "emit_jobs", "Entry", "make_entries", "entry_config", "segmentor_arguments", "CompareDir", "train_run",
            "measure_cost", "paired_difference", "t_quantile", "format_table", "query_point", "RunFailedError",
            "FINAL_METRICS", "WARMUP_STEPS", "TIMED_STEPS"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +15,9 @@ from ..filenames import path_component
 from ..weights import atomic_write
 from .entries import Entry, recipe
 
-__all__ = ["CompareDir", "default_output", "FINAL_METRICS", "read_final", "write_final"]
+__all__ = ["CompareDir", "default_output", "FINAL_METRICS", "read_final"]
 
-FINAL_METRICS = "final.json"  # in a run directory: the final evaluation of a complete run
+FINAL_METRICS = RunDir(".").final_metrics.name  # in a run directory: the trainer's record of a complete run
 
 
 class CompareDir:
@@ -104,8 +103,9 @@ def default_output(base: Config, config: str | os.PathLike | None) -> Path:
 
 
 def read_final(run: RunDir) -> dict | None:
-    """The record :func:`write_final` wrote when the run completed, ``None`` if it has not;
-    ``ValueError`` naming the file when it does not hold such a record (damaged or tampered)."""
+    """The record the trainer wrote when the run completed (:meth:`RunDir.save_final_metrics`, whether
+    compare or ``visattn train`` trained it), ``None`` if it has not; ``ValueError`` naming the file
+    when it does not hold such a record (damaged or tampered)."""
     path = run.path / FINAL_METRICS
     if not path.is_file():
         return None
@@ -120,7 +120,7 @@ def read_final(run: RunDir) -> dict | None:
 
 
 def _final_problem(record: object) -> str | None:
-    """What makes ``record`` other than :func:`write_final`'s, ``None`` if nothing."""
+    """What makes ``record`` other than the trainer's final record, ``None`` if nothing."""
     def number(value: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -141,8 +141,3 @@ def _final_problem(record: object) -> str | None:
             v is None or number(v) for v in per_class):
         return f"'metrics.per_class_iou' is not {len(classes)} numbers, one per class"
     return None
-
-
-def write_final(run: RunDir, record: dict) -> None:
-    """Mark ``run`` complete with ``record``, its final evaluation (:data:`FINAL_METRICS`)."""
-    atomic_write(run.path / FINAL_METRICS, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))

@@ -1,5 +1,6 @@
 """A comparison from the names to the report (:func:`compare`): the recipe and the entries checked,
-the output directory claimed, the missing runs trained, the cost measured, the report written."""
+the output directory claimed, the missing runs trained, the cost measured, the report written; or
+the missing runs written as batch jobs instead (:func:`emit_jobs`)."""
 from __future__ import annotations
 
 import os
@@ -13,12 +14,13 @@ from ..engine.config import Config, ConfigError, apply_overrides, load_config, v
 from ..engine.distributed import resolve_device
 from .cost import measure_cost
 from .entries import Entry, entry_config, make_entries, recipe
+from .jobs import write_jobs
 from .output import FINAL_METRICS, CompareDir, default_output, read_final
 from .report import draw_pictures, save_report
 from .runner import Job, Progress, print_progress, train_in_parallel, train_sequentially
 from .stats import CONFIDENCE, summarise
 
-__all__ = ["compare"]
+__all__ = ["compare", "emit_jobs"]
 
 
 def compare(config: str | os.PathLike | Config | None = None, models: Iterable[str] = (),
@@ -36,13 +38,7 @@ def compare(config: str | os.PathLike | Config | None = None, models: Iterable[s
     comparison raise ``ConfigError`` before anything is trained.
     """
     overrides = list(overrides)
-    base, config_name = _base_config(config, overrides)
-    _check_counts(seeds, jobs)
-    entries = make_entries(models, attentions)
-    configs = _entry_configs(base, entries)
-    cdir = CompareDir(output if output is not None else default_output(base, config_name))
-    cdir.claim(base, [{"name": e.name, "model": configs[e.name].model.name, "kwargs": configs[e.name].model.kwargs}
-                      for e in entries], seeds)
+    base, config_name, entries, configs, cdir = _claim(config, models, attentions, seeds, overrides, output, jobs)
     log(f"compare {len(entries)} entries x {seeds} seeds in {cdir}")
     seed_list, device = list(range(seeds)), resolve_device(base.train.device)
     records = _train_runs(base, entries, seed_list, cdir, device, jobs, log)
@@ -60,6 +56,39 @@ def compare(config: str | os.PathLike | Config | None = None, models: Iterable[s
     save_report(report, cdir)
     log(f"report: {cdir.report_md}")
     return report
+
+
+def emit_jobs(file: str | os.PathLike, config: str | os.PathLike | Config | None = None, models: Iterable[str] = (),
+              attentions: Iterable[str] = (), seeds: int = 3, overrides: Iterable[str] = (),
+              output: str | os.PathLike | None = None) -> list[str]:
+    """Write to ``file`` one ``visattn train`` command per run that :func:`compare` with the same
+    arguments would train (see :mod:`~visattn.comparison.jobs`), and nothing else: no run is trained.
+    The output directory is claimed as :func:`compare` claims it, so that :func:`compare` collects the
+    runs once the commands have run. Returns the commands (none when every run is complete)."""
+    base, _, entries, _, cdir = _claim(config, models, attentions, seeds, list(overrides), output, 1)
+    runs = [_job(base, entry, seed, cdir) for seed in range(seeds) for entry in entries]
+    return write_jobs(cdir, [job for job in runs if read_final(job.run) is None], file)
+
+
+def _claim(config: str | os.PathLike | Config | None, models: Iterable[str], attentions: Iterable[str], seeds: int,
+           overrides: list[str], output: str | os.PathLike | None,
+           jobs: int) -> tuple[Config, str | None, list[Entry], dict[str, Config], CompareDir]:
+    """The recipe, its file's name, the entries, their configs, and the output directory claimed
+    for them (every check done before anything is written)."""
+    base, config_name = _base_config(config, overrides)
+    _check_counts(seeds, jobs)
+    entries = make_entries(models, attentions)
+    configs = _entry_configs(base, entries)
+    cdir = CompareDir(output if output is not None else default_output(base, config_name))
+    cdir.claim(base, [{"name": e.name, "model": configs[e.name].model.name, "kwargs": configs[e.name].model.kwargs}
+                      for e in entries], seeds)
+    return base, config_name, entries, configs, cdir
+
+
+def _job(base: Config, entry: Entry, seed: int, cdir: CompareDir) -> Job:
+    """The run of ``entry`` and ``seed``: its config, its run directory and its log."""
+    return Job(entry, seed, entry_config(base, entry, seed, cdir.run(entry, seed).path), cdir.run(entry, seed),
+               cdir.log(entry, seed))
 
 
 def _base_config(config: str | os.PathLike | Config | None, overrides: list[str]) -> tuple[Config, str | None]:
@@ -100,8 +129,7 @@ def _train_runs(base: Config, entries: Sequence[Entry], seeds: Sequence[int], cd
     records, pending = {}, []
     for seed in seeds:
         for entry in entries:
-            job = Job(entry, seed, entry_config(base, entry, seed, cdir.run(entry, seed).path), cdir.run(entry, seed),
-                      cdir.log(entry, seed))
+            job = _job(base, entry, seed, cdir)
             record = read_final(job.run)
             if record is None:
                 if job.run.latest_checkpoint() is None:

@@ -21,7 +21,7 @@ from ..engine.config import Config, dump_config
 from ..engine.run_dir import RunDir
 from ..engine.trainer import train
 from .entries import Entry, config_from_text
-from .output import FINAL_METRICS, read_final, write_final
+from .output import FINAL_METRICS, read_final
 
 __all__ = ["RunFailedError", "train_run", "Job", "Progress", "train_sequentially", "train_in_parallel", "worker_main",
            "print_progress"]
@@ -35,22 +35,15 @@ class RunFailedError(RuntimeError):
 
 def train_run(cfg: Config, path: str | os.PathLike) -> dict | None:
     """Train ``cfg`` in the run directory ``path``: resumed from its latest checkpoint if it has one,
-    else started anew (what a run killed before its first checkpoint left is removed). Writes and
-    returns the record of :data:`~visattn.comparison.output.FINAL_METRICS` (final metrics, step,
+    else started anew (what a run killed before its first checkpoint left is removed). Returns the
+    record the trainer wrote as :data:`~visattn.comparison.output.FINAL_METRICS` (final metrics, step,
     seconds, threads); ``None`` if the run was interrupted (it can be resumed)."""
     run = RunDir(path)
     resume = run.latest_checkpoint() is not None
     if not resume:
         run.clear(also=(FINAL_METRICS,))  # what a run killed before its first checkpoint left
-    start = time.perf_counter()
     result = train(cfg, resume=run.path if resume else None, quiet=True)
-    if result["interrupted"]:
-        return None
-    record = {"step": result["step"], "total": result["total"], "seconds": time.perf_counter() - start,
-              "resumed": resume, "threads": torch.get_num_threads(), "classes": list(result["classes"]),
-              "metrics": result["metrics"]}
-    write_final(run, record)
-    return record
+    return None if result["interrupted"] else read_final(run)
 
 
 @dataclass

@@ -15,6 +15,8 @@ Layout::
                            between the two writes leaves a best.json naming other weights, never
                            weights without their record
     model.safetensors      the final weights
+    final.json             their evaluation, the step, the seconds and threads it trained with: written
+                           last, so the run is complete exactly when it is there
     class_weights.json     computed train.class_weights: the method, the weights, the pixel counts
     lock                   "PID HOST" of the process training in it, while it trains
 
@@ -93,6 +95,7 @@ class RunDir:
     best_weights = property(lambda self: self.path / "best.safetensors")
     best_metrics = property(lambda self: self.path / "best.json")
     final_weights = property(lambda self: self.path / "model.safetensors")
+    final_metrics = property(lambda self: self.path / "final.json")
     class_weights = property(lambda self: self.path / "class_weights.json")
     lock_file = property(lambda self: self.path / "lock")
 
@@ -273,6 +276,10 @@ class RunDir:
 
     def save_final(self, model: nn.Module) -> None:
         save_state_dict(model.state_dict(), self.final_weights)
+
+    def save_final_metrics(self, record: dict) -> None:
+        """The final evaluation ``record`` (metrics, classes, step, seconds, threads): the run is complete."""
+        atomic_write(self.final_metrics, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
 
     def inference_weights(self) -> Path:
         """The weights the run offers for inference: best, else final."""

@@ -335,8 +335,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train up to the last step (or a stop signal), save the final weights and evaluate them;
         see :func:`train`."""
-
-        t = self.cfg.train
+        t, started = self.cfg.train, time.perf_counter()
         self.log = MetricsLog(self.run, self.info.is_main, (self.step, self._logged) if self.resumed else None)
         self.bar = tqdm(total=self.total, initial=self.step, desc="train", disable=self.quiet or not self.info.is_main,
                         dynamic_ncols=True)
@@ -378,6 +377,8 @@ class Trainer:
                 if interrupted:
                     metrics = {}
                     self._report_stop(self._stop_reason("in the final evaluation"))
+                elif self.info.is_main:
+                    self.run.save_final_metrics(self._final_record(metrics, time.perf_counter() - started))
         except EvaluationStopped:
             self.bar.close()
             interrupted, metrics = True, {}
@@ -402,6 +403,12 @@ class Trainer:
         return {"run_dir": self.run.path, "step": self.step, "total": self.total, "metrics": metrics, "best": self.best,
                 "interrupted": interrupted, "classes": self.classes,
                 "table": format_table(metrics, self.classes) if metrics else ""}
+
+    def _final_record(self, metrics: dict, seconds: float) -> dict:
+        """What :meth:`RunDir.save_final_metrics` keeps of the complete run: ``seconds`` of training
+        in this process (since the resumed checkpoint, if any), under ``threads`` torch threads."""
+        return {"step": self.step, "total": self.total, "seconds": seconds, "resumed": self.resumed,
+                "threads": torch.get_num_threads(), "classes": list(self.classes), "metrics": metrics}
 
     def _catch_stop_signals(self) -> dict:
         """Make SIGINT and SIGTERM raise the stop flag, and a second one raise ``KeyboardInterrupt``
