@@ -198,3 +198,9 @@ def test_cuda_rows_time_by_events_and_compare_each_sdpa_backend():
 def test_cuda_timing_waits_for_the_gpu():
     a = torch.randn(4096, 4096, device="cuda")
     assert timed(lambda: a @ a @ a @ a, "cuda") > timed(lambda: None, "cuda")
+
+
+def test_bench_float16_off_cuda_exits_2_in_one_line(capsys):
+    assert main(["bench", "--modules", "pam", "--dtype", "float16", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dtype float16 runs on CUDA only" in err

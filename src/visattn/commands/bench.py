@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int_at_least(1), default=1, metavar="N",
                         help="random inputs per forward pass (default 1; BAM training needs >= 2)")
     add_hidden_alias(parser, "--batch", "batch_size", type=int_at_least(1))
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="the dtype the module and its input are cast to (not autocast; default float32)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the dtype the module and its input are cast to (not autocast; float16 on CUDA only; "
+                             "default float32)")
     parser.add_argument("--train", action="store_true", help="time a training step (forward + backward)")
     parser.add_argument("--reps", type=int_at_least(1), default=5, metavar="N",
                         help="timed naive/visattn pairs (median; default 5)")
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--device {args.device}: the benchmark runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}, but torch sees no CUDA device")
+    if args.dtype == "float16" and device.type != "cuda":
+        raise ValueError("--dtype float16 runs on CUDA only (--device cuda)")
     modules = args.modules or list(MODULES)
     cases = [
         Case(name, *args.size, channels=args.channels, batch=args.batch_size, train=args.train, dtype=args.dtype,
