@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "reduced_channels", "check_divisible", "check_positive", "check_input", "no_autocast", "AttentionMap",
-    "check_one_map", "query_cells", "query_rows", "to_numpy", "query_key_value_convs", "conv_module",
+    "check_one_map", "query_cells", "query_rows", "strongest_channel_maps", "to_numpy", "query_key_value_convs",
+    "conv_module",
 ]
 
 
@@ -129,6 +130,17 @@ def query_rows(module: str, t: Tensor, queries: Sequence[tuple[int, int]] | None
     if bad:
         raise ValueError(f"{module}: query positions {bad} outside the {h}x{w} map")
     return t[:, [r * w + col for r, col in queries]]
+
+
+def strongest_channel_maps(prefix: str, describe: str, weights: Tensor,
+                           points: Sequence[tuple[int, int]]) -> list[AttentionMap]:
+    """One map per query point: the channel of ``weights`` ``(K, H, W)`` largest at that point,
+    keyed ``f"{prefix}{i}"`` and titled ``describe.format(k=channel, p=point)``."""
+    maps = []
+    for i, p in enumerate(points):
+        k = int(weights[:, p[0], p[1]].argmax())
+        maps.append(AttentionMap(f"{prefix}{i}", describe.format(k=k, p=p), to_numpy(weights[k]), point=p))
+    return maps
 
 
 def to_numpy(t: Tensor) -> np.ndarray:

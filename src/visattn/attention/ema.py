@@ -42,7 +42,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import AttentionMap, check_input, check_positive, conv_module, no_autocast, query_cells, to_numpy
+from ._common import (AttentionMap, check_input, check_positive, conv_module, no_autocast, query_cells,
+                      strongest_channel_maps)
 
 __all__ = ["EMAUnit"]
 
@@ -125,12 +126,8 @@ class EMAUnit(nn.Module):
         """Per query point of the single feature map ``x`` ``(1, C, H, W)``: the responsibility map of
         the base that takes the largest share of that point (default point: the centre)."""
         points = query_cells("EMAUnit", x, points)
-        resp = self.attention_weights(x)["responsibility"][0]  # (K, H, W)
-        maps = []
-        for i, p in enumerate(points):
-            k = int(resp[:, p[0], p[1]].argmax())
-            maps.append(AttentionMap(f"ema_q{i}", f"EMA: base {k}, the most responsible for {p}", to_numpy(resp[k]), point=p))
-        return maps
+        weights = self.attention_weights(x)["responsibility"][0]  # (K, H, W)
+        return strongest_channel_maps("ema_q", "EMA: base {k}, the most responsible for {p}", weights, points)
 
     def convert_official_state_dict(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The unit's part of an mmseg ``EMAHead`` state dict: ``ema_module.bases`` -> ``bases``, the

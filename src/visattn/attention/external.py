@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import AttentionMap, check_input, check_positive, no_autocast, query_cells, to_numpy
+from ._common import AttentionMap, check_input, check_positive, no_autocast, query_cells, strongest_channel_maps
 
 __all__ = ["ExternalAttention"]
 
@@ -101,12 +101,8 @@ class ExternalAttention(nn.Module):
         """Per query point of the single feature map ``x`` ``(1, C, H, W)``: the response map of the
         memory unit that responds most at that point (default point: the centre)."""
         points = query_cells("ExternalAttention", x, points)
-        memory = self.attention_weights(x)["memory"][0]  # (K, H, W)
-        maps = []
-        for i, p in enumerate(points):
-            k = int(memory[:, p[0], p[1]].argmax())
-            maps.append(AttentionMap(f"external_q{i}", f"External: memory unit {k}, the strongest at {p}", to_numpy(memory[k]), point=p))
-        return maps
+        weights = self.attention_weights(x)["memory"][0]  # (K, H, W)
+        return strongest_channel_maps("external_q", "External: memory unit {k}, the strongest at {p}", weights, points)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, units={self.units}"
