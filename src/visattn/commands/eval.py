@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from visattn.data import build_dataset, classes_and_palette
+    from visattn.data.inputs import collate_same_size
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
     from visattn.trained import load_trained
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = build_dataset(cfg.data, split, train=False)
     classes, _ = classes_and_palette(cfg.data)
     loader = DataLoader(dataset, batch_size=args.batch_size or cfg.eval.batch_size, num_workers=cfg.data.workers,
-                        collate_fn=same_size_runs)
+                        collate_fn=collate_same_size)
     batches = (run for runs in tqdm(loader, desc=f"eval {split}") for run in runs)  # one forward per image size
     kwargs = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
     if args.save_predictions is None:
@@ -89,20 +90,6 @@ def run(args: argparse.Namespace) -> int:
     if "confusion_matrix" in result:
         _save_confusion_picture(result["confusion_matrix"], classes, out.parent / f"confusion_{split}.png", split)
     return 0
-
-
-def same_size_runs(items: list) -> list:
-    """A loader's batch as runs of consecutive ``(image, target)`` items of one image size, each
-    collated: a dataset of mixed image sizes evaluates at the batch size it can."""
-    from torch.utils.data import default_collate
-
-    runs: list[list] = []
-    for item in items:
-        if runs and item[0].shape == runs[-1][0][0].shape:
-            runs[-1].append(item)
-        else:
-            runs.append([item])
-    return [default_collate(run) for run in runs]
 
 
 def _config_source(args: argparse.Namespace) -> str:

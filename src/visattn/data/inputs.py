@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..bounded import UnreadableFileError, read_text
 from .segmentation import IMAGE_EXTENSIONS, read_image
 from .video import VIDEO_EXTENSIONS, is_video
 
-__all__ = ["LIST_PREFIX", "MAX_LIST_BYTES", "find_inputs", "Pictures", "picture_loader", "same_size_batches"]
+__all__ = ["LIST_PREFIX", "MAX_LIST_BYTES", "find_inputs", "Pictures", "picture_loader", "same_size_batches",
+           "collate_same_size"]
 
-T = TypeVar("T")
 LIST_PREFIX = "@"
 MAX_LIST_BYTES = 16 << 20  # an @LIST file: some hundred thousand paths
 _EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
@@ -131,13 +131,21 @@ def picture_loader(paths: Sequence[str | os.PathLike], workers: int = 0) -> Data
     return DataLoader(Pictures(paths), batch_size=None, collate_fn=_as_is, num_workers=workers)
 
 
-def same_size_batches(items: Iterable[tuple[T, np.ndarray]], batch_size: int) -> Iterator[list[tuple[T, np.ndarray]]]:
-    """Runs of up to ``batch_size`` consecutive ``(key, picture)`` items whose pictures share a shape."""
+def same_size_batches(items: Iterable, batch_size: int | None = None,
+                      shape: Callable[[Any], Any] = lambda item: item[1].shape) -> Iterator[list]:
+    """Runs of up to ``batch_size`` (``None``: any number of) consecutive items of one ``shape``
+    (default: of ``(key, picture)`` items, the picture's)."""
     batch: list = []
     for item in items:
-        if batch and (len(batch) == batch_size or item[1].shape != batch[0][1].shape):
+        if batch and (len(batch) == batch_size or shape(item) != shape(batch[0])):
             yield batch
             batch = []
         batch.append(item)
     if batch:
         yield batch
+
+
+def collate_same_size(items: list) -> list:
+    """A loader's batch of ``(image, target)`` items as runs of consecutive items of one image size,
+    each collated: a dataset of mixed image sizes evaluates at the batch size it can."""
+    return [default_collate(run) for run in same_size_batches(items, shape=lambda item: item[0].shape)]
