@@ -102,37 +102,39 @@ def test_a_cycle_is_an_error_naming_the_chain(tmp_path):
     assert read_recipe(write(tmp_path / "d.yaml", "_base_: [x.yaml, y.yaml]\n")) == {"train": {"iters": 3, "seed": 5}}
 
 
-def test_a_missing_base_names_the_including_file_and_the_path(tmp_path):
-    write(tmp_path / "a.yaml", "_base_: [nowhere/gone.yaml]\n")
-    recipe = write(tmp_path / "r.yaml", "_base_: a.yaml\n")
-    with pytest.raises(ConfigError, match=r"config file \S*a\.yaml names the base 'nowhere/gone\.yaml', which does "
-                                          r"not exist \(\S*nowhere/gone\.yaml\)"):
-        load_config(recipe)
+# (files, the recipe loaded, the error): each case in a folder of its own
+BAD_BASES = {
+    "missing base": ({"a.yaml": "_base_: [nowhere/gone.yaml]\n", "r.yaml": "_base_: a.yaml\n"},
+                     r"config file \S*a\.yaml names the base 'nowhere/gone\.yaml', which does not exist "
+                     r"\(\S*nowhere/gone\.yaml\)"),
+    "base is a list": ({"list.yaml": "- train\n- model\n", "r.yaml": "_base_: list.yaml\n"},
+                       r"config file \S*list\.yaml must hold a mapping of sections, not a list"),
+    "base is broken YAML": ({"broken.yaml": "train: {lr: [0.1}\n", "r.yaml": "_base_: broken.yaml\n"},
+                            r"config file \S*broken\.yaml is not valid YAML: line 1"),
+    "_base_ is a mapping": ({"r.yaml": "_base_: {x: 1}\n"},
+                            r"'_base_' in \S*r\.yaml must be a file name or a list of file names, got \{'x': 1\}"),
+    "unknown key in a base": (
+        {"bases/schedule.yaml": "train:\n  lr: 0.1\n  warmup_iter: 5\n",
+         "r.yaml": "_base_: bases/schedule.yaml\ntrain: {iters: 5}\n"},
+        r"unknown config key 'train\.warmup_iter' in \S*bases/schedule\.yaml \(did you mean 'train\.warmup_iters'\?\)"),
+    "unknown key in a base's base": (
+        {"bases/schedule.yaml": "train:\n  warmup_iter: 5\n", "bases/nested.yaml": "_base_: schedule.yaml\n",
+         "r.yaml": "_base_: bases/nested.yaml\n"},
+        r"'train\.warmup_iter' in \S*bases/schedule\.yaml"),
+}
+
+
+@pytest.mark.parametrize("files, error", BAD_BASES.values(), ids=BAD_BASES)
+def test_bad_bases_are_named_with_the_file_they_are_in(tmp_path, files, error):
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    with pytest.raises(ConfigError, match=error):
+        load_config(tmp_path / "r.yaml")
+
+
+def test_a_missing_recipe_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config file not found: \S*absent\.yaml"):
         load_config(tmp_path / "absent.yaml")
-
-
-def test_malformed_bases_are_named(tmp_path):
-    write(tmp_path / "list.yaml", "- train\n- model\n")
-    with pytest.raises(ConfigError, match=r"config file \S*list\.yaml must hold a mapping of sections, not a list"):
-        load_config(write(tmp_path / "r.yaml", "_base_: list.yaml\n"))
-    write(tmp_path / "broken.yaml", "train: {lr: [0.1}\n")
-    with pytest.raises(ConfigError, match=r"config file \S*broken\.yaml is not valid YAML: line 1"):
-        load_config(write(tmp_path / "r.yaml", "_base_: broken.yaml\n"))
-    with pytest.raises(ConfigError, match=r"'_base_' in \S*r\.yaml must be a file name or a list of file names, "
-                                          r"got \{'x': 1\}"):
-        load_config(write(tmp_path / "r.yaml", "_base_: {x: 1}\n"))
-
-
-def test_an_unknown_key_is_named_with_the_base_it_is_in(tmp_path):
-    write(tmp_path / "bases/schedule.yaml", "train:\n  lr: 0.1\n  warmup_iter: 5\n")
-    recipe = write(tmp_path / "r.yaml", "_base_: bases/schedule.yaml\ntrain: {iters: 5}\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'train\.warmup_iter' in \S*bases/schedule\.yaml "
-                                          r"\(did you mean 'train\.warmup_iters'\?\)"):
-        load_config(recipe)
-    write(tmp_path / "bases/nested.yaml", "_base_: schedule.yaml\n")
-    with pytest.raises(ConfigError, match=r"'train\.warmup_iter' in \S*bases/schedule\.yaml"):
-        load_config(write(tmp_path / "r.yaml", "_base_: bases/nested.yaml\n"))
 
 
 def test_print_config_prints_the_resolved_config_and_creates_nothing(tmp_path, monkeypatch, capsys):

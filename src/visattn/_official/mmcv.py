@@ -135,7 +135,9 @@ class _NonLocalNd(nn.Module):
         pairwise_weight = pairwise_weight.softmax(dim=-1)
         return pairwise_weight
 
-    def forward(self, x):
+    def projections(self, x):
+        """``g_x`` [N, HxW, C], ``theta_x`` [N, HxW, C], ``phi_x`` [N, C, HxW]: the first lines of mmcv's
+        ``forward`` (and of mmseg's ``DisentangledNonLocal2d.forward``), kept in one place."""
         n = x.size(0)
 
         # NonLocal2d g_x: [N, HxW, C]
@@ -148,6 +150,11 @@ class _NonLocalNd(nn.Module):
 
         # NonLocal2d phi_x: [N, C, HxW]
         phi_x = self.phi(x).view(n, self.inter_channels, -1)
+        return g_x, theta_x, phi_x
+
+    def forward(self, x):
+        n = x.size(0)
+        g_x, theta_x, phi_x = self.projections(x)
 
         pairwise_func = getattr(self, self.mode)
         # NonLocal2d pairwise_weight: [N, HxW, HxW]

@@ -914,15 +914,7 @@ class DisentangledNonLocal2d(NonLocal2d):
     def forward(self, x):
         # x: [N, C, H, W]
         n = x.size(0)
-
-        # g_x: [N, HxW, C]
-        g_x = self.g(x).view(n, self.inter_channels, -1)
-        g_x = g_x.permute(0, 2, 1)
-
-        # theta_x: [N, HxW, C], phi_x: [N, C, HxW]
-        theta_x = self.theta(x).view(n, self.inter_channels, -1)
-        theta_x = theta_x.permute(0, 2, 1)
-        phi_x = self.phi(x).view(n, self.inter_channels, -1)
+        g_x, theta_x, phi_x = self.projections(x)
 
         # subtract mean
         theta_x -= theta_x.mean(dim=-2, keepdim=True)

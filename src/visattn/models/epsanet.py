@@ -10,6 +10,9 @@ The layout, parameter names and initialisation are the official code's: a torchv
 every stage, so the released checkpoints load with :func:`visattn.load_official` as they are. These
 are the "Small" models; the "Large" ones of the paper were never released and cannot be built from
 the released code (groups 32 at its widths is invalid), so they are not offered.
+
+The authors' weights have no direct-download link, so ``pretrained=True`` raises; download them
+from murufeng/EPSANet and pass the path (or use ``load_official``).
 """
 from __future__ import annotations
 
@@ -81,20 +84,12 @@ class EPSANet(ResNet):
 @register_model(weights=_RELEASE)
 def epsanet50(num_classes: int = 1000, **kwargs) -> EPSANet:
     """EPSANet-50 (Small): 22,561,715 parameters at 1000 classes, as the official code
-    (paper: 22.56M, 3.62 GFLOPs, 77.49 top-1).
-
-    The authors' weights have no direct-download link, so ``pretrained=True`` raises; download
-    them from murufeng/EPSANet and pass the path (or use ``load_official``).
-    """
+    (paper: 22.56M, 3.62 GFLOPs, 77.49 top-1)."""
     return EPSANet((3, 4, 6, 3), num_classes, **kwargs)
 
 
 @register_model(weights=_RELEASE)
 def epsanet101(num_classes: int = 1000, **kwargs) -> EPSANet:
     """EPSANet-101 (Small): 38,900,279 parameters at 1000 classes, as the official code
-    (paper: 38.90M, 6.82 GFLOPs, 78.43 top-1).
-
-    The authors' weights have no direct-download link, so ``pretrained=True`` raises; download
-    them from murufeng/EPSANet and pass the path (or use ``load_official``).
-    """
+    (paper: 38.90M, 6.82 GFLOPs, 78.43 top-1)."""
     return EPSANet((3, 4, 23, 3), num_classes, **kwargs)

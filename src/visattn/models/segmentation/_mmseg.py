@@ -124,9 +124,9 @@ class DecodeHead(nn.Module):
     ``in_index`` (which map of the encoder's feature list the head reads), ``dropout``
     (Dropout2d), ``conv_seg`` (the 1x1 classifier, mmseg's init) with :meth:`cls_seg`, and
     :meth:`convert_official_state_dict` (``decode_head.*`` -> ``head.*``, renamed by the class's
-    ``head_keys`` where its names differ from mmseg's). A head calls ``super().__init__(in_index)``,
-    builds its own modules, then :meth:`add_conv_seg`: the classifier comes last in the state
-    dict and in the initialisation order.
+    ``head_keys`` where its names differ from mmseg's). A head passes ``dropout`` and ``in_index``
+    on to ``super().__init__``, builds its own modules, then :meth:`add_conv_seg`: the classifier
+    comes last in the state dict and in the initialisation order.
 
     The heads' arguments in common: ``in_channels`` (channels of the input feature map, 2048 for
     ResNet-50/101), ``num_classes`` (output channels), ``dropout`` (Dropout2d probability before
@@ -139,13 +139,13 @@ class DecodeHead(nn.Module):
     # mmseg's names of the head's modules -> ours, where they differ
     head_keys: ClassVar[Mapping[str, str]] = {}
 
-    def __init__(self, in_index: int = -1) -> None:
+    def __init__(self, dropout: float = 0.1, in_index: int = -1) -> None:
         super().__init__()
         self.in_index = in_index
-
-    def add_conv_seg(self, channels: int, num_classes: int, dropout: float) -> None:
-        """Add ``dropout`` (Dropout2d of probability ``dropout``) and ``conv_seg`` (``channels`` -> ``num_classes``)."""
         self.dropout = nn.Dropout2d(dropout)
+
+    def add_conv_seg(self, channels: int, num_classes: int) -> None:
+        """Add ``conv_seg``, the classifier (``channels`` -> ``num_classes``)."""
         self.conv_seg = init_conv_seg(nn.Conv2d(channels, num_classes, 1))
 
     def cls_seg(self, x: Tensor) -> Tensor:
@@ -180,10 +180,9 @@ class ConcatInputBlockHead(DecodeHead):
         block_name: str,
         block: Callable[[int], nn.Module],
         channels: int = 512,
-        dropout: float = 0.1,
-        in_index: int = -1,
+        **kwargs,
     ) -> None:
-        super().__init__(in_index)
+        super().__init__(**kwargs)
         channels = head_width(channels, 512, type(self).__name__)
         self.block_name = block_name
         self.convs = nn.Sequential(
@@ -192,7 +191,7 @@ class ConcatInputBlockHead(DecodeHead):
         )
         self.add_module(block_name, block(channels))
         self.conv_cat = conv_module(in_channels + channels, channels, 3, norm=True, act=True)
-        self.add_conv_seg(channels, num_classes, dropout)
+        self.add_conv_seg(channels, num_classes)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         x = features[self.in_index]

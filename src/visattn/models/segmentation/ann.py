@@ -169,9 +169,9 @@ class ANNHead(DecodeHead):
         project_channels: int = 256,
         query_scales: Sequence[int] = (1,),
         key_pool_scales: Sequence[int] = (1, 3, 6, 8),
-        dropout: float = 0.1,
+        **kwargs,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         if channels < 1 or project_channels < 1:
             raise ValueError(
                 f"ANNHead: widths must be positive, got channels={channels}, project_channels={project_channels}"
@@ -180,7 +180,7 @@ class ANNHead(DecodeHead):
         self.fusion = AFNB(low, high, project_channels, high, query_scales, key_pool_scales)
         self.bottleneck = conv_module(high, channels, 3, norm=True, act=True)
         self.context = APNB(channels, project_channels, channels, query_scales, key_pool_scales)
-        self.add_conv_seg(channels, num_classes, dropout)
+        self.add_conv_seg(channels, num_classes)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         out = self.bottleneck(self.dropout(self.fusion(features[-2], features[self.in_index])))

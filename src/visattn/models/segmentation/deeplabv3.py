@@ -35,16 +35,9 @@ class ASPPHead(DecodeHead):
         in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        channels: int = 512,
-        dilations: Sequence[int] = (1, 12, 24, 36),
-        dropout: float = 0.1,
-        in_index: int = -1,
-    ) -> None:
-        super().__init__(in_index)
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 512,
+                 dilations: Sequence[int] = (1, 12, 24, 36), **kwargs) -> None:
+        super().__init__(**kwargs)
         channels = head_width(channels, 512, type(self).__name__)
         if not dilations or any(d < 1 for d in dilations):
             raise ValueError(f"{type(self).__name__}: dilations must be positive rates, got {tuple(dilations)}")
@@ -56,7 +49,7 @@ class ASPPHead(DecodeHead):
             conv_module(in_channels, channels, 1 if d == 1 else 3, dilation=d, norm=True, act=True) for d in dilations
         )
         self.bottleneck = conv_module((len(dilations) + 1) * channels, channels, 3, norm=True, act=True)
-        self.add_conv_seg(channels, num_classes, dropout)
+        self.add_conv_seg(channels, num_classes)
 
     def aspp(self, x: Tensor) -> Tensor:
         """The bottleneck's output on the concatenated image-pooling and atrous branches."""

@@ -61,10 +61,9 @@ class DepthwiseSeparableASPPHead(ASPPHead):
         c1_channels: int = 48,
         channels: int = 512,
         dilations: Sequence[int] = (1, 12, 24, 36),
-        dropout: float = 0.1,
-        in_index: int = -1,
+        **kwargs,
     ) -> None:
-        super().__init__(in_channels, num_classes, channels, dilations, dropout, in_index)
+        super().__init__(in_channels, num_classes, channels, dilations, **kwargs)
         if c1_channels < 1:
             raise ValueError(f"DepthwiseSeparableASPPHead: c1_channels must be positive, got {c1_channels}")
         for i, d in enumerate(self.dilations):

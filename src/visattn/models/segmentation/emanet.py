@@ -58,17 +58,16 @@ class EMAHead(DecodeHead):
         num_bases: int = 64,
         num_stages: int = 3,
         momentum: float = 0.1,
-        dropout: float = 0.1,
-        in_index: int = -1,
+        **kwargs,
     ) -> None:
-        super().__init__(in_index)
+        super().__init__(**kwargs)
         channels = head_width(channels, 256, "EMAHead")
         ema_channels = head_width(ema_channels, 512, "EMAHead")
         self.ema_in_conv = conv_module(in_channels, ema_channels, 3, norm=True, act=True)
         self.ema = EMAUnit(ema_channels, num_bases, num_stages, momentum)
         self.bottleneck = conv_module(ema_channels, channels, 3, norm=True, act=True)
         self.conv_cat = conv_module(in_channels + channels, channels, 3, norm=True, act=True)
-        self.add_conv_seg(channels, num_classes, dropout)
+        self.add_conv_seg(channels, num_classes)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         x = features[self.in_index]

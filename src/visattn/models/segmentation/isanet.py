@@ -51,14 +51,13 @@ class ISAHead(DecodeHead):
         channels: int = 512,
         isa_channels: int = 256,
         down_factor: Sequence[int] = (8, 8),
-        dropout: float = 0.1,
-        in_index: int = -1,
+        **kwargs,
     ) -> None:
-        super().__init__(in_index)
+        super().__init__(**kwargs)
         channels = head_width(channels, 512, "ISAHead")
         self.in_conv = conv_module(in_channels, channels, 3, norm=True, act=True)
         self.isa = InterlacedSparseAttention(channels, isa_channels, down_factor)
-        self.add_conv_seg(channels, num_classes, dropout)
+        self.add_conv_seg(channels, num_classes)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         return self.cls_seg(self.isa(self.in_conv(features[self.in_index])))

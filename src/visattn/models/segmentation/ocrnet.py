@@ -121,14 +121,14 @@ class OCRHead(DecodeHead):
         dropout: float = 0.1,
         region_weight: float = 0.4,
     ) -> None:
-        super().__init__()
+        super().__init__(dropout)
         if channels < 1 or ocr_channels < 1:
             raise ValueError(f"OCRHead: widths must be positive, got channels={channels}, ocr_channels={ocr_channels}")
         self.regions = FCNHead(region_in_channels, num_classes, region_channels, in_index=-2, dropout=dropout)
         self.object_regions = ObjectRegions()
         self.bottleneck = conv_module(in_channels, channels, 3, norm=True, act=True)
         self.object_context_block = ObjectAttentionBlock(channels, ocr_channels)
-        self.add_conv_seg(channels, num_classes, dropout)
+        self.add_conv_seg(channels, num_classes)
         self.loss_weights = {"out": 1.0, "regions": float(region_weight)}
 
     def forward(self, features: Sequence[Tensor]) -> Tensor | dict[str, Tensor]:

@@ -57,20 +57,13 @@ class PSPHead(DecodeHead):
         in_channels, num_classes, dropout, in_index: as :class:`~._mmseg.DecodeHead`'s.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        channels: int = 512,
-        pool_scales: Sequence[int] = (1, 2, 3, 6),
-        dropout: float = 0.1,
-        in_index: int = -1,
-    ) -> None:
-        super().__init__(in_index)
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 512,
+                 pool_scales: Sequence[int] = (1, 2, 3, 6), **kwargs) -> None:
+        super().__init__(**kwargs)
         channels = head_width(channels, 512, "PSPHead")
         self.psp_modules = PPM(pool_scales, in_channels, channels)
         self.bottleneck = conv_module(in_channels + len(pool_scales) * channels, channels, 3, norm=True, act=True)
-        self.add_conv_seg(channels, num_classes, dropout)
+        self.add_conv_seg(channels, num_classes)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         x = features[self.in_index]
