@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ...attention._common import conv_module
 from ..registry import Weights, register_model
-from .base import FCNHead, Segmentor, build_segmentor, build_variant, head_width
+from .base import FCNHead, Segmentor, build_segmentor, build_variant, head_width, on_last_map
 
 __all__ = [
     "rename", "AUX_KEYS", "STEM_KEYS", "init_conv_seg", "convert_mmseg_state_dict", "ExportableAdaptiveAvgPool2d",
@@ -233,7 +233,7 @@ def register_mmseg_builders(
         encoder_kwargs: encoder arguments the head needs, added to the caller's (DeepLabV3+'s ``stages``).
     """
     weights = Weights(f"https://github.com/open-mmlab/mmsegmentation/tree/main/configs/{config} (links in its README)")
-    head = build_head or (lambda widths, k, **head_kwargs: head_class(widths[-1], k, **head_kwargs))
+    head = build_head or on_last_map(head_class)
 
     def build(num_classes: int = 19, **kwargs) -> Segmentor:
         kwargs.setdefault("encoder", "resnet50c")

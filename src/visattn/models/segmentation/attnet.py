@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ...attention import create_attention
 from ..registry import register_model
-from .base import Segmentor, build_segmentor, classifier, conv_bn_act, head_width
+from .base import Segmentor, build_segmentor, classifier, conv_bn_act, head_width, on_last_map
 
 __all__ = ["AttentionHead", "attnet"]
 
@@ -64,7 +64,4 @@ def attnet(num_classes: int = 19, **kwargs) -> Segmentor:
     arguments (:class:`AttentionHead`); the others are :func:`build_segmentor`'s
     (``encoder="resnet50"``, ``output_stride=8``, ``aux=False``, ...).
     """
-    return build_segmentor(
-        lambda widths, k, **head_kwargs: AttentionHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, **kwargs,
-    )
+    return build_segmentor(on_last_map(AttentionHead), num_classes=num_classes, **kwargs)

@@ -25,6 +25,7 @@ from .encoders import create_encoder
 __all__ = [
     "Segmentor",
     "build_segmentor",
+    "on_last_map",
     "build_variant",
     "FCNHead",
     "BatchNormAct2d",
@@ -196,6 +197,11 @@ def _encoder_pretrained(encoder_weights: str | os.PathLike | None) -> bool | str
     if not isinstance(encoder_weights, (str, os.PathLike)):
         raise TypeError(f"encoder_weights must be None, 'imagenet' or a file path, got {encoder_weights!r}")
     return encoder_weights
+
+
+def on_last_map(head_class: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """A ``head`` for :func:`build_segmentor`: ``head_class(channels of the last map, num_classes, **head_kwargs)``."""
+    return lambda widths, num_classes, **head_kwargs: head_class(widths[-1], num_classes, **head_kwargs)
 
 
 def build_segmentor(

@@ -20,7 +20,9 @@ from torch import Tensor, nn
 
 from ...attention import create_attention
 from ..registry import Weights, register_model
-from .base import BatchNormAct2d, FCNHead, LeakyReLU, Segmentor, build_segmentor, build_variant, head_width
+from .base import (
+    BatchNormAct2d, FCNHead, LeakyReLU, Segmentor, build_segmentor, build_variant, head_width, on_last_map,
+)
 
 __all__ = ["CCNetHead", "ccnet", "ccnet_r50_d8", "ccnet_r101_d8"]
 
@@ -125,10 +127,7 @@ def ccnet(num_classes: int = 19, *, aux: bool = True, **kwargs) -> Segmentor:
     the others are :func:`build_segmentor`'s (``encoder="resnet50"``, ``output_stride=8``, ...),
     except that ``aux`` defaults to ``True``.
     """
-    return build_segmentor(
-        lambda widths, k, **head_kwargs: CCNetHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, aux=aux, aux_head=_ccnet_aux, **kwargs,
-    )
+    return build_segmentor(on_last_map(CCNetHead), num_classes=num_classes, aux=aux, aux_head=_ccnet_aux, **kwargs)
 
 
 @register_model

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...attention import create_attention
 from ..registry import Weights, register_model
-from .base import Segmentor, build_segmentor, build_variant, classifier, conv_bn_act, head_width
+from .base import Segmentor, build_segmentor, build_variant, classifier, conv_bn_act, head_width, on_last_map
 
 __all__ = ["DANetHead", "danet", "danet_r50_d8", "danet_r101_d8"]
 
@@ -83,10 +83,7 @@ def danet(num_classes: int = 19, **kwargs) -> Segmentor:
     Head arguments: ``channels``, ``reduction``, ``dropout`` (:class:`DANetHead`); the others are
     :func:`build_segmentor`'s (``encoder="resnet50"``, ``output_stride=8``, ``aux=False``, ...).
     """
-    return build_segmentor(
-        lambda widths, k, **head_kwargs: DANetHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, **kwargs,
-    )
+    return build_segmentor(on_last_map(DANetHead), num_classes=num_classes, **kwargs)
 
 
 @register_model

@@ -49,17 +49,8 @@ class EMAHead(DecodeHead):
         "ema_module.bases": "ema.bases", "ema_mid_conv.": "ema.ema_mid_conv.", "ema_out_conv.": "ema.ema_out_conv.",
     }
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        channels: int = 256,
-        ema_channels: int = 512,
-        num_bases: int = 64,
-        num_stages: int = 3,
-        momentum: float = 0.1,
-        **kwargs,
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, ema_channels: int = 512,
+                 num_bases: int = 64, num_stages: int = 3, momentum: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
         channels = head_width(channels, 256, "EMAHead")
         ema_channels = head_width(ema_channels, 512, "EMAHead")

@@ -8,7 +8,7 @@ https://arxiv.org/abs/1411.4038; here the dilated-FCN baseline of the DANet and 
 from __future__ import annotations
 
 from ..registry import register_model
-from .base import FCNHead, Segmentor, build_segmentor, build_variant
+from .base import FCNHead, Segmentor, build_segmentor, build_variant, on_last_map
 
 __all__ = ["fcn", "fcn_r50_d8", "fcn_r101_d8"]
 
@@ -20,10 +20,7 @@ def fcn(num_classes: int = 19, **kwargs) -> Segmentor:
     Head arguments: ``channels``, ``dropout`` (:class:`FCNHead`); the others are
     :func:`build_segmentor`'s (``encoder="resnet50"``, ``output_stride=8``, ``aux=False``, ...).
     """
-    return build_segmentor(
-        lambda widths, k, **head_kwargs: FCNHead(widths[-1], k, **head_kwargs),
-        num_classes=num_classes, **kwargs,
-    )
+    return build_segmentor(on_last_map(FCNHead), num_classes=num_classes, **kwargs)
 
 
 @register_model

@@ -44,15 +44,8 @@ class ISAHead(DecodeHead):
     head_keys = {"global_relation.": "isa.global_relation.", "local_relation.": "isa.local_relation.",
                  "out_conv.": "isa.out_conv."}
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        channels: int = 512,
-        isa_channels: int = 256,
-        down_factor: Sequence[int] = (8, 8),
-        **kwargs,
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 512, isa_channels: int = 256,
+                 down_factor: Sequence[int] = (8, 8), **kwargs) -> None:
         super().__init__(**kwargs)
         channels = head_width(channels, 512, "ISAHead")
         self.in_conv = conv_module(in_channels, channels, 3, norm=True, act=True)
