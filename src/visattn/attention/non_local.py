@@ -34,6 +34,9 @@ Differences from the official code (values are the same):
   same values where one accepts the inputs (``theta``, ``phi`` and ``g`` have equal widths), with
   energies and softmax in fp32 accumulators for fp16/bf16 inputs too; elsewhere the chunked path
   runs (see ``visattn.attention._functional``).
+- Without ``sub_sample``, ``theta``, ``phi`` and ``g`` are computed from their convs' weights as
+  batched matmuls (the same values; less peak CPU memory in training, see
+  ``docs/benchmarks.md``), so hooks registered on those three conv modules do not run.
 - Only the embedded Gaussian form (mmcv's default and the one mmseg's networks use); mmcv also
   offers ``gaussian``, ``dot_product`` and ``concatenation``.
 - The norm is given as a layer class instead of a config dict; its module is always named
@@ -54,6 +57,18 @@ from ._common import (AttentionMap, check_input, check_positive, conv_module, no
 from ._functional import softmax_attention
 
 __all__ = ["NonLocal2d"]
+
+
+def conv1x1_as_matmul(conv: nn.Conv2d, x: Tensor, rows: bool) -> Tensor:
+    """The 1x1 ``conv`` (with bias) on ``x`` ``(B, C, H, W)`` as one batched matmul on x's ``(B, C, N)``
+    view: ``(B, N, C')`` if ``rows`` (row-major, as the chunked attention takes its queries: no
+    copy), else ``(B, C', N)``. The same values as the conv; on the CPU its backward needs no
+    reordered copy of ``x``, which mkldnn's convolution makes once per branch."""
+    cols = x.flatten(2)
+    weight = conv.weight.flatten(1)
+    if rows:
+        return torch.baddbmm(conv.bias, cols.transpose(1, 2), weight.t().expand(x.shape[0], -1, -1))
+    return torch.baddbmm(conv.bias[:, None], weight.expand(x.shape[0], -1, -1), cols)
 
 
 class NonLocal2d(nn.Module):
@@ -135,14 +150,20 @@ class NonLocal2d(nn.Module):
     def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Queries ``theta`` ``(B, N, C')`` and keys ``phi`` ``(B, M, C')``, unscaled."""
         check_input("NonLocal2d", x, self.channels, self)
-        if self.sub_sample and min(x.shape[-2:]) < 2:
-            raise ValueError(f"NonLocal2d: sub_sample needs H, W >= 2, got shape {tuple(x.shape)}")
-        return self.theta(x).flatten(2).transpose(1, 2), self.phi(x).flatten(2).transpose(1, 2)
+        if self.sub_sample:
+            if min(x.shape[-2:]) < 2:
+                raise ValueError(f"NonLocal2d: sub_sample needs H, W >= 2, got shape {tuple(x.shape)}")
+            return self.theta(x).flatten(2).transpose(1, 2), self.phi(x).flatten(2).transpose(1, 2)
+        return conv1x1_as_matmul(self.theta.conv, x, rows=True), conv1x1_as_matmul(self.phi.conv, x, rows=True)
+
+    def _values(self, x: Tensor) -> Tensor:
+        """``g`` ``(B, C', M)``."""
+        return self.g(x).flatten(2) if self.sub_sample else conv1x1_as_matmul(self.g.conv, x, rows=False)
 
     def forward(self, x: Tensor) -> Tensor:
         theta, phi = self._embed(x)
         b, _, h, w = x.shape
-        y = softmax_attention(theta, phi, self.g(x).flatten(2), self.chunk_size, chunk_bytes=self.chunk_bytes,
+        y = softmax_attention(theta, phi, self._values(x), self.chunk_size, chunk_bytes=self.chunk_bytes,
                               scale=self._scale)
         return x + self.conv_out(y.reshape(b, self.hidden_channels, h, w))
 
