@@ -264,3 +264,23 @@ def test_amp_dtype_names_the_option_it_refuses():
         amp_dtype("fp16", cpu)
     with pytest.raises(ValueError, match=r"^--amp must be null, bf16 or fp16, got 'fp8'"):
         amp_dtype("fp8", cpu, option="--amp")
+
+
+def test_validation_images_of_mixed_sizes_are_evaluated_in_batches(tmp_path):
+    """A folder dataset whose validation images differ in size: the trainer's evaluation batches them
+    by size (as `visattn eval` does) and counts every pixel."""
+    from PIL import Image
+
+    root, rng = tmp_path / "data", torch.Generator().manual_seed(0)
+    sizes = {"train": [(32, 32)] * 4, "val": [(32, 32), (24, 40), (24, 40), (32, 32)]}
+    for split, shapes in sizes.items():
+        for i, (h, w) in enumerate(shapes):
+            for folder, array in (("images", torch.randint(0, 256, (h, w, 3), generator=rng)),
+                                  ("masks", torch.randint(0, 3, (h, w), generator=rng))):
+                (root / folder / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array.numpy().astype("uint8")).save(root / folder / split / f"{i}.png")
+    cfg = load_config(None, ["model.name=tinyseg:build", "model.kwargs={}", "data.dataset=folder", f"data.root={root}",
+                             "data.num_classes=3", "data.workers=0", "data.crop_size=[24, 24]", "train.iters=2",
+                             "train.batch_size=2", "eval.batch_size=4", f"run.dir={tmp_path / 'run'}"])
+    result = train(cfg, quiet=True, trust_code=True)
+    assert sum(map(sum, result["metrics"]["confusion_matrix"])) == 2 * 32 * 32 + 2 * 24 * 40

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from visattn.data import build_dataset, classes_and_palette
-    from visattn.data.inputs import collate_same_size
+    from visattn.data.inputs import collate_same_size, same_size_runs
     from visattn.engine.metrics import evaluate, format_confusion_matrix, format_table
     from visattn.engine.predictions import PredictionWriter, dataset_names, evaluate_and_save
     from visattn.trained import load_trained
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     classes, _ = classes_and_palette(cfg.data)
     loader = DataLoader(dataset, batch_size=args.batch_size or cfg.eval.batch_size, num_workers=cfg.data.workers,
                         collate_fn=collate_same_size)
-    batches = (run for runs in tqdm(loader, desc=f"eval {split}") for run in runs)  # one forward per image size
+    batches = same_size_runs(tqdm(loader, desc=f"eval {split}"))  # one forward per image size
     kwargs = segment_kwargs(cfg, args) if cfg.task == "segmentation" else {}
     if args.save_predictions is None:
         result = evaluate(model, batches, len(classes), cfg.task, device, amp, **kwargs)

@@ -23,7 +23,7 @@ from .segmentation import IMAGE_EXTENSIONS, read_image
 from .video import VIDEO_EXTENSIONS, is_video
 
 __all__ = ["LIST_PREFIX", "MAX_LIST_BYTES", "find_inputs", "Pictures", "picture_loader", "same_size_batches",
-           "collate_same_size"]
+           "collate_same_size", "same_size_runs"]
 
 LIST_PREFIX = "@"
 MAX_LIST_BYTES = 16 << 20  # an @LIST file: some hundred thousand paths
@@ -149,3 +149,8 @@ def collate_same_size(items: list) -> list:
     """A loader's batch of ``(image, target)`` items as runs of consecutive items of one image size,
     each collated: a dataset of mixed image sizes evaluates at the batch size it can."""
     return [default_collate(run) for run in same_size_batches(items, shape=lambda item: item[0].shape)]
+
+
+def same_size_runs(loader: Iterable[list]) -> Iterator:
+    """The batches of a loader whose ``collate_fn`` is :func:`collate_same_size`, one per run."""
+    return (run for runs in loader for run in runs)

@@ -83,6 +83,7 @@ from tqdm.auto import tqdm
 from .._extras import MissingExtraError, require
 from ..bounded import shorten
 from ..data import build_dataset, dataset_info, dataset_spec
+from ..data.inputs import collate_same_size, same_size_runs
 from ..data.validate import bad_files_error, dataset_files, find_bad_files
 from .build import build_model
 from .class_weights import resolve_class_weights, save_class_weights
@@ -225,7 +226,7 @@ class Trainer:
                                  generator=torch.Generator(), worker_init_fn=_ignore_stop_signals)
         self.val_loader = DataLoader(Subset(self.val_set, range(info.rank, len(self.val_set), info.world_size)),
                                      batch_size=self.cfg.eval.batch_size, num_workers=data.workers,
-                                     worker_init_fn=_ignore_stop_signals)
+                                     collate_fn=collate_same_size, worker_init_fn=_ignore_stop_signals)
 
     def __enter__(self) -> Trainer:
         return self
@@ -518,8 +519,8 @@ class Trainer:
         logged, and the best weights kept. With one process, a stop signal ends it between batches
         (:class:`~visattn.engine.metrics.EvaluationStopped`)."""
         stop = None if self.info.enabled else (lambda: self._signal is not None)
-        metrics = evaluate_model(self.released_module, self.val_loader, len(self.classes), self.cfg.task, self.device,
-                                 self.amp, stop=stop, **self.segment_options)
+        metrics = evaluate_model(self.released_module, same_size_runs(self.val_loader), len(self.classes), self.cfg.task,
+                                 self.device, self.amp, stop=stop, **self.segment_options)
         if self.info.is_main:
             self.log.write({"step": self.step, **{k: v for k, v in metrics.items() if k not in PER_CLASS_KEYS}}, "val")
             if metrics[self.key_metric] > self.best:
