@@ -1,6 +1,7 @@
 """What a shared or damaged run directory cannot do: run code on eval/predict/explain, be trained in
 by two processes, have a new run written over it, change a resumed run's schedule, loss or data, or
-fail a resume while an older complete checkpoint is on disk; bad checkpoints are errors naming the file.
+fail a resume while an older complete checkpoint is on disk, or make a run write through a planted
+link; bad checkpoints are errors naming the file.
 What an untrusted config cannot do: point timm at a file, reach the network while it is resolved.
 Every file a run writes keeps the umask's mode; the file system's refusals are one line."""
 import json
@@ -309,3 +310,32 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
                                             "inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: "
                                             "file write failed")
     assert "Traceback" not in err and not list(run.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("folder", ["checkpoints", "tb"])
+def test_a_resumed_run_never_writes_through_a_planted_folder_link(tmp_path, capsys, folder):
+    """A run folder from elsewhere whose checkpoints/ or tb/ is a link to another place: the resume is
+    refused in one line naming the link, and nothing is written there."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    assert _train(run) == 0
+    (run / "final.json").unlink()
+    outside.mkdir()
+    os.rename(run / folder, outside / folder)
+    (run / folder).symlink_to(outside / folder)
+    before = _files(outside)
+    assert main(["train", "--resume", str(run), "--trust-code", "--quiet"]) != 0
+    assert f"{run / folder} is a symbolic link" in capsys.readouterr().err
+    assert _files(outside) == before
+
+
+def test_metrics_are_never_appended_through_a_link(tmp_path):
+    from visattn.engine.run_dir import RunDir
+
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("mine\n")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.metrics.symlink_to(target)
+    with pytest.raises(OSError):
+        run.append_metrics({"step": 1})
+    assert target.read_text() == "mine\n"

@@ -25,6 +25,8 @@ while writing, never leaves a half-written file behind. metrics.jsonl, which gro
 by whole lines, each flushed to the disk before the run goes on: what a crash (a full disk) can
 leave is a torn last line, which :func:`read_metrics_file` drops with a warning, while any other
 line that is not a JSON object with an integer ``step`` is an error naming the file and the line.
+Nothing is written through a symbolic link in the directory: files are replaced, metrics.jsonl is
+not opened through one, and a linked checkpoints/ or tb/ is refused when a run takes the directory.
 :meth:`RunDir.clear` removes these files and nothing else. One process at a time trains in a run
 directory (:meth:`RunDir.lock`), and a new run only starts in an empty one
 (:meth:`RunDir.ensure_empty`). Nothing read from a run directory runs code: checkpoints are
@@ -106,9 +108,15 @@ class RunDir:
         """Hold the directory's ``lock`` file (``PID HOST``, created exclusively) while the block runs;
         on exit, exceptions included, remove it, and the directory too if this call created it and it
         is still empty. A lock whose process is alive, or on another host, raises ``FileExistsError``;
-        one left by a dead process of this host (killed, crashed) is taken over."""
+        one left by a dead process of this host (killed, crashed) is taken over. A run's folder
+        (checkpoints/, tb/) that is a symbolic link raises ``FileExistsError``: writing through it
+        would write outside the directory."""
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        for folder in (self.checkpoints, self.tensorboard):
+            if folder.is_symlink():
+                raise FileExistsError(f"{folder} is a symbolic link (to {os.readlink(folder)}); a run writes only "
+                                      f"inside {self.path}: remove the link")
         owner = f"{os.getpid()} {socket.gethostname()}"
         try:
             self._take_lock(owner)
@@ -251,8 +259,10 @@ class RunDir:
         atomic_write(self.metrics, lambda tmp: Path(tmp).write_text(text))
 
     def append_metrics(self, record: dict) -> None:
-        """Add ``record`` to metrics.jsonl as one line, on the disk when this returns."""
-        with self.metrics.open("a") as f:
+        """Add ``record`` to metrics.jsonl as one line, on the disk when this returns (a symbolic link
+        there is not followed: ``OSError``)."""
+        fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with open(fd, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
