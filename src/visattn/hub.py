@@ -43,12 +43,13 @@ from .engine.run_dir import RunDir
 from .models import create_model
 from .models.registry import without_starting_weights
 from .models.segmentation.base import Segmentor
-from .weights import WeightsError, atomic_write, fetch, host_resolves, hub_cache_file, read_state_dict, save_state_dict
+from .weights import (
+    HUB_PREFIX, WeightsError, atomic_write, fetch, host_resolves, hub_cache_file, read_state_dict, save_state_dict,
+)
 
 __all__ = ["save_pretrained", "push_to_hub", "is_pretrained_source", "local_dir", "read_hub_config", "HUB_PREFIX",
            "CONFIG_NAME", "WEIGHTS_NAME", "run_hub_config"]
 
-HUB_PREFIX = "hf-hub:"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _TASKS = ("segmentation", "classification")

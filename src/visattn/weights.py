@@ -29,8 +29,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-__all__ = ["WeightsError", "DownloadError", "fetch", "host_resolves", "hub_cache_file", "load_official", "load_weights",
-           "read_state_dict", "save_state_dict", "atomic_write"]
+__all__ = ["WeightsError", "DownloadError", "HUB_PREFIX", "fetch", "host_resolves", "hub_cache_file", "load_official",
+           "load_weights", "read_state_dict", "save_state_dict", "atomic_write"]
+
+# A Hugging Face Hub repository named where a path could stand: "hf-hub:<repo id>[@revision]" (timm's spelling)
+HUB_PREFIX = "hf-hub:"
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "net")
 

@@ -33,6 +33,7 @@ from ...data import DATASETS, dataset_spec
 from ...models import create_model, list_models
 from ...models.registry import ModelArgumentError
 from ...models.segmentation import Segmentor
+from ...weights import HUB_PREFIX
 from .schema import CLASS_WEIGHTINGS, LOSSES, Config, ConfigError, ModelConfig, annotation_members
 
 __all__ = ["Rule", "RULES", "MAX_PARAMETERS", "validate_config"]
@@ -336,7 +337,7 @@ def _refuse_file_arguments(kwargs: dict[str, Any], prefix: str = "model.kwargs")
 
 def _names_a_hub_repository(kwargs: dict[str, Any]) -> bool:
     """Whether an argument names a Hugging Face Hub repository (``encoder: hf-hub:user/repo``)."""
-    return any(isinstance(value, str) and value.startswith("hf-hub:") for value in kwargs.values())
+    return any(isinstance(value, str) and value.startswith(HUB_PREFIX) for value in kwargs.values())
 
 
 def _check_builder_arguments(name: str, kwargs: dict[str, Any]) -> nn.Module | None:

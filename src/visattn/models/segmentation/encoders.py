@@ -40,7 +40,7 @@ import timm
 import torch
 from torch import nn
 
-from ...weights import fetch, host_resolves, hub_cache_file, load_official, read_state_dict
+from ...weights import HUB_PREFIX, fetch, host_resolves, hub_cache_file, load_official, read_state_dict
 
 __all__ = ["create_encoder"]
 
@@ -158,14 +158,14 @@ def _timm_download(name: str) -> tuple[str, Path, str]:
     """``(source, cache file, URL)`` of the weights ``timm.create_model(name, pretrained=True)``
     downloads: a Hub id (timm's first choice) and the file in the Hugging Face cache, else its URL
     and the file in torch.hub's cache."""
-    if name.startswith("hf-hub:"):
-        repo, _, revision = name.removeprefix("hf-hub:").partition("@")
+    if name.startswith(HUB_PREFIX):
+        repo, _, revision = name.removeprefix(HUB_PREFIX).partition("@")
         return name, hub_cache_file(repo, "model.safetensors", revision or None), huggingface_hub.constants.ENDPOINT
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is not None and cfg.hf_hub_id:
         repo, _, revision = cfg.hf_hub_id.partition("@")
         file = hub_cache_file(repo, cfg.hf_hub_filename or "model.safetensors", revision or None)
-        return f"hf-hub:{cfg.hf_hub_id}", file, huggingface_hub.constants.ENDPOINT
+        return f"{HUB_PREFIX}{cfg.hf_hub_id}", file, huggingface_hub.constants.ENDPOINT
     url = (cfg.url if cfg is not None else None) or ""
     return url or name, Path(torch.hub.get_dir(), "checkpoints", os.path.basename(url) or name), url
 
