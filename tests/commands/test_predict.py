@@ -363,6 +363,10 @@ def test_list_of_inputs(tmp_path, run, capsys, monkeypatch):
     assert f"{Path('data/bad.txt')}, line 3: no image matches" in capsys.readouterr().err
     assert _predict(run, tmp_path / "out2", "@data/none.txt") == 2
     assert "cannot read the list @data/none.txt" in capsys.readouterr().err
+    (data / "latin1.txt").write_bytes(b"\xe9t\xe9.png\n")
+    assert _predict(run, tmp_path / "out2", "@data/latin1.txt") == 2
+    err = capsys.readouterr().err
+    assert "cannot read the @LIST file: " in err and err.count("latin1.txt") == 1 and "not UTF-8" in err
     assert not (tmp_path / "out2").exists()
 
 

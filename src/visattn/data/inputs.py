@@ -70,7 +70,7 @@ def _read_list(path: Path, exclude: str | os.PathLike | None) -> list[tuple[list
     try:
         lines = read_text(path, MAX_LIST_BYTES).splitlines()
     except UnreadableFileError as err:
-        raise ValueError(f"cannot read the list {LIST_PREFIX}{path}: {err}") from None
+        raise ValueError(f"cannot read the {LIST_PREFIX}LIST file: {err}") from None  # err names the file
     groups = []
     for number, line in enumerate(lines, 1):
         entry = line.strip()
