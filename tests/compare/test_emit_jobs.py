@@ -3,6 +3,7 @@ would run them, then collected by the same command into the report an in-process
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,24 @@ def test_emitted_jobs_run_elsewhere_give_the_in_process_report(tmp_path, recipe_
         assert [r["metrics"]["per_class_iou"] for r in mine["runs"]] == \
                [r["metrics"]["per_class_iou"] for r in theirs["runs"]]
         assert mine["mIoU"] == theirs["mIoU"]
+
+
+def test_a_job_killed_before_its_first_checkpoint_is_listed_again_and_a_running_one_is_not(tmp_path, recipe_file, tiny):
+    out, jobs = tmp_path / "cmp", tmp_path / "jobs.txt"
+    assert main(_command(recipe_file, tiny, out, "--emit-jobs", str(jobs))) == 0
+    first = jobs.read_text().splitlines()
+    killed, running = (out.resolve() / "runs" / e.name / "seed0" for e in ENTRIES)
+    for run in (killed, running):  # what a job leaves before its first checkpoint
+        (run / "tb").mkdir(parents=True)
+        (run / "config.yaml").write_text("train: {iters: 2}\n")
+        (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (killed / "lock").write_text("999999999 " + socket.gethostname())  # its process is gone
+    (running / "lock").write_text(f"{os.getppid()} {socket.gethostname()}")  # a live process
+    assert main(_command(recipe_file, tiny, out, "--emit-jobs", str(jobs))) == 0
+    assert jobs.read_text().splitlines() == [first[0], *first[2:]]
+    assert sorted(p.name for p in killed.iterdir()) == [] and (running / "metrics.jsonl").is_file()
+    _run_job(first[0])  # the listed command starts in the cleared folder
+    assert (killed / FINAL_METRICS).is_file()
 
 
 def test_a_bad_comparison_emits_nothing(tmp_path, recipe_file, tiny, capsys):

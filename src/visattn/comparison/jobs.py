@@ -4,7 +4,7 @@
 Each command trains exactly the run the comparison would train: a run not started yet from its
 resolved config (written to ``jobs/<entry>-seed<k>.yaml`` in the comparison directory: the recipe,
 the entry's model, ``train.seed``) into ``runs/<entry>/seed<k>``; a run with a checkpoint continues
-with ``visattn train --resume``. The trainer marks a complete run with its final evaluation
+with ``visattn train --resume``; a run in progress (its directory's lock held) is not listed. The trainer marks a complete run with its final evaluation
 (``final.json``, :meth:`~visattn.engine.run_dir.RunDir.save_final_metrics`), the file the comparison
 reads, so the same ``visattn compare`` afterwards collects the finished runs and reports.
 """
@@ -32,10 +32,12 @@ def job_config_path(cdir: CompareDir, job: Job) -> Path:
 def job_command(cdir: CompareDir, job: Job) -> list[str]:
     """The ``visattn train`` words that train ``job``'s run into its run directory (absolute paths:
     a batch job may start in another directory), writing the config it reads when the run has no
-    checkpoint yet."""
+    checkpoint yet (clearing what a job killed before its first checkpoint left there, as
+    :func:`~visattn.comparison.compare` does before it trains such a run)."""
     run_dir = os.path.abspath(job.run.path)
     if job.run.latest_checkpoint() is not None:
         return ["visattn", "train", "--resume", run_dir, "--quiet"]
+    job.run.clear()
     config = os.path.abspath(job_config_path(cdir, job))
     cfg: Config = dataclasses.replace(job.cfg, run=dataclasses.replace(job.cfg.run, dir=run_dir))
     atomic_write(config, lambda tmp: Path(tmp).write_text(dump_config(cfg)))

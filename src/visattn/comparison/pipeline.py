@@ -64,10 +64,11 @@ def emit_jobs(file: str | os.PathLike, config: str | os.PathLike | Config | None
     """Write to ``file`` one ``visattn train`` command per run that :func:`compare` with the same
     arguments would train (see :mod:`~visattn.comparison.jobs`), and nothing else: no run is trained.
     The output directory is claimed as :func:`compare` claims it, so that :func:`compare` collects the
-    runs once the commands have run. Returns the commands (none when every run is complete)."""
+    runs once the commands have run. A run training now (its directory locked) is not listed.
+    Returns the commands (none when every run is complete or in progress)."""
     base, _, entries, _, cdir = _claim(config, models, attentions, seeds, list(overrides), output, 1)
     runs = [_job(base, entry, seed, cdir) for seed in range(seeds) for entry in entries]
-    return write_jobs(cdir, [job for job in runs if read_final(job.run) is None], file)
+    return write_jobs(cdir, [job for job in runs if read_final(job.run) is None and not job.run.in_use()], file)
 
 
 def _claim(config: str | os.PathLike | Config | None, models: Iterable[str], attentions: Iterable[str], seeds: int,

@@ -152,6 +152,11 @@ class RunDir:
                 return
         raise FileExistsError(f"run directory {self.path}: another process took its lock ({self.lock_file})")
 
+    def in_use(self) -> bool:
+        """Whether a process holds the directory's lock now (a run training in it)."""
+        holder = self._lock_owner()
+        return holder is not None and not self._is_stale(holder)
+
     def _lock_owner(self) -> str | None:
         try:
             return self.lock_file.read_text().strip()
