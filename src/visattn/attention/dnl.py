@@ -102,7 +102,7 @@ class DisentangledNonLocal2d(NonLocal2d):
     def forward(self, x: Tensor) -> Tensor:
         theta, phi = self._whitened(x)
         b, _, h, w = x.shape
-        g = self.g(x).flatten(2)
+        g = self._values(x)
         # the unary term first: its backward then runs after the pairwise one has freed its tensors
         unary = self._unary(x)
         with no_autocast(x.device.type):

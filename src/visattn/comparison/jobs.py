@@ -4,9 +4,10 @@
 Each command trains exactly the run the comparison would train: a run not started yet from its
 resolved config (written to ``jobs/<entry>-seed<k>.yaml`` in the comparison directory: the recipe,
 the entry's model, ``train.seed``) into ``runs/<entry>/seed<k>``; a run with a checkpoint continues
-with ``visattn train --resume``; a run in progress (its directory's lock held) is not listed. The trainer marks a complete run with its final evaluation
-(``final.json``, :meth:`~visattn.engine.run_dir.RunDir.save_final_metrics`), the file the comparison
-reads, so the same ``visattn compare`` afterwards collects the finished runs and reports.
+with ``visattn train --resume``; a run in progress (its directory's lock held) is not listed. The
+trainer marks a complete run with its final evaluation (``final.json``,
+:meth:`~visattn.engine.run_dir.RunDir.save_final_metrics`), the file the comparison reads, so the
+same ``visattn compare`` afterwards collects the finished runs and reports.
 """
 from __future__ import annotations
 

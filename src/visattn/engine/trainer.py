@@ -519,8 +519,9 @@ class Trainer:
         logged, and the best weights kept. With one process, a stop signal ends it between batches
         (:class:`~visattn.engine.metrics.EvaluationStopped`)."""
         stop = None if self.info.enabled else (lambda: self._signal is not None)
-        metrics = evaluate_model(self.released_module, same_size_runs(self.val_loader), len(self.classes), self.cfg.task,
-                                 self.device, self.amp, stop=stop, **self.segment_options)
+        batches = same_size_runs(self.val_loader)
+        metrics = evaluate_model(self.released_module, batches, len(self.classes), self.cfg.task, self.device,
+                                 self.amp, stop=stop, **self.segment_options)
         if self.info.is_main:
             self.log.write({"step": self.step, **{k: v for k, v in metrics.items() if k not in PER_CLASS_KEYS}}, "val")
             if metrics[self.key_metric] > self.best:
