@@ -174,7 +174,7 @@ def test_errors_of_the_file_system_are_one_line_exit_2(monkeypatch, capsys):
      "visattn compare: 1 run(s) failed: fcn seed 0 (exit 1: see its log)\n"),
 ])
 def test_compare_says_how_to_continue(monkeypatch, capsys, raised, code, message):
-    def compare(*args):
+    def compare(*args, **kwargs):
         raise raised
 
     monkeypatch.setattr(importlib.import_module("visattn.comparison"), "compare", compare)

@@ -72,3 +72,43 @@ def test_the_timed_step_is_the_trainers_and_applies_the_switches(switch, recipe_
         assert timed["clipped"] == [0.001] * 3 and timed["channels_last"] == [False] * 3
     else:
         assert timed["clipped"] == [] and timed["channels_last"] == [True] * 3
+
+
+def test_the_cost_is_kept_for_the_same_measurement_only(recipe_file, tiny, tmp_path, monkeypatch):
+    measured = []
+
+    def measure(configs, device, log):
+        measured.append(sorted(configs))
+        return {"entries": {name: {"params_m": 1.0, "gflops": 2.0, "ms_per_step": 3.0, "peak_train_mb": None,
+                                   "memory_method": "not measured"} for name in configs},
+                "setup": {"device": "cpu", "threads": 1, "batch": [4, 3, 32, 32], "eval_size": [32, 32],
+                          "warmup_steps": 2, "timed_steps": 5}}
+
+    monkeypatch.setattr(cost_module, "measure_cost", measure)
+    fcn, sge = Entry("fcn", "fcn"), Entry("attnet-sge", "attnet", "sge")
+    configs = {e.name: entry_config(load_config(recipe_file, tiny), e, 0) for e in (fcn, sge)}
+    path, cpu, lines = tmp_path / "cost.json", torch.device("cpu"), []
+    first = cost_module.measure_cost_once(path, configs, cpu, log=lines.append)
+    assert cost_module.measure_cost_once(path, configs, cpu, log=lines.append) == first
+    assert measured == [["attnet-sge", "fcn"]] and lines == [f"cost: measured before, read from {path}"]
+    cost_module.measure_cost_once(path, {"fcn": configs["fcn"]}, cpu, log=lines.append)  # other entries
+    longer = {"fcn": entry_config(load_config(recipe_file, [*tiny, "train.batch_size=2"]), fcn, 0)}
+    cost_module.measure_cost_once(path, longer, cpu, log=lines.append)  # another config
+    assert len(measured) == 3
+    record = json.loads(path.read_text())
+    record["cost"]["entries"]["fcn"]["ms_per_step"] = "fast"
+    path.write_text(json.dumps(record))
+    cost_module.measure_cost_once(path, longer, cpu, log=lines.append)
+    assert len(measured) == 4
+    assert lines[-1] == f"cost: {path} is not a cost record (entry 'fcn' lacks a number of params_m, gflops or " \
+                        "ms_per_step); measuring again"
+    path.write_text("{")
+    cost_module.measure_cost_once(path, longer, cpu, log=lines.append)
+    assert len(measured) == 5 and lines[-1].startswith(f"cost: {path} is not valid JSON")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        cost_module.measure_cost_once(path, longer, cpu, log=lines.append)  # another thread count
+    finally:
+        torch.set_num_threads(threads)
+    assert len(measured) == 6

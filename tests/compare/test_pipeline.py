@@ -3,13 +3,17 @@ numbers against the runs, and the refusals."""
 import inspect
 import json
 import math
+import os
+import shutil
 import signal
 
 import numpy as np
 import pytest
+import torch
 
 import visattn
 import visattn.comparison
+import visattn.comparison.cost as cost_module
 from visattn.cli import main
 from visattn.comparison import compare
 from visattn.engine.config import ConfigError
@@ -62,6 +66,39 @@ def test_report_numbers_are_the_runs_final_evaluations(compared):
                                                  nan_ok=True)
 
 
+def test_reporting_again_against_baselines_trains_and_measures_nothing(compared, mtimes, recipe_file, tiny, tmp_path,
+                                                                      monkeypatch):
+    out, _, _ = compared
+    again = tmp_path / "cmp"
+    shutil.copytree(out, again, copy_function=os.link)  # the runs read, never written
+    before = json.loads((out / "report.json").read_text())
+    run_times = mtimes(again / "runs" / "fcn" / "seed1")
+
+    def measure(*args, **kwargs):
+        raise AssertionError("the cost was measured again")
+
+    monkeypatch.setattr(cost_module, "measure_cost", measure)
+    threads, lines = torch.get_num_threads(), []
+    torch.set_num_threads(1)  # the threads the comparison measured its cost with
+    try:
+        report = visattn.compare(recipe_file, ["fcn"], ["sge"], seeds=2, overrides=tiny, output=again,
+                                 log=lines.append, baselines=["attnet-sge"])
+    finally:
+        torch.set_num_threads(threads)
+    assert any(line.startswith("cost: measured before") for line in lines)
+    assert mtimes(again / "runs" / "fcn" / "seed1") == run_times
+    assert [e["cost"] for e in report["entries"]] == [e["cost"] for e in before["entries"]]
+    fcn, sge = report["entries"]
+    assert report["baselines"] == ["attnet-sge"] and sge["delta_mIoU_vs"] == {"attnet-sge": None}
+    assert fcn["delta_mIoU_vs"]["attnet-sge"]["per_seed"] == pytest.approx([-d for d in sge["delta_mIoU"]["per_seed"]])
+    table = (again / "report.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| entry |"))
+    assert header.endswith("| ΔmIoU vs fcn (95% CI) | ΔmIoU vs attnet-sge (95% CI) |")
+    fcn_row = next(line for line in table if line.startswith("| fcn |"))
+    low, high = fcn["delta_mIoU_vs"]["attnet-sge"]["low"], fcn["delta_mIoU_vs"]["attnet-sge"]["high"]
+    assert fcn_row.endswith(f"| reference | {100 * -sge['delta_mIoU']['mean']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] |")
+
+
 def test_another_recipe_in_the_same_output_is_refused(compared, recipe_file, tiny):
     out, _, _ = compared
     with pytest.raises(ConfigError, match=r"another recipe .*train\.iters: 3 here, 2 there"):
@@ -80,6 +117,9 @@ def test_an_output_holding_something_else_is_refused(tmp_path, recipe_file, tiny
     (["--models", "fcn", "fcn"], "entries given twice: fcn"),
     ([], "nothing to compare"),
     (["--models", "se_resnet50"], "entry se_resnet50: config key 'model.kwargs.encoder'"),
+    (["--models", "fcn", "danet", "--baselines", "pspnet"], "baseline 'pspnet' is not an entry of this comparison"),
+    (["--models", "fcn", "danet", "--baselines", "fcn"], "baseline 'fcn' is the first entry"),
+    (["--models", "fcn", "danet", "pspnet", "--baselines", "danet", "danet"], "baselines given twice: danet"),
 ])
 def test_bad_names_are_named(args, message, tmp_path, capsys):
     assert main(["compare", *args, "--output", str(tmp_path / "out")]) == 2

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registered segmentors (fcn danet ccnet flanet nlnet ...); the first entry is the reference")
     parser.add_argument("--attentions", nargs="+", default=[], metavar="NAME",
                         help="attention modules, each as the head of attnet (bam sge psa ...)")
+    parser.add_argument("--baselines", nargs="+", default=[], metavar="NAME",
+                        help="entries to difference every entry against too (a ΔmIoU column each; e.g. pspnet "
+                             "deeplabv3); re-running a finished comparison with other baselines only reports")
     parser.add_argument("--seeds", type=int_at_least(1), default=3, metavar="N",
                         help="seeds 0 .. N-1 per entry (default 3)")
     add_set_argument(parser, "override a key of the recipe (repeatable; train.seed is each run's own)")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         report = compare(args.config, args.models, args.attentions, args.seeds, args.overrides, args.output_dir,
-                         args.jobs)
+                         args.jobs, baselines=args.baselines)
     except KeyboardInterrupt:
         raise KeyboardInterrupt("run the same command again to continue") from None
     except RunFailedError as err:  # the complete runs are kept; the same command again retries the others

@@ -16,6 +16,7 @@ Output directory (:class:`~visattn.comparison.output.CompareDir`)::
                                  + final.json: the final evaluation, written when the run is complete
     logs/<entry>-seed<k>.log     output of a run trained in a subprocess (``jobs > 1``)
     jobs/<entry>-seed<k>.yaml    the config of a run's batch job (:mod:`~visattn.comparison.jobs`)
+    cost.json                    the cost measured, and of what: reporting the same entries again reads it
     report.md, report.json       the table; everything, per seed too
     miou_vs_cost.png, per_class_iou_delta.png, attention_maps.png
 
@@ -32,8 +33,8 @@ batch, entries interleaved, median); peak training memory, each entry in a fresh
 ``max_memory_allocated``; CPU: the peak RSS), all measured through :mod:`visattn.profiling`.
 
 Statistics (:mod:`~visattn.comparison.stats`): mIoU and mAcc as mean ± standard deviation over the
-seeds, and each entry's mIoU difference to the first entry with a Student t confidence interval over
-the per-seed differences (paired: seed ``k`` of both saw the same data).
+seeds, and each entry's mIoU difference to the first entry (and to each ``baselines`` entry) with a
+Student t confidence interval over the per-seed differences (paired: seed ``k`` of both saw the same data).
 
 One module per concern: :mod:`~visattn.comparison.entries`, :mod:`~visattn.comparison.output`,
 :mod:`~visattn.comparison.runner`, :mod:`~visattn.comparison.cost`, :mod:`~visattn.comparison.stats`,

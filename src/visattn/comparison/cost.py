@@ -1,18 +1,24 @@
 """What each entry of a comparison costs, measured after training in the same conditions: parameters,
 GFLOPs of one forward at the evaluation size, milliseconds per training step (the trainer's own
 step, :class:`~visattn.engine.step.TrainingStep`, entries interleaved) and the peak memory of
-training (each entry in a fresh subprocess, ``python -m visattn.comparison peak-memory``)."""
+training (each entry in a fresh subprocess, ``python -m visattn.comparison peak-memory``); kept in
+the comparison's cost.json for the next report of the same entries (:func:`measure_cost_once`)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from .. import __version__
+from ..benchmark import machine_info
+from ..bounded import read_json
 from ..data import build_dataset, classes_and_palette
 from ..engine.build import build_model
 from ..engine.config import Config, dump_config
@@ -20,10 +26,11 @@ from ..engine.distributed import resolve_device
 from ..engine.losses import LossTerms
 from ..engine.step import TrainingStep
 from ..profiling import MEMORY_ENV, PeakMemoryMeter, count_flops, interleaved_times
+from ..weights import atomic_write
 from .entries import config_from_text
 from .runner import print_progress
 
-__all__ = ["measure_cost", "training_step", "step_on", "count_gflops", "peak_memory", "peak_memory_main",
+__all__ = ["measure_cost", "measure_cost_once", "training_step", "step_on", "count_gflops", "peak_memory", "peak_memory_main",
            "recipe_batch", "evaluation_size", "num_classes", "WARMUP_STEPS", "TIMED_STEPS"]
 
 WARMUP_STEPS, TIMED_STEPS = 2, 5  # training steps per entry before timing, and timed (median)
@@ -154,3 +161,52 @@ def measure_cost(configs: dict[str, Config], device: torch.device, warmup: int =
     if device.type == "cuda":
         setup["gpu"] = torch.cuda.get_device_name(device)
     return {"entries": out, "setup": setup}
+
+
+def measure_cost_once(path: str | os.PathLike, configs: dict[str, Config], device: torch.device,
+                      log: Callable[[str], None] = print_progress) -> dict:
+    """:func:`measure_cost`, or what it returned for the same measurement, kept in ``path``
+    (cost.json) with what the figures depend on: each entry's config, the device, the thread count,
+    the machine (with torch's version and thread count) and visattn's version. Any difference measures every entry again, side
+    by side (timings from different moments would not be comparable); so does a file that is not such
+    a record, named in the log."""
+    path = Path(path)
+    conditions = {"configs": {name: hashlib.sha256(dump_config(cfg).encode()).hexdigest() for name, cfg in configs.items()},
+                  "device": str(device), "machine": machine_info(),
+                  "visattn": __version__}
+    if path.is_file():
+        try:
+            saved = read_json(path)
+        except ValueError as err:
+            saved = None
+            log(f"cost: {err}; measuring again")
+        if isinstance(saved, dict) and saved.get("conditions") == conditions:
+            problem = _cost_problem(saved.get("cost"), list(configs))
+            if problem is None:
+                log(f"cost: measured before, read from {path}")
+                return saved["cost"]
+            log(f"cost: {path} is not a cost record ({problem}); measuring again")
+    cost = measure_cost(configs, device, log=log)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"conditions": conditions, "cost": cost}, indent=1)))
+    return cost
+
+
+def _cost_problem(cost: object, names: list[str]) -> str | None:
+    """What makes ``cost`` other than :func:`measure_cost`'s result for the entries ``names``."""
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(cost, dict) or not isinstance(cost.get("entries"), dict) or not isinstance(cost.get("setup"), dict):
+        return "not a mapping of 'entries' and 'setup'"
+    if sorted(cost["entries"]) != sorted(names):
+        return "other entries"
+    for name, row in cost["entries"].items():
+        if not isinstance(row, dict) or not all(number(row.get(k)) for k in ("params_m", "gflops", "ms_per_step")):
+            return f"entry {name!r} lacks a number of params_m, gflops or ms_per_step"
+        if row.get("peak_train_mb") is not None and not number(row["peak_train_mb"]):
+            return f"entry {name!r}: peak_train_mb is not a number"
+    setup = cost["setup"]
+    if not all(isinstance(setup.get(k), list) for k in ("batch", "eval_size")) or not all(
+            number(setup.get(k)) for k in ("threads", "warmup_steps", "timed_steps")):
+        return "'setup' lacks batch, eval_size, threads, warmup_steps or timed_steps"
+    return None

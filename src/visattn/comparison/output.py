@@ -30,6 +30,7 @@ class CompareDir:
         return str(self.path)
 
     spec = property(lambda self: self.path / "compare.yaml")
+    cost_json = property(lambda self: self.path / "cost.json")
     report_md = property(lambda self: self.path / "report.md")
     report_json = property(lambda self: self.path / "report.json")
     miou_vs_cost = property(lambda self: self.path / "miou_vs_cost.png")

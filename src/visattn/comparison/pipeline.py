@@ -12,7 +12,7 @@ import torch
 from ..benchmark import machine_info
 from ..engine.config import Config, ConfigError, apply_overrides, load_config, validate_config
 from ..engine.distributed import resolve_device
-from .cost import measure_cost
+from .cost import measure_cost_once
 from .entries import Entry, entry_config, make_entries, recipe
 from .jobs import write_jobs
 from .output import FINAL_METRICS, CompareDir, default_output, read_final
@@ -26,28 +26,32 @@ __all__ = ["compare", "emit_jobs"]
 def compare(config: str | os.PathLike | Config | None = None, models: Iterable[str] = (),
             attentions: Iterable[str] = (), seeds: int = 3, overrides: Iterable[str] = (),
             output: str | os.PathLike | None = None, jobs: int = 1,
-            log: Callable[[str], None] = print_progress) -> dict:
+            log: Callable[[str], None] = print_progress, baselines: Iterable[str] = ()) -> dict:
     """Train every entry of ``models`` and ``attentions`` (see :mod:`visattn.comparison`) for seeds
     ``0 .. seeds-1`` on the recipe ``config`` (a YAML file, a :class:`Config`, ``None``: the default)
     with ``overrides`` (``key=value``), measure their cost and write the report to ``output``
     (default: ``run.root/compare-<config>-<recipe hash>``). ``jobs``: runs trained at once, in subprocesses
-    with a GPU each if there are several, else ``cores // jobs`` threads (``1``: here); ``log``: progress lines.
+    with a GPU each if there are several, else ``cores // jobs`` threads (``1``: here); ``log``: progress lines;
+    ``baselines``: entries every entry is also differenced against (a ΔmIoU column each, beside the
+    first entry's). The cost is measured once per set of entries and machine (cost.json): reporting
+    a finished comparison again, e.g. against other baselines, trains and measures nothing.
 
     Returns the report (report.json's content). A run stopped by Ctrl-C raises ``KeyboardInterrupt``
     (call again to continue); bad names, a bad config or an output directory holding another
     comparison raise ``ConfigError`` before anything is trained.
     """
-    overrides = list(overrides)
-    base, config_name, entries, configs, cdir = _claim(config, models, attentions, seeds, overrides, output, jobs)
+    overrides, baselines = list(overrides), list(baselines)
+    base, config_name, entries, configs, cdir = _claim(config, models, attentions, seeds, overrides, output, jobs,
+                                                       baselines)
     log(f"compare {len(entries)} entries x {seeds} seeds in {cdir}")
     seed_list, device = list(range(seeds)), resolve_device(base.train.device)
     records = _train_runs(base, entries, seed_list, cdir, device, jobs, log)
-    cost = measure_cost(configs, device, log=log)
+    cost = measure_cost_once(cdir.cost_json, configs, device, log=log)
     report = {
         "config": config_name, "overrides": overrides, "output": str(cdir), "recipe": recipe(base),
-        "seeds": seed_list, "reference": entries[0].name, "confidence": CONFIDENCE,
+        "seeds": seed_list, "reference": entries[0].name, "baselines": baselines, "confidence": CONFIDENCE,
         "classes": list(records[entries[0].name, 0]["classes"]), "image_index": 0,
-        "entries": summarise(entries, configs, records, seed_list, cdir), "cost_setup": cost["setup"],
+        "entries": summarise(entries, configs, records, seed_list, cdir, baselines), "cost_setup": cost["setup"],
         "machine": machine_info(), "date": datetime.now().isoformat(timespec="seconds"),
     }
     for row in report["entries"]:
@@ -72,13 +76,14 @@ def emit_jobs(file: str | os.PathLike, config: str | os.PathLike | Config | None
 
 
 def _claim(config: str | os.PathLike | Config | None, models: Iterable[str], attentions: Iterable[str], seeds: int,
-           overrides: list[str], output: str | os.PathLike | None,
-           jobs: int) -> tuple[Config, str | None, list[Entry], dict[str, Config], CompareDir]:
+           overrides: list[str], output: str | os.PathLike | None, jobs: int,
+           baselines: Sequence[str] = ()) -> tuple[Config, str | None, list[Entry], dict[str, Config], CompareDir]:
     """The recipe, its file's name, the entries, their configs, and the output directory claimed
     for them (every check done before anything is written)."""
     base, config_name = _base_config(config, overrides)
     _check_counts(seeds, jobs)
     entries = make_entries(models, attentions)
+    _check_baselines(baselines, entries)
     configs = _entry_configs(base, entries)
     cdir = CompareDir(output if output is not None else default_output(base, config_name))
     cdir.claim(base, [{"name": e.name, "model": configs[e.name].model.name, "kwargs": configs[e.name].model.kwargs}
@@ -108,6 +113,18 @@ def _check_counts(seeds: int, jobs: int) -> None:
         raise ConfigError(f"seeds must be a positive integer (seeds 0 .. seeds-1), got {seeds!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
+
+
+def _check_baselines(baselines: Sequence[str], entries: Sequence[Entry]) -> None:
+    names = [e.name for e in entries]
+    for name in baselines:
+        if name not in names:
+            raise ConfigError(f"baseline {name!r} is not an entry of this comparison ({' '.join(names)}): "
+                              "add it to --models or --attentions (an attention module as attnet-<name>)")
+        if name == names[0]:
+            raise ConfigError(f"baseline {name!r} is the first entry, which every entry is already differenced against")
+    if len(set(baselines)) < len(baselines):
+        raise ConfigError(f"baselines given twice: {' '.join(sorted({b for b in baselines if baselines.count(b) > 1}))}")
 
 
 def _entry_configs(base: Config, entries: Sequence[Entry]) -> dict[str, Config]:

@@ -34,22 +34,29 @@ def _number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _difference(delta: dict | None) -> str:
+    """A table cell: the mean difference and its interval, or ``reference`` (the entry itself)."""
+    if delta is None:
+        return "reference"
+    if delta["low"] is None:
+        return _signed(delta["mean"])
+    return f"{_signed(delta['mean'])} [{_signed(delta['low'])}, {_signed(delta['high'])}]"
+
+
 def format_table(report: dict) -> str:
-    """The comparison as a Markdown table (metrics in %, differences in points)."""
-    reference = report["entries"][0]["name"]
-    lines = [f"| entry | params (M) | GFLOPs | ms/step | peak train memory (MB) | mIoU | mAcc "
-             f"| ΔmIoU vs {reference} ({100 * CONFIDENCE:.0f}% CI) |", "|---" * 8 + "|"]
+    """The comparison as a Markdown table (metrics in %, differences in points): a ΔmIoU column for
+    the first entry and one for each of the report's ``baselines``."""
+    baselines = report.get("baselines", [])
+    against = [report["entries"][0]["name"], *baselines]
+    lines = ["| entry | params (M) | GFLOPs | ms/step | peak train memory (MB) | mIoU | mAcc | "
+             + " | ".join(f"ΔmIoU vs {name} ({100 * CONFIDENCE:.0f}% CI)" for name in against) + " |",
+             "|---" * (7 + len(against)) + "|"]
     for row in report["entries"]:
-        cost, delta = row["cost"], row["delta_mIoU"]
-        if delta is None:
-            shown = "reference"
-        else:
-            shown = _signed(delta["mean"])
-            if delta["low"] is not None:
-                shown += f" [{_signed(delta['low'])}, {_signed(delta['high'])}]"
+        cost = row["cost"]
+        deltas = [row["delta_mIoU"], *(row["delta_mIoU_vs"][name] for name in baselines)]
         lines.append(f"| {row['name']} | {cost['params_m']:.2f} | {cost['gflops']:.2f} | {cost['ms_per_step']:.1f} "
-                     f"| {_number(cost['peak_train_mb'], '.0f')} | {_spread(row['mIoU'])} | {_spread(row['mAcc'])} "
-                     f"| {shown} |")
+                     f"| {_number(cost['peak_train_mb'], '.0f')} | {_spread(row['mIoU'])} | {_spread(row['mAcc'])} | "
+                     + " | ".join(map(_difference, deltas)) + " |")
     return "\n".join(lines)
 
 
@@ -63,6 +70,8 @@ def markdown(report: dict) -> str:
           f"{100 * CONFIDENCE:.0f}% Student t interval over the {n} per-seed differences ({n - 1} "
           f"degree{'s' if n > 2 else ''} of freedom); an interval that excludes 0 is a difference the seeds do not explain."
           if n > 1 else f"ΔmIoU: mIoU minus {reference}'s (points); one seed, so no interval.")
+    if report.get("baselines"):
+        ci += " Each further ΔmIoU column: the same against the entry it names."
     maps = "; ".join(f"{row['name']}: {m['module']} {m['map']}" if (m := row["attention_map"]) else
                      f"{row['name']}: none" for row in report["entries"])
     return "\n".join([

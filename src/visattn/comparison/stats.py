@@ -75,9 +75,14 @@ def class_means(runs: Sequence[dict]) -> list[float | None]:
 
 
 def summarise(entries: Sequence[Entry], configs: dict[str, Config], records: dict[tuple[str, int], dict],
-              seeds: Sequence[int], cdir: CompareDir) -> list[dict]:
-    """Per entry: its runs and the statistics over them (fractions, as the trainer's metrics)."""
-    reference = [records[entries[0].name, s]["metrics"]["mIoU"] for s in seeds]
+              seeds: Sequence[int], cdir: CompareDir, baselines: Sequence[str] = ()) -> list[dict]:
+    """Per entry: its runs and the statistics over them (fractions, as the trainer's metrics): the
+    paired difference to the first entry (``delta_mIoU``) and to each of ``baselines``
+    (``delta_mIoU_vs``, ``None`` for the baseline itself)."""
+    def miou_of(name: str) -> list[float]:
+        return [records[name, s]["metrics"]["mIoU"] for s in seeds]
+
+    reference = miou_of(entries[0].name)
     reference_classes: list[float | None] = []
     rows = []
     for entry in entries:
@@ -92,6 +97,7 @@ def summarise(entries: Sequence[Entry], configs: dict[str, Config], records: dic
             "name": entry.name, "model": cfg.model.name, "kwargs": cfg.model.kwargs, "runs": runs,
             "mIoU": dict(zip(("mean", "std"), mean_and_std(miou))), "mAcc": dict(zip(("mean", "std"), mean_and_std(macc))),
             "delta_mIoU": None if entry is entries[0] else paired_difference(miou, reference),
+            "delta_mIoU_vs": {b: None if b == entry.name else paired_difference(miou, miou_of(b)) for b in baselines},
             "per_class_iou": classes,
             "per_class_iou_delta": [None if a is None or b is None else a - b for a, b in zip(classes, reference_classes)],
         })
