@@ -66,6 +66,22 @@ def test_cached_encoder_weights_load_without_the_unresolvable_host(unresolvable,
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_cached_encoder_weights_are_adapted_to_in_chans_as_timm_adapts_them(unresolvable, tmp_path, monkeypatch,
+                                                                            in_chans):
+    torch.manual_seed(0)
+    weights = timm.create_model("resnet18").state_dict()
+    cache = tmp_path / "cached.safetensors"
+    save_state_dict(weights, cache)
+    monkeypatch.setattr("visattn.models.segmentation.encoders.hub_cache_file", lambda *args: cache)
+    model = create_model("danet", encoder="resnet18", encoder_weights="imagenet", in_chans=in_chans)
+    rgb = weights["conv1.weight"]  # timm's rule: one channel sums R, G and B; more repeat them, scaled by 3 / in_chans
+    expected = rgb.sum(1, keepdim=True) if in_chans == 1 else rgb[:, [0, 1, 2, 0]] * 3 / 4
+    torch.testing.assert_close(model.encoder.state_dict()["conv1.weight"], expected)
+    torch.testing.assert_close(model.encoder.state_dict()["layer1.0.conv1.weight"], weights["layer1.0.conv1.weight"],
+                               rtol=0, atol=0)
+
+
 def test_encoder_weights_offline_name_the_hub_file(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 

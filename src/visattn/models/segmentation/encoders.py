@@ -38,6 +38,7 @@ from pathlib import Path
 import huggingface_hub
 import timm
 import torch
+from timm.models import adapt_input_conv
 from torch import nn
 
 from ...weights import HUB_PREFIX, fetch, host_resolves, hub_cache_file, load_official, read_state_dict
@@ -76,17 +77,37 @@ def _feature_key(key: str, feature_keys: set[str]) -> str | None:
 
 def _load_encoder_file(model: nn.Module, name: str, path: str | os.PathLike, timm_kwargs: Mapping) -> None:
     """Load a timm ``name`` state dict from ``path`` into the feature extractor ``model``, strictly
-    except for the full model's keys that ``model`` lacks (its classifier)."""
+    except for the full model's keys that ``model`` lacks (its classifier); the input convolution
+    adapted to ``in_chans`` as timm adapts its downloads."""
     state = read_state_dict(path)
     own_keys = set(model.state_dict())
-    with torch.device("meta"):  # key names only
-        full_keys = timm.create_model(name, **timm_kwargs).state_dict().keys()
+    with torch.device("meta"):  # key names and shapes only
+        full = timm.create_model(name, **timm_kwargs)
+    full_keys = full.state_dict().keys()
+    _adapt_input_convs(state, full, path)
     head = {k for k in full_keys if _feature_key(k, own_keys) is None}
     renamed = {_feature_key(k, own_keys) or k: v for k, v in state.items() if k not in head}
     try:
         load_official(model, renamed)
     except ValueError as err:
         raise ValueError(f"pretrained file {path} does not fit encoder {name!r}: {err}") from err
+
+
+def _adapt_input_convs(state: dict[str, torch.Tensor], full: nn.Module, path: str | os.PathLike) -> None:
+    """The input convolutions' weights of ``state`` (of 3-channel images, or as the weights declare)
+    summed or repeated to ``full``'s channels by timm's ``adapt_input_conv``, as ``timm.create_model(...,
+    pretrained=True, in_chans=...)`` does with what it downloads."""
+    cfg = full.pretrained_cfg
+    convs = cfg.get("first_conv") or ()
+    source_chans = (cfg.get("input_size") or (3,))[0]
+    for conv in (convs,) if isinstance(convs, str) else convs:
+        key, module = f"{conv}.weight", full.get_submodule(conv)
+        if key in state and state[key].shape != module.weight.shape and state[key].ndim == 4:
+            try:
+                state[key] = adapt_input_conv(module.in_channels, state[key], base_chans=source_chans)
+            except (NotImplementedError, ValueError, AssertionError) as err:
+                raise ValueError(f"pretrained file {path}: its {key} of shape {tuple(state[key].shape)} cannot be "
+                                 f"adapted to {module.in_channels} input channels ({err})") from None
 
 
 def _weights_source(pretrained: bool | str | os.PathLike, pretrained_file: str | os.PathLike | None):
@@ -121,7 +142,8 @@ def create_encoder(
         output_stride: input size / feature size of the last map, 8 or 16.
         pretrained: ``True`` loads timm's default ImageNet weights (downloads through timm's cache);
             a path (``str`` or ``os.PathLike``) is a local file, as ``pretrained_file``.
-        pretrained_file: load the encoder weights from this local file instead (see above).
+        pretrained_file: load the encoder weights from this local file instead (see above); with
+            ``in_chans`` other than the file's, its input convolution is adapted as timm adapts downloads.
         full_first_dilation: dilate the first block of dilated stages at the full stage rate
             (CCNet/FLANet backbones) instead of the previous stage's rate (torchvision, timm, DANet).
         multi_grid: dilation of each block of the last stage, cycled (DANet's ``--multi-dilation``);
