@@ -14,6 +14,7 @@ from visattn import create_attention
 from visattn.data import DigitScenes
 from visattn.data.palettes import DIGIT_CLASSES, voc_palette
 from visattn.viz import (
+    MAP_COLUMNS,
     AttentionMap,
     attention_maps,
     explain,
@@ -21,6 +22,7 @@ from visattn.viz import (
     figure_size,
     plot_metrics,
     render_attention_map,
+    save_attention_maps,
     save_prediction,
     to_feature,
     to_image,
@@ -140,6 +142,17 @@ def test_heat_map_on_a_flat_image_is_not_blank(tmp_path):
     grey = np.full((41, 41, 3), 128, np.uint8)
     path = render_attention_map(amap, grey, tmp_path / "cca.png")
     check_png(path, figure_size(2))
+
+
+def test_many_attention_maps_wrap_into_rows(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    spatial = AttentionMap("m_q0", "map", np.random.default_rng(1).random((4, 4)), point=(1, 2))
+    panels = [(f"entry {i}", None if i % 3 == 0 else spatial) for i in range(MAP_COLUMNS + 3)]
+    path = save_attention_maps(panels, image, (9, 17), tmp_path / "maps.png")
+    check_png(path, figure_size(MAP_COLUMNS + 3, MAP_COLUMNS))
+    assert figure_size(MAP_COLUMNS + 3, MAP_COLUMNS) == (MAP_COLUMNS * figure_size(1)[0], 2 * figure_size(1)[1])
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    assert pixels[-figure_size(1)[1]:, -figure_size(1)[0]:].std() == 0  # the second row's unused places are blank
 
 
 def test_save_prediction(tmp_path):

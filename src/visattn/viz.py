@@ -40,9 +40,11 @@ __all__ = [
     "to_feature", "to_image", "upsample", "render_attention_map", "save_prediction", "plot_metrics",
     "read_metrics", "save_confusion_matrix", "CONFUSION_PX", "MAX_TICK_LABELS", "figure_size", "PANEL_PX",
     "attention_map_of", "save_attention_maps", "save_miou_vs_cost", "save_per_class_iou_delta", "COMPARE_PLOT_PX",
+    "MAP_COLUMNS",
 ]
 
 PANEL_PX = 256  # pixel size of one square panel; a figure is a row of panels
+MAP_COLUMNS = 8  # a comparison's attention maps wrap into rows of this many panels
 CONFUSION_PX = 800  # width and height of a confusion-matrix picture
 MAX_TICK_LABELS = 40  # more classes than this: every k-th class is named on the axes
 _DPI = 100
@@ -128,19 +130,26 @@ def capture_inputs(model: nn.Module, x: Tensor, modules: Mapping[str, nn.Module]
 # rendering
 
 
-def figure_size(panels: int) -> tuple[int, int]:
-    """``(width, height)`` in pixels of a figure of ``panels`` panels side by side."""
-    return PANEL_PX * panels, PANEL_PX + PANEL_PX // 8
+def figure_size(panels: int, columns: int | None = None) -> tuple[int, int]:
+    """``(width, height)`` in pixels of a figure of ``panels`` panels side by side, in rows of at
+    most ``columns`` panels (``None``: one row)."""
+    columns = panels if columns is None else min(columns, panels)
+    return PANEL_PX * columns, (PANEL_PX + PANEL_PX // 8) * math.ceil(panels / columns)
 
 
-def _figure(panels: int):
+def _figure(panels: int, columns: int | None = None):
+    """A figure of :func:`figure_size` and its first ``panels`` axes, row by row (the rest hidden)."""
     require("matplotlib", extra="viz")
     from matplotlib.figure import Figure
 
-    w, h = figure_size(panels)
+    w, h = figure_size(panels, columns)
+    columns = panels if columns is None else min(columns, panels)
     # constrained layout fits titles, labels and colour bars inside the fixed figure size
     fig = Figure(figsize=(w / _DPI, h / _DPI), dpi=_DPI, layout="constrained")
-    return fig, fig.subplots(1, panels, squeeze=False)[0]
+    axes = fig.subplots(math.ceil(panels / columns), columns, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_axis_off()
+    return fig, axes[:panels]
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -354,10 +363,10 @@ def attention_map_of(model: nn.Module, image: np.ndarray, point: tuple[int, int]
 
 def save_attention_maps(panels: Sequence[tuple[str, AttentionMap | None]], image: np.ndarray,
                         point: tuple[int, int], path: str | os.PathLike, alpha: float = 0.55) -> Path:
-    """One panel per ``(label, map)``, side by side: a spatial map upsampled over ``image`` with the
-    query ``point`` (image pixel) marked, a matrix as it is; a ``None`` map: the image and "no
-    attention module"."""
-    fig, axes = _figure(len(panels))
+    """One panel per ``(label, map)``, in rows of :data:`MAP_COLUMNS`: a spatial map upsampled over
+    ``image`` with the query ``point`` (image pixel) marked, a matrix as it is; a ``None`` map: the
+    image and "no attention module"."""
+    fig, axes = _figure(len(panels), MAP_COLUMNS)
     size = image.shape[:2]
     for ax, (label, amap) in zip(axes, panels):
         if amap is not None and not amap.spatial:
