@@ -14,6 +14,7 @@ from visattn import create_attention
 from visattn.data import DigitScenes
 from visattn.data.palettes import DIGIT_CLASSES, voc_palette
 from visattn.viz import (
+    COMPARE_PLOT_PX,
     MAP_COLUMNS,
     AttentionMap,
     attention_maps,
@@ -23,6 +24,7 @@ from visattn.viz import (
     plot_metrics,
     render_attention_map,
     save_attention_maps,
+    save_per_class_iou_delta,
     save_prediction,
     to_feature,
     to_image,
@@ -153,6 +155,14 @@ def test_many_attention_maps_wrap_into_rows(tmp_path):
     assert figure_size(MAP_COLUMNS + 3, MAP_COLUMNS) == (MAP_COLUMNS * figure_size(1)[0], 2 * figure_size(1)[1])
     pixels = np.asarray(Image.open(path).convert("RGB"))
     assert pixels[-figure_size(1)[1]:, -figure_size(1)[0]:].std() == 0  # the second row's unused places are blank
+
+
+def test_per_class_differences_of_many_models_are_one_row_each(tmp_path):
+    deltas = np.random.default_rng(0).normal(0, 10, (30, 3))
+    deltas[4, 1] = np.nan  # a class a model never saw: a grey cell
+    path = save_per_class_iou_delta(["bg", "a", "b"], [f"m{i}" for i in range(30)], deltas, "fcn", tmp_path / "d.png")
+    check_png(path, (COMPARE_PLOT_PX, 22 * 30 + 140), min_std=10, min_colours=50)
+    check_png(save_per_class_iou_delta(["bg"], [], [], "fcn", tmp_path / "e.png"), (COMPARE_PLOT_PX, COMPARE_PLOT_PX))
 
 
 def test_save_prediction(tmp_path):

@@ -387,11 +387,11 @@ def save_attention_maps(panels: Sequence[tuple[str, AttentionMap | None]], image
     return _save(fig, path)
 
 
-def _plots(panels: int, width_px: int | None = None):
+def _plots(panels: int, width_px: int | None = None, height_px: int = COMPARE_PLOT_PX):
     require("matplotlib", extra="viz")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=((width_px or COMPARE_PLOT_PX * panels) / _DPI, COMPARE_PLOT_PX / _DPI), dpi=_DPI,
+    fig = Figure(figsize=((width_px or COMPARE_PLOT_PX * panels) / _DPI, height_px / _DPI), dpi=_DPI,
                  layout="constrained")
     return fig, fig.subplots(1, panels, squeeze=False)[0]
 
@@ -417,23 +417,34 @@ def save_miou_vs_cost(names: Sequence[str], miou: Sequence[float], miou_std: Seq
 
 def save_per_class_iou_delta(classes: Sequence[str], names: Sequence[str], deltas: Sequence[Sequence[float]],
                              reference: str, path: str | os.PathLike) -> Path:
-    """Grouped bars: per class, each model's IoU minus ``reference``'s (``deltas[i][c]``, points;
-    NaN: undefined, no bar). Without models besides the reference, a note says so."""
-    fig, (ax,) = _plots(1, min(4 * COMPARE_PLOT_PX, max(COMPARE_PLOT_PX, 12 * len(classes) * max(1, len(names)) + 160)))
-    x = np.arange(len(classes))
-    width = 0.8 / max(1, len(names))
-    for i, (name, delta) in enumerate(zip(names, deltas)):
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, np.asarray(delta, dtype=float), width, label=name,
-               color=f"C{(i + 1) % 10}")
+    """A table of colours: a row per model, a column per class, each cell the model's IoU minus
+    ``reference``'s (``deltas[i][c]``, points; red better, blue worse, on one symmetric scale;
+    NaN, undefined: grey), written in the cell while the table is small enough to read. Without
+    models besides the reference, a note says so. Rows stay distinguishable for any number of
+    models (grouped bars run out of colours)."""
+    rows = max(1, len(names))
+    fig, (ax,) = _plots(1, min(4 * COMPARE_PLOT_PX, max(COMPARE_PLOT_PX, 48 * len(classes) + 240)),
+                        max(COMPARE_PLOT_PX, 22 * rows + 140))
+    values = np.asarray(deltas, dtype=float).reshape(len(names), len(classes))
     if names:
-        ax.legend(fontsize=7)
+        limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+        from matplotlib import colormaps
+
+        cmap = colormaps["RdBu_r"].with_extremes(bad="0.85")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-(limit or 1.0), vmax=limit or 1.0,
+                          aspect="auto", interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.8).set_label(f"IoU − IoU of {reference} (points)", fontsize=8)
+        if values.size <= 600:
+            for (i, c), v in np.ndenumerate(values):
+                if np.isfinite(v):
+                    ax.text(c, i, f"{v:+.0f}" if round(v) else "0", ha="center", va="center", fontsize=6,
+                            color="white" if abs(v) > 0.6 * limit else "black")
+        ax.set_yticks(range(len(names)), names, fontsize=7)
     else:
         ax.text(0.5, 0.5, f"only {reference}: nothing to compare", ha="center", va="center", transform=ax.transAxes)
-    ax.axhline(0, color="black", lw=0.8)
+        ax.set_yticks([])
     step = math.ceil(len(classes) / MAX_TICK_LABELS)
-    ax.set_xticks(x[::step], [classes[i] for i in x[::step]], rotation=90 if len(classes) > 12 else 0, fontsize=7)
-    ax.set_ylabel(f"IoU − IoU of {reference} (points)", fontsize=8)
-    ax.set_title(f"per-class IoU difference to {reference} (mean over seeds)", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.grid(axis="y", alpha=0.3)
+    ticks = np.arange(len(classes))[::step]
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90 if len(classes) > 12 else 0, fontsize=7)
+    ax.set_title(f"per-class IoU difference to {reference} (points, mean over seeds)", fontsize=9)
     return _save(fig, path)
