@@ -206,3 +206,16 @@ def test_curves_of_a_one_step_run_show_the_point(tmp_path, monkeypatch):
     width = picture.shape[1]
     blue = (np.abs(picture[:, 2 * width // 3:] - (31, 119, 180)).sum(-1) < 60).sum()  # matplotlib's first colour
     assert blue > 5  # the learning-rate panel, which has no legend, shows its one point
+
+
+def test_labels_of_nearby_points_are_moved_apart():
+    from matplotlib.figure import Figure
+
+    from visattn.viz import _LABEL_OFFSET, _label_offsets
+
+    ax = Figure(figsize=(4, 4), dpi=100).subplots()
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    offsets = _label_offsets(ax, [5, 5.01, 9, 2], [5, 5.01, 1, 5], ["nlnet", "dnlnet", "fcn", "far"], fontsize=7)
+    assert offsets[2] == offsets[3] == _LABEL_OFFSET  # nothing near: beside its point
+    assert abs(offsets[0][1] - offsets[1][1]) >= 1.3 * 7  # a line apart

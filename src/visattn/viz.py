@@ -399,12 +399,11 @@ def _plots(panels: int, width_px: int | None = None, height_px: int = COMPARE_PL
 def save_miou_vs_cost(names: Sequence[str], miou: Sequence[float], miou_std: Sequence[float],
                       ms_per_step: Sequence[float], params_m: Sequence[float], path: str | os.PathLike) -> Path:
     """mIoU (with ``miou_std`` error bars) against milliseconds per training step and against
-    millions of parameters: one labelled point per model."""
+    millions of parameters: one labelled point per model, labels moved apart where they would overlap."""
     fig, axes = _plots(2)
     for ax, cost, label in ((axes[0], ms_per_step, "ms per training step"), (axes[1], params_m, "parameters (M)")):
-        for i, name in enumerate(names):
+        for i in range(len(names)):
             ax.errorbar(cost[i], miou[i], yerr=miou_std[i], fmt="o", capsize=3, color=f"C{i % 10}")
-            ax.annotate(name, (cost[i], miou[i]), textcoords="offset points", xytext=(5, 4), fontsize=7)
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("mIoU (%)", fontsize=8)
         ax.ticklabel_format(useOffset=False, style="plain")
@@ -412,7 +411,36 @@ def save_miou_vs_cost(names: Sequence[str], miou: Sequence[float], miou_std: Seq
         ax.grid(alpha=0.3)
     axes[0].set_title("mIoU against training time", fontsize=9)
     axes[1].set_title("mIoU against size", fontsize=9)
+    fig.draw_without_rendering()  # the layout fixed, so that data map to their final points
+    for ax, cost in ((axes[0], ms_per_step), (axes[1], params_m)):
+        for i, offset in enumerate(_label_offsets(ax, cost, miou, names, fontsize=7)):
+            ax.annotate(names[i], (cost[i], miou[i]), textcoords="offset points", xytext=offset, fontsize=7,
+                        arrowprops=None if offset == _LABEL_OFFSET else {"arrowstyle": "-", "lw": 0.4, "color": "0.5"})
     return _save(fig, path)
+
+
+_LABEL_OFFSET = (5.0, 4.0)  # points right and up of a labelled point
+
+
+def _label_offsets(ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[str],
+                   fontsize: float) -> list[tuple[float, float]]:
+    """Offsets (points) of the labels ``names`` of the points ``(xs, ys)`` that keep them apart:
+    from the highest point down, each label goes beside its point, or a line up or down, two, ...,
+    whichever place first overlaps no label placed before (an estimate of the text's extent)."""
+    at = ax.transData.transform(np.column_stack([xs, ys])) * 72 / ax.figure.dpi  # points
+    line = 1.3 * fontsize
+    placed: list[tuple[float, float, float]] = []  # left, bottom, width of each placed label
+    offsets: list[tuple[float, float]] = [_LABEL_OFFSET] * len(names)
+    for i in sorted(range(len(names)), key=lambda k: -at[k][1]):
+        width = 0.65 * fontsize * len(names[i]) + 2
+        for shift in (0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5):
+            dx, dy = _LABEL_OFFSET[0], _LABEL_OFFSET[1] + shift * line
+            left, bottom = at[i][0] + dx, at[i][1] + dy
+            if all(abs(bottom - b) >= line or left + width <= lf or lf + w <= left for lf, b, w in placed):
+                break
+        placed.append((left, bottom, width))
+        offsets[i] = (dx, dy)
+    return offsets
 
 
 def save_per_class_iou_delta(classes: Sequence[str], names: Sequence[str], deltas: Sequence[Sequence[float]],
