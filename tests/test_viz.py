@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -219,3 +220,12 @@ def test_labels_of_nearby_points_are_moved_apart():
     offsets = _label_offsets(ax, [5, 5.01, 9, 2], [5, 5.01, 1, 5], ["nlnet", "dnlnet", "fcn", "far"], fontsize=7)
     assert offsets[2] == offsets[3] == _LABEL_OFFSET  # nothing near: beside its point
     assert abs(offsets[0][1] - offsets[1][1]) >= 1.3 * 7  # a line apart
+
+
+def test_a_picture_replaces_its_file_and_leaves_other_links_to_it(tmp_path):
+    (tmp_path / "kept.png").write_bytes(b"an older picture")
+    os.link(tmp_path / "kept.png", tmp_path / "d.png")  # e.g. a comparison folder copied with hard links
+    path = save_per_class_iou_delta(["bg"], [], [], "fcn", tmp_path / "d.png")
+    check_png(path, (COMPARE_PLOT_PX, COMPARE_PLOT_PX))
+    assert (tmp_path / "kept.png").read_bytes() == b"an older picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "kept.png"]  # no temporary file left

@@ -34,6 +34,7 @@ from .attention._common import AttentionMap, check_one_map
 from .data import colorize
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
 from .engine.run_dir import RunDir, read_metrics_file
+from .weights import atomic_write
 
 __all__ = [
     "AttentionMap", "attention_maps", "find_attention_modules", "capture_inputs", "explain",
@@ -153,10 +154,11 @@ def _figure(panels: int, columns: int | None = None):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    """``fig`` written to ``path`` (its format from the suffix) through a temporary file: a picture is
+    never seen half-written, and a file linked elsewhere is replaced, not written through."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)  # no bbox_inches="tight": the pixel size stays figure_size()
-    return path
+    # no bbox_inches="tight": the pixel size stays figure_size()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, format=path.suffix[1:].lower() or "png"))
 
 
 def _colorbar(fig, ax, im) -> None:
