@@ -120,6 +120,7 @@ def test_an_output_holding_something_else_is_refused(tmp_path, recipe_file, tiny
     (["--models", "fcn", "danet", "--baselines", "pspnet"], "baseline 'pspnet' is not an entry of this comparison"),
     (["--models", "fcn", "danet", "--baselines", "fcn"], "baseline 'fcn' is the first entry"),
     (["--models", "fcn", "danet", "pspnet", "--baselines", "danet", "danet"], "baselines given twice: danet"),
+    (["--models", "fcn", "--baselines", "danet", "--emit-jobs", "jobs.txt"], "baseline 'danet' is not an entry"),
 ])
 def test_bad_names_are_named(args, message, tmp_path, capsys):
     assert main(["compare", *args, "--output", str(tmp_path / "out")]) == 2

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.emit_jobs is not None:
         lines = emit_jobs(args.emit_jobs, args.config, args.models, args.attentions, args.seeds, args.overrides,
-                          args.output_dir)
+                          args.output_dir, args.baselines)
         print(_jobs_advice(len(lines), args.emit_jobs))
         return 0
     try:

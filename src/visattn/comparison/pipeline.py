@@ -64,13 +64,14 @@ def compare(config: str | os.PathLike | Config | None = None, models: Iterable[s
 
 def emit_jobs(file: str | os.PathLike, config: str | os.PathLike | Config | None = None, models: Iterable[str] = (),
               attentions: Iterable[str] = (), seeds: int = 3, overrides: Iterable[str] = (),
-              output: str | os.PathLike | None = None) -> list[str]:
+              output: str | os.PathLike | None = None, baselines: Iterable[str] = ()) -> list[str]:
     """Write to ``file`` one ``visattn train`` command per run that :func:`compare` with the same
     arguments would train (see :mod:`~visattn.comparison.jobs`), and nothing else: no run is trained.
     The output directory is claimed as :func:`compare` claims it, so that :func:`compare` collects the
     runs once the commands have run. A run training now (its directory locked) is not listed.
-    Returns the commands (none when every run is complete or in progress)."""
-    base, _, entries, _, cdir = _claim(config, models, attentions, seeds, list(overrides), output, 1)
+    ``baselines`` are checked as :func:`compare` checks them, so that the report's command is known
+    to work. Returns the commands (none when every run is complete or in progress)."""
+    base, _, entries, _, cdir = _claim(config, models, attentions, seeds, list(overrides), output, 1, list(baselines))
     runs = [_job(base, entry, seed, cdir) for seed in range(seeds) for entry in entries]
     return write_jobs(cdir, [job for job in runs if read_final(job.run) is None and not job.run.in_use()], file)
 
