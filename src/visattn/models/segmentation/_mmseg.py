@@ -40,7 +40,7 @@ from .base import FCNHead, Segmentor, build_segmentor, build_variant, head_width
 
 __all__ = [
     "rename", "AUX_KEYS", "STEM_KEYS", "init_conv_seg", "convert_mmseg_state_dict", "ExportableAdaptiveAvgPool2d",
-    "DecodeHead", "ConcatInputBlockHead", "register_mmseg_builders",
+    "pooling_matrix", "DecodeHead", "ConcatInputBlockHead", "register_mmseg_builders",
 ]
 
 # mmseg's auxiliary FCNHead (one ConvModule, no concat) -> heads.FCNHead's Sequential indices
@@ -50,7 +50,7 @@ STEM_KEYS = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3."
              "stem.6.": "conv1.6.", "stem.7.": "bn1."}
 
 
-def _pooling_matrix(size_in, size_out: int, like: Tensor) -> Tensor:
+def pooling_matrix(size_in, size_out: int, like: Tensor) -> Tensor:
     """``(size_out, size_in)``: row ``i`` averages ``[floor(i * n / s), ceil((i + 1) * n / s))``, the
     bins of adaptive average pooling, built from (possibly symbolic) sizes."""
     i = torch.arange(size_out, device=like.device)
@@ -74,8 +74,8 @@ class ExportableAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         if not torch.compiler.is_exporting():
             return super().forward(x)
         size = self.output_size
-        rows = _pooling_matrix(x.shape[-2], size, x)
-        cols = _pooling_matrix(x.shape[-1], size, x)
+        rows = pooling_matrix(x.shape[-2], size, x)
+        cols = pooling_matrix(x.shape[-1], size, x)
         return rows @ x @ cols.transpose(0, 1)
 
 

@@ -39,9 +39,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...attention._common import conv_module
+from ...attention._common import AttentionMap, conv_module, query_cells, query_rows, to_numpy
 from ...attention._functional import softmax_attention
-from ._mmseg import DecodeHead, ExportableAdaptiveAvgPool2d, register_mmseg_builders
+from ._mmseg import DecodeHead, ExportableAdaptiveAvgPool2d, pooling_matrix, register_mmseg_builders
 
 __all__ = ["PPMConcat", "AsymmetricNonLocal", "AFNB", "APNB", "ANNHead", "ann", "ann_r50_d8", "ann_r101_d8"]
 
@@ -96,12 +96,33 @@ class AsymmetricNonLocal(nn.Module):
 
     def forward(self, query_feats: Tensor, key_feats: Tensor) -> Tensor:
         b, _, h, w = query_feats.shape
-        query_project = self.key_project if self.query_project is None else self.query_project
-        query = query_project(query_feats).flatten(2).transpose(1, 2) * self.channels**-0.5  # (B, N, c)
-        key = self.key_downsample(self.key_project(key_feats)).transpose(1, 2)  # (B, M, c)
         value = self.key_downsample(self.value_project(key_feats))  # (B, c, M)
-        context = softmax_attention(query, key, value).view(b, -1, h, w)
+        context = softmax_attention(*self._queries_and_keys(query_feats, key_feats), value).view(b, -1, h, w)
         return self.out_project(context)
+
+    def _queries_and_keys(self, query_feats: Tensor, key_feats: Tensor) -> tuple[Tensor, Tensor]:
+        """Scaled queries ``(B, N, c)`` and pooled keys ``(B, M, c)``."""
+        query_project = self.key_project if self.query_project is None else self.query_project
+        query = query_project(query_feats).flatten(2).transpose(1, 2) * self.channels**-0.5
+        return query, self.key_downsample(self.key_project(key_feats)).transpose(1, 2)
+
+    def pixel_weights(self, query_feats: Tensor, key_feats: Tensor,
+                      queries: Sequence[tuple[int, int]] | None = None) -> Tensor:
+        """``(B, Q, H', W')``: the weight each query position (``queries``, ``(row, col)``; all ``N``
+        for ``None``) gives each pixel of ``key_feats``. A pooled key or value is the mean of its
+        bin, so its softmax weight spreads evenly over the bin: the context is exactly these weights
+        times ``value_project(key_feats)``, summed over the pixels, and each map sums to 1."""
+        query, key = self._queries_and_keys(query_feats, key_feats)
+        query = query_rows("AsymmetricNonLocal", query, queries, *query_feats.shape[-2:])
+        weights = (query @ key.transpose(1, 2)).softmax(-1)  # (B, Q, M)
+        h, w = key_feats.shape[-2:]
+        pixels, start = 0, 0
+        for pool in self.key_downsample:
+            s = pool.output_size
+            level = weights[..., start:start + s * s].unflatten(-1, (s, s))
+            pixels = pixels + pooling_matrix(h, s, level).T @ level @ pooling_matrix(w, s, level)
+            start += s * s
+        return pixels
 
 
 def _stages(query_scales: Sequence[int], build) -> nn.ModuleList:
@@ -145,6 +166,19 @@ class APNB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         context = torch.stack([stage(x, x) for stage in self.stages]).sum(0)
         return self.bottleneck(torch.cat([context, x], 1))
+
+    def attention_weights(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"attention": (B, N, H, W)}``: each position's weights over the pixels of ``x``, through
+        the pooled keys (:meth:`AsymmetricNonLocal.pixel_weights`, of the first stage)."""
+        return {"attention": self.stages[0].pixel_weights(x, x)}
+
+    def attention_maps(self, x: Tensor, points: Sequence[tuple[int, int]] = ()) -> list[AttentionMap]:
+        """One ``(H, W)`` map per query cell of ``x`` ``(1, C, H, W)`` (default: the centre): where its
+        attention over the pooled keys falls on the image."""
+        points = query_cells("APNB", x, points)
+        weights = self.stages[0].pixel_weights(x, x, points)[0]
+        return [AttentionMap(f"apnb_q{i}", f"APNB: attention of query {p} over the pooled keys' bins",
+                             to_numpy(weights[i]), point=p) for i, p in enumerate(points)]
 
 
 class ANNHead(DecodeHead):
