@@ -177,7 +177,7 @@ class APNB(nn.Module):
         attention over the pooled keys falls on the image."""
         points = query_cells("APNB", x, points)
         weights = self.stages[0].pixel_weights(x, x, points)[0]
-        return [AttentionMap(f"apnb_q{i}", f"APNB: attention of query {p} over the pooled keys' bins",
+        return [AttentionMap(f"apnb_q{i}", f"APNB: pooled attention of query {p}",
                              to_numpy(weights[i]), point=p) for i, p in enumerate(points)]
 
 
