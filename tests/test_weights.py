@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 import visattn
 from helpers import randomize_
@@ -135,17 +136,21 @@ def test_atomic_write_honours_the_umask(tmp_path, umask, mode):
     assert path.stat().st_mode & 0o777 == mode
 
 
-def test_a_failed_write_is_an_os_error_naming_the_file_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("error", [  # what torch.save and safetensors raise on a full disk
+    RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: "
+                 "file write failed"),
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+])
+def test_a_failed_write_is_an_os_error_naming_the_file_and_leaves_nothing(tmp_path, error):
     import os
 
     from visattn.weights import atomic_write
 
     def full_disk(tmp):
         open(tmp, "w").write("half")
-        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed")
+        raise error
 
-    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a.pt'}: .*file write failed") as err:
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a.pt'}: .*(file write failed|No space left)") as err:
         atomic_write(tmp_path / "a.pt", full_disk)
     assert "\n" not in str(err.value) and os.listdir(tmp_path) == []
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import huggingface_hub
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -116,7 +117,8 @@ def _umask() -> int:
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
     The file gets the mode ``open()`` would give it (``0o666`` less the umask). A writer failing with
-    ``RuntimeError`` (torch's for a full disk) raises ``OSError`` naming ``path``; nothing is left."""
+    ``RuntimeError`` or ``SafetensorError`` (torch's and safetensors' for a full disk) raises
+    ``OSError`` naming ``path``; nothing is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -124,7 +126,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     try:
         try:
             write(tmp)
-        except RuntimeError as err:  # torch.save on a full disk: "PytorchStreamWriter failed writing file ..."
+        except (RuntimeError, SafetensorError) as err:  # a full disk: "PytorchStreamWriter failed writing file ..."
             raise OSError(f"cannot write {path}: {_one_line(err)}") from err
         # after the write: mkstemp makes 0600, and writers that replace the file (safetensors) make it anew
         os.chmod(tmp, 0o666 & ~_umask())
