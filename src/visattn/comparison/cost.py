@@ -30,8 +30,8 @@ from ..weights import atomic_write
 from .entries import config_from_text
 from .runner import print_progress
 
-__all__ = ["measure_cost", "measure_cost_once", "training_step", "step_on", "count_gflops", "peak_memory", "peak_memory_main",
-           "recipe_batch", "evaluation_size", "num_classes", "WARMUP_STEPS", "TIMED_STEPS"]
+__all__ = ["measure_cost", "measure_cost_once", "training_step", "step_on", "count_gflops", "peak_memory",
+           "peak_memory_main", "recipe_batch", "evaluation_size", "num_classes", "WARMUP_STEPS", "TIMED_STEPS"]
 
 WARMUP_STEPS, TIMED_STEPS = 2, 5  # training steps per entry before timing, and timed (median)
 
@@ -166,14 +166,13 @@ def measure_cost(configs: dict[str, Config], device: torch.device, warmup: int =
 def measure_cost_once(path: str | os.PathLike, configs: dict[str, Config], device: torch.device,
                       log: Callable[[str], None] = print_progress) -> dict:
     """:func:`measure_cost`, or what it returned for the same measurement, kept in ``path``
-    (cost.json) with what the figures depend on: each entry's config, the device, the thread count,
-    the machine (with torch's version and thread count) and visattn's version. Any difference measures every entry again, side
-    by side (timings from different moments would not be comparable); so does a file that is not such
-    a record, named in the log."""
+    (cost.json) with what the figures depend on: each entry's config, the device, the machine (with
+    torch's version and thread count) and visattn's version. Any difference measures every entry
+    again, side by side (timings from different moments would not be comparable); so does a file
+    that is not such a record, named in the log."""
     path = Path(path)
-    conditions = {"configs": {name: hashlib.sha256(dump_config(cfg).encode()).hexdigest() for name, cfg in configs.items()},
-                  "device": str(device), "machine": machine_info(),
-                  "visattn": __version__}
+    digests = {name: hashlib.sha256(dump_config(cfg).encode()).hexdigest() for name, cfg in configs.items()}
+    conditions = {"configs": digests, "device": str(device), "machine": machine_info(), "visattn": __version__}
     if path.is_file():
         try:
             saved = read_json(path)
@@ -187,7 +186,8 @@ def measure_cost_once(path: str | os.PathLike, configs: dict[str, Config], devic
                 return saved["cost"]
             log(f"cost: {path} is not a cost record ({problem}); measuring again")
     cost = measure_cost(configs, device, log=log)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"conditions": conditions, "cost": cost}, indent=1)))
+    record = json.dumps({"conditions": conditions, "cost": cost}, indent=1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(record))
     return cost
 
 
@@ -196,7 +196,7 @@ def _cost_problem(cost: object, names: list[str]) -> str | None:
     def number(value: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    if not isinstance(cost, dict) or not isinstance(cost.get("entries"), dict) or not isinstance(cost.get("setup"), dict):
+    if not (isinstance(cost, dict) and isinstance(cost.get("entries"), dict) and isinstance(cost.get("setup"), dict)):
         return "not a mapping of 'entries' and 'setup'"
     if sorted(cost["entries"]) != sorted(names):
         return "other entries"
