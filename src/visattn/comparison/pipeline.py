@@ -124,8 +124,9 @@ def _check_baselines(baselines: Sequence[str], entries: Sequence[Entry]) -> None
                               "add it to --models or --attentions (an attention module as attnet-<name>)")
         if name == names[0]:
             raise ConfigError(f"baseline {name!r} is the first entry, which every entry is already differenced against")
-    if len(set(baselines)) < len(baselines):
-        raise ConfigError(f"baselines given twice: {' '.join(sorted({b for b in baselines if baselines.count(b) > 1}))}")
+    twice = sorted({b for b in baselines if baselines.count(b) > 1})
+    if twice:
+        raise ConfigError(f"baselines given twice: {' '.join(twice)}")
 
 
 def _entry_configs(base: Config, entries: Sequence[Entry]) -> dict[str, Config]:
