@@ -131,11 +131,17 @@ def capture_inputs(model: nn.Module, x: Tensor, modules: Mapping[str, nn.Module]
 # rendering
 
 
+def _grid(panels: int, columns: int | None) -> tuple[int, int]:
+    """``(rows, columns)`` of ``panels`` panels in rows of at most ``columns`` (``None``: one row)."""
+    columns = panels if columns is None else min(columns, panels)
+    return math.ceil(panels / columns), columns
+
+
 def figure_size(panels: int, columns: int | None = None) -> tuple[int, int]:
     """``(width, height)`` in pixels of a figure of ``panels`` panels side by side, in rows of at
     most ``columns`` panels (``None``: one row)."""
-    columns = panels if columns is None else min(columns, panels)
-    return PANEL_PX * columns, (PANEL_PX + PANEL_PX // 8) * math.ceil(panels / columns)
+    rows, columns = _grid(panels, columns)
+    return PANEL_PX * columns, (PANEL_PX + PANEL_PX // 8) * rows
 
 
 def _figure(panels: int, columns: int | None = None):
@@ -144,10 +150,9 @@ def _figure(panels: int, columns: int | None = None):
     from matplotlib.figure import Figure
 
     w, h = figure_size(panels, columns)
-    columns = panels if columns is None else min(columns, panels)
     # constrained layout fits titles, labels and colour bars inside the fixed figure size
     fig = Figure(figsize=(w / _DPI, h / _DPI), dpi=_DPI, layout="constrained")
-    axes = fig.subplots(math.ceil(panels / columns), columns, squeeze=False).ravel()
+    axes = fig.subplots(*_grid(panels, columns), squeeze=False).ravel()
     for ax in axes[panels:]:
         ax.set_axis_off()
     return fig, axes[:panels]
@@ -457,12 +462,12 @@ def save_per_class_iou_delta(classes: Sequence[str], names: Sequence[str], delta
                         max(COMPARE_PLOT_PX, 22 * rows + 140))
     values = np.asarray(deltas, dtype=float).reshape(len(names), len(classes))
     if names:
-        limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
         from matplotlib import colormaps
 
+        limit = (float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0) or 1.0  # all equal: any scale
         cmap = colormaps["RdBu_r"].with_extremes(bad="0.85")
-        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-(limit or 1.0), vmax=limit or 1.0,
-                          aspect="auto", interpolation="nearest")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto",
+                          interpolation="nearest")
         fig.colorbar(image, ax=ax, shrink=0.8).set_label(f"IoU − IoU of {reference} (points)", fontsize=8)
         if values.size <= 600:
             for (i, c), v in np.ndenumerate(values):
